@@ -1,0 +1,108 @@
+"""The balancer driver interface: keep a balancer's members in line with a desired list, drain, read stats.
+
+Every call is idempotent. The interface maps onto HAProxy's Runtime API as well as onto the built-in
+proxy's admin endpoint:
+
+    sync_members  add server / set server ... addr / weight / state ready|drain|maint / del server
+    drain         set server <backend>/<server> state drain
+    active_connections, stats   show stat (scur, hrsp_2xx ...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from types import TracebackType
+
+from poolctl.domain.balancing import BalancerStats, Member, MemberState, SyncResult, diff_members
+
+__all__ = [
+    "BalancerAuthError",
+    "BalancerDriver",
+    "BalancerError",
+    "BalancerRejectedError",
+    "BalancerStats",
+    "BalancerUnavailableError",
+    "Member",
+    "MemberState",
+    "SyncResult",
+    "UnknownMemberError",
+    "diff_members",
+]
+
+# Error type names for temporalio ApplicationError(type=...): the first two are not worth retrying.
+BALANCER_AUTH_ERROR = "BalancerAuthError"
+BALANCER_REJECTED_ERROR = "BalancerRejectedError"
+BALANCER_UNAVAILABLE_ERROR = "BalancerUnavailableError"
+
+
+class BalancerError(Exception):
+    """A balancer call failed."""
+
+
+class BalancerUnavailableError(BalancerError):
+    """The balancer cannot be reached (not running yet, restarting): a retry may fix it."""
+
+
+class BalancerAuthError(BalancerError):
+    """The balancer refused our credentials: retrying will not help."""
+
+
+class BalancerRejectedError(BalancerError):
+    """The balancer rejected the request as invalid: retrying will not help."""
+
+
+class UnknownMemberError(BalancerError):
+    """The server is not a member of the balancer."""
+
+
+class BalancerDriver(ABC):
+    """One balancer, as a driver sees it. Implementations: `builtin` (admin endpoint), `haproxy` (Runtime API)."""
+
+    driver_name: str = ""
+
+    @abstractmethod
+    async def members(self) -> list[Member]:
+        """The balancer's current members, with live `active_connections`."""
+
+    @abstractmethod
+    async def sync_members(self, desired: Sequence[Member]) -> SyncResult:
+        """Make the membership exactly `desired` (address, weight, state per server_id), applying only the
+        difference; calling it again changes nothing. After a balancer restart it rebuilds everything.
+        To remove a server gracefully: sync it as `draining`, wait for zero connections, then sync without it."""
+
+    @abstractmethod
+    async def drain(self, server_id: str) -> None:
+        """No new requests to the server; in-flight ones finish. Raises UnknownMemberError."""
+
+    @abstractmethod
+    async def active_connections(self, server_id: str) -> int:
+        """In-flight requests on the server (0 for a server that is not a member)."""
+
+    @abstractmethod
+    async def stats(self) -> BalancerStats:
+        """Traffic statistics of the balancer and each server."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections held by the driver."""
+
+    async def wait_drained(self, server_id: str, timeout_s: float, poll_interval_s: float = 0.5) -> bool:
+        """Poll until the server has no active connections; False if `timeout_s` passed first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            if await self.active_connections(server_id) == 0:
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await asyncio.sleep(min(poll_interval_s, remaining))
+
+    async def __aenter__(self) -> BalancerDriver:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,89 @@
+"""Activities that create and remove servers through a provider driver, and record them in the inventory."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from poolctl.activities.messages import ProvisionInput, TerminateInput
+from poolctl.activities.providers.base import (
+    ProviderConfigError,
+    ProviderError,
+    ProviderQuotaError,
+    ProvisionRequest,
+    ServerInfo,
+    ServerState,
+)
+from poolctl.activities.providers.registry import get_provider
+from poolctl.domain import errors
+from poolctl.domain.names import pool_key
+from poolctl.domain.pool_state import ServerRecord
+from poolctl.settings import Settings
+from poolctl.store import inventory
+from poolctl.store.db import session_scope
+
+
+def _as_application_error(e: ProviderError) -> ApplicationError:
+    if isinstance(e, ProviderQuotaError):
+        return ApplicationError(str(e), type=errors.PROVIDER_QUOTA_ERROR, non_retryable=True)
+    if isinstance(e, ProviderConfigError):
+        return ApplicationError(str(e), type=errors.PROVIDER_CONFIG_ERROR, non_retryable=True)
+    return ApplicationError(str(e), type=errors.PROVIDER_ERROR)
+
+
+class ProvisioningActivities:
+    """Provision/terminate servers. Both are idempotent: same key -> same server; terminating twice succeeds."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @activity.defn(name="provision_server")
+    async def provision_server(self, inp: ProvisionInput) -> ServerRecord:
+        provider = get_provider(inp.provider, self.settings.state_dir)
+        request = ProvisionRequest(
+            pool=pool_key(inp.team, inp.pool), idempotency_key=inp.idempotency_key, options=inp.options
+        )
+        try:
+            info = await provider.provision(request)
+        except ProviderError as e:
+            raise _as_application_error(e) from e
+        await asyncio.to_thread(self._record, inp, info)
+        if info.state is ServerState.TERMINATED:
+            raise ApplicationError(
+                f"server {info.server_id} for key {inp.idempotency_key} was already terminated",
+                type=errors.PROVIDER_ERROR,
+                non_retryable=True,
+            )
+        return ServerRecord(server_id=info.server_id, host=info.host, port=info.port, created_at=info.created_at)
+
+    def _record(self, inp: ProvisionInput, info: ServerInfo) -> None:
+        with session_scope(self.settings.resolved_database_url) as s:
+            inventory.record_server(
+                s,
+                team=inp.team,
+                pool=inp.pool,
+                server_id=info.server_id,
+                provider=info.provider,
+                idempotency_key=info.idempotency_key,
+                host=info.host,
+                port=info.port,
+                state=info.state.value,
+                created_at=info.created_at,
+                weight=inp.weight,
+            )
+
+    @activity.defn(name="terminate_server")
+    async def terminate_server(self, inp: TerminateInput) -> str:
+        provider = get_provider(inp.provider, self.settings.state_dir)
+        try:
+            await provider.terminate(inp.server_id)
+        except ProviderError as e:
+            raise _as_application_error(e) from e
+        await asyncio.to_thread(self._mark_terminated, inp.server_id)
+        return inp.server_id
+
+    def _mark_terminated(self, server_id: str) -> None:
+        with session_scope(self.settings.resolved_database_url) as s:
+            inventory.mark_server_terminated(s, server_id)

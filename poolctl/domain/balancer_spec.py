@@ -1,0 +1,115 @@
+"""Load balancer specs: where a pool's balancer listens, how it spreads traffic, TLS, health checks, driver."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from poolctl.domain.model import StrictModel
+from poolctl.domain.names import NAME_PATTERN
+
+Algorithm = Literal["round_robin", "least_connections", "ip_hash", "weighted"]
+ALGORITHMS: tuple[str, ...] = ("round_robin", "least_connections", "ip_hash", "weighted")
+
+# RFC 6265 cookie-name = token (RFC 7230 tchar)
+COOKIE_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
+ADMIN_PORT_OFFSET = 1000
+
+
+class HAProxyOptions(StrictModel):
+    """How the `haproxy` driver reaches a running HAProxy: its Runtime API socket and the backend to manage."""
+
+    stats_socket: str = Field(
+        default="/run/haproxy/admin.sock",
+        description="Runtime API socket: a unix socket path, or host:port for a TCP stats socket",
+    )
+    backend: str | None = Field(default=None, description="backend name; defaults to the balancer's name")
+    server_template_prefix: str = Field(default="srv", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+
+
+class LoadBalancerSpec(StrictModel):
+    """A load balancer in front of a pool (field names as the original system had them)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    ip_address: str = Field(default="127.0.0.1", description="listen address of the balancer")
+    port: int = Field(default=8080, ge=1, le=65535, description="listen port of the balancer")
+    protocol: Literal["http", "https"] = "http"
+    algorithm: Algorithm = "round_robin"
+    status: Literal["active", "inactive"] = Field(
+        default="active", description="an inactive balancer is not run"
+    )
+
+    # sticky sessions
+    sticky_sessions: bool = False
+    sticky_cookie: str = Field(default="POOLCTL_SRV", pattern=COOKIE_NAME_PATTERN)
+
+    # TLS termination
+    ssl_enabled: bool = Field(default=False, description="terminate TLS at the balancer (protocol https)")
+    ssl_certificate: str | None = Field(default=None, description="PEM certificate (chain) file")
+    ssl_key: str | None = Field(default=None, description="PEM private key file")
+
+    # data plane
+    driver: Literal["builtin", "haproxy"] = "builtin"
+    haproxy: HAProxyOptions | None = Field(default=None, description="options of the haproxy driver")
+    admin_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description=f"builtin admin listener on 127.0.0.1; default port+{ADMIN_PORT_OFFSET}",
+    )
+    drain_timeout_s: float = Field(default=30.0, ge=0, le=86_400, description="max wait for a drained server")
+
+    # health checks (the original system's names); the balancer only sends traffic to healthy servers
+    health_check_enabled: bool = True
+    health_check_path: str = Field(default="/health")
+    health_check_interval: float = Field(default=30.0, gt=0, le=3600, description="seconds between checks")
+    healthy_threshold: int = Field(default=2, ge=1, le=100)
+    unhealthy_threshold: int = Field(default=3, ge=1, le=100)
+
+    @field_validator("ip_address")
+    @classmethod
+    def _check_ip(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(f"ip_address {v!r} is not an IPv4 or IPv6 address") from None
+        return v
+
+    @field_validator("health_check_path")
+    @classmethod
+    def _check_path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"health_check_path {v!r} must start with '/'")
+        return v
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> LoadBalancerSpec:
+        if self.protocol == "https" and not self.ssl_enabled:
+            raise ValueError("protocol 'https' needs ssl_enabled: true (TLS is terminated at the balancer)")
+        if self.ssl_enabled and self.protocol != "https":
+            raise ValueError("ssl_enabled: true needs protocol: https")
+        if self.ssl_enabled and self.driver == "builtin":
+            missing = [f for f in ("ssl_certificate", "ssl_key") if not getattr(self, f)]
+            if missing:
+                raise ValueError(f"ssl_enabled: true needs {' and '.join(missing)} (paths to PEM files)")
+        if self.haproxy is not None and self.driver != "haproxy":
+            raise ValueError("'haproxy' options are given but driver is not 'haproxy'")
+        if self.driver == "builtin":
+            admin = self.effective_admin_port
+            if admin > 65535:
+                raise ValueError(
+                    f"admin_port defaults to port+{ADMIN_PORT_OFFSET} = {admin}, which is above 65535; set admin_port"
+                )
+            if admin == self.port:
+                raise ValueError(f"admin_port ({admin}) must differ from port ({self.port})")
+        return self
+
+    @property
+    def effective_admin_port(self) -> int:
+        return self.admin_port if self.admin_port is not None else self.port + ADMIN_PORT_OFFSET
+
+    @property
+    def haproxy_backend(self) -> str:
+        return (self.haproxy.backend if self.haproxy and self.haproxy.backend else None) or self.name

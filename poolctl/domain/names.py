@@ -1,0 +1,29 @@
+"""Names: the rule for pool/policy/team names, and the workflow ids built from them."""
+
+from __future__ import annotations
+
+import re
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+NAME_RE = re.compile(NAME_PATTERN)
+
+
+def pool_workflow_id(team: str, pool: str) -> str:
+    return f"pool/{team}/{pool}"
+
+
+def policy_workflow_id(team: str, pool: str, policy: str) -> str:
+    return f"policy/{team}/{pool}/{policy}"
+
+
+def scale_workflow_id(team: str, pool: str, seq: int) -> str:
+    return f"scale/{team}/{pool}/{seq}"
+
+
+def health_workflow_id(team: str, pool: str, server: str) -> str:
+    return f"health/{team}/{pool}/{server}"
+
+
+def pool_key(team: str, pool: str) -> str:
+    """The stable identifier of a pool across the system (search attribute PoolId)."""
+    return f"{team}/{pool}"

@@ -1,0 +1,316 @@
+"""Scaling policy specs: the policy types, their strategies, metric sources and safety rails.
+
+Durations are numbers of seconds (`*_s`); `cooldown_minutes` is accepted as the original system wrote it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import Field, field_validator, model_validator
+
+from poolctl.domain.model import StrictModel
+from poolctl.domain.names import NAME_PATTERN
+
+PolicyType = Literal["cpu", "memory", "schedule", "custom"]
+Strategy = Literal["threshold", "step", "target_tracking"]
+AdjustmentType = Literal["change_in_capacity", "exact_capacity", "percent_change_in_capacity"]
+OnMetricError = Literal["hold", "fallback", "ignore"]
+
+DEFAULT_METRIC = {"cpu": "cpu_percent", "memory": "memory_percent"}
+DEFAULT_COOLDOWN_S = 300.0
+DEFAULT_STABILIZATION_WINDOW_S = 300.0
+DEFAULT_EVALUATION_INTERVAL_S = 15.0
+
+
+def validate_cron(expr: str) -> str:
+    """A standard five-field cron expression (or an @alias such as @daily); seconds fields are refused."""
+    expr = expr.strip()
+    fields = expr.split()
+    if not expr.startswith("@") and len(fields) != 5:
+        raise ValueError(f"cron expression {expr!r} must have 5 fields (minute hour day month weekday)")
+    if not croniter.is_valid(expr):
+        raise ValueError(f"cron expression {expr!r} does not parse")
+    return expr
+
+
+# --- metric sources -------------------------------------------------------------------------------
+
+
+class ScrapeSource(StrictModel):
+    """Average (or other aggregate) of a gauge over the pool's servers' Prometheus `/metrics` endpoints."""
+
+    kind: Literal["scrape"] = "scrape"
+    metric: str | None = Field(default=None, description="gauge name; defaults to the policy's metric")
+    aggregate: Literal["avg", "max", "min", "sum"] = "avg"
+    path: str = "/metrics"
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
+class PrometheusSource(StrictModel):
+    """An instant PromQL query through a Prometheus server's HTTP API; it must return one sample."""
+
+    kind: Literal["prometheus"]
+    url: str = Field(description="base URL of the Prometheus server, e.g. http://127.0.0.1:9090")
+    query: str = Field(min_length=1)
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
+class HttpJsonSource(StrictModel):
+    """A number at a dotted path (`data.value`, `items.0.load`) in a JSON document fetched by GET."""
+
+    kind: Literal["http_json"]
+    url: str
+    path: str = Field(min_length=1)
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
+MetricSource = Annotated[ScrapeSource | PrometheusSource | HttpJsonSource, Field(discriminator="kind")]
+
+
+# --- strategies' parts ----------------------------------------------------------------------------
+
+
+class Step(StrictModel):
+    """One step of a step-scaling policy, as AWS step scaling: bounds are relative to `threshold`.
+
+    `None` bounds are infinite. Above the threshold the lower bound is inclusive and the upper exclusive;
+    below it the lower bound is exclusive and the upper inclusive.
+    """
+
+    lower_bound: float | None = None
+    upper_bound: float | None = None
+    adjustment: float
+
+    @model_validator(mode="after")
+    def _check(self) -> Step:
+        if self.lower_bound is not None and self.upper_bound is not None and self.lower_bound >= self.upper_bound:
+            raise ValueError(
+                f"lower_bound ({self.lower_bound}) must be less than upper_bound ({self.upper_bound})"
+            )
+        return self
+
+    @property
+    def lower(self) -> float:
+        return -math.inf if self.lower_bound is None else self.lower_bound
+
+    @property
+    def upper(self) -> float:
+        return math.inf if self.upper_bound is None else self.upper_bound
+
+
+class ScheduleSpec(StrictModel):
+    """A window that opens at each `cron` fire (in `timezone`) and lasts `duration_s` or until `end_cron`."""
+
+    cron: str
+    timezone: str = "UTC"
+    min_servers: int | None = Field(default=None, ge=0, le=10_000)
+    max_servers: int | None = Field(default=None, ge=0, le=10_000)
+    desired_servers: int | None = Field(default=None, ge=0, le=10_000)
+    duration_s: float | None = Field(default=None, gt=0)
+    end_cron: str | None = None
+
+    @field_validator("cron", "end_cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        return None if v is None else validate_cron(v)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown IANA time zone {v!r}") from e
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleSpec:
+        if (self.duration_s is None) == (self.end_cron is None):
+            raise ValueError("give exactly one of duration_s or end_cron")
+        if self.min_servers is None and self.max_servers is None and self.desired_servers is None:
+            raise ValueError("a schedule sets at least one of min_servers, max_servers, desired_servers")
+        lo = self.min_servers
+        hi = self.max_servers
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"min_servers ({lo}) is greater than max_servers ({hi})")
+        d = self.desired_servers
+        if d is not None and ((lo is not None and d < lo) or (hi is not None and d > hi)):
+            raise ValueError(f"desired_servers ({d}) is outside min_servers/max_servers ({lo}, {hi})")
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+# --- the policy -----------------------------------------------------------------------------------
+
+_THRESHOLD_FIELDS = ("threshold_up", "threshold_down")
+_STEP_FIELDS = ("threshold", "steps", "adjustment_type", "min_adjustment_magnitude")
+_TARGET_FIELDS = ("target",)
+
+
+class PolicySpec(StrictModel):
+    """A scaling policy on a pool. Metric types (cpu, memory, custom) use a `strategy`; `schedule` uses `schedule`.
+
+    `strategy` may be left out: it is inferred from the fields given (`target` → target_tracking,
+    `steps` → step, otherwise threshold).
+    """
+
+    name: str = Field(pattern=NAME_PATTERN)
+    type: PolicyType = "cpu"
+    is_active: bool = True
+
+    strategy: Strategy | None = None
+    metric: str | None = Field(default=None, description="defaults to cpu_percent / memory_percent")
+    source: MetricSource | None = Field(default=None, description="defaults to a scrape of the pool's servers")
+
+    # threshold (the original system's)
+    threshold_up: float | None = None
+    threshold_down: float | None = None
+    scale_up_by: int = Field(default=1, ge=1)
+    scale_down_by: int = Field(default=1, ge=1)
+
+    # step (AWS step scaling)
+    threshold: float | None = Field(default=None, description="breach threshold the step bounds are relative to")
+    steps: list[Step] | None = None
+    adjustment_type: AdjustmentType = "change_in_capacity"
+    min_adjustment_magnitude: int | None = Field(default=None, ge=1)
+
+    # target tracking (Kubernetes HPA)
+    target: float | None = Field(default=None, gt=0)
+    tolerance_up: float = Field(default=0.1, ge=0)
+    tolerance_down: float = Field(default=0.1, ge=0, lt=1)
+
+    schedule: ScheduleSpec | None = None
+
+    min_servers: int | None = Field(default=None, ge=0, le=10_000)
+    max_servers: int | None = Field(default=None, ge=0, le=10_000)
+    evaluation_interval: float = Field(default=DEFAULT_EVALUATION_INTERVAL_S, ge=1, description="seconds")
+    scale_out_cooldown_s: float = Field(default=DEFAULT_COOLDOWN_S, ge=0)
+    scale_in_cooldown_s: float = Field(default=DEFAULT_COOLDOWN_S, ge=0)
+    stabilization_window_s: float = Field(default=DEFAULT_STABILIZATION_WINDOW_S, ge=0)
+    max_step: int | None = Field(default=None, ge=1, description="most servers added or removed per evaluation")
+    dry_run: bool = False
+    on_metric_error: OnMetricError = "hold"
+    fallback_servers: int | None = Field(default=None, ge=0, le=10_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cooldown_minutes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "cooldown_minutes" in data:
+            data = dict(data)
+            minutes = data.pop("cooldown_minutes")
+            if "scale_out_cooldown_s" in data or "scale_in_cooldown_s" in data:
+                raise ValueError(
+                    "give cooldown_minutes or scale_out_cooldown_s/scale_in_cooldown_s, not both"
+                )
+            if not isinstance(minutes, int | float) or isinstance(minutes, bool) or minutes < 0:
+                raise ValueError(f"cooldown_minutes must be a number of minutes >= 0, got {minutes!r}")
+            data["scale_out_cooldown_s"] = data["scale_in_cooldown_s"] = float(minutes) * 60.0
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> PolicySpec:
+        if self.type == "schedule":
+            self._check_schedule()
+        else:
+            self._check_metric_policy()
+        if self.min_servers is not None and self.max_servers is not None and self.min_servers > self.max_servers:
+            raise ValueError(f"min_servers ({self.min_servers}) is greater than max_servers ({self.max_servers})")
+        if self.on_metric_error == "fallback" and self.fallback_servers is None:
+            raise ValueError("on_metric_error 'fallback' needs fallback_servers")
+        if self.on_metric_error != "fallback" and self.fallback_servers is not None:
+            raise ValueError("fallback_servers is only used with on_metric_error: fallback")
+        return self
+
+    def _given(self, names: tuple[str, ...]) -> list[str]:
+        """Fields among `names` set to something other than their default (so a dumped spec reloads)."""
+        fields = type(self).model_fields
+        return [n for n in names if getattr(self, n) != fields[n].default]
+
+    def _check_schedule(self) -> None:
+        if self.schedule is None:
+            raise ValueError("a schedule policy needs `schedule` (cron, timezone, and servers to set)")
+        extra = self._given(
+            ("strategy", "metric", "source", "min_servers", "max_servers", "on_metric_error", "fallback_servers")
+            + _THRESHOLD_FIELDS
+            + _STEP_FIELDS
+            + _TARGET_FIELDS
+        )
+        if extra:
+            raise ValueError(
+                f"a schedule policy does not take {', '.join(extra)} (use schedule.min_servers/max_servers)"
+            )
+
+    def _check_metric_policy(self) -> None:
+        if self.schedule is not None:
+            raise ValueError(f"`schedule` is only for type: schedule (this policy is type: {self.type})")
+        if self.strategy is None:
+            if self.target is not None:
+                self.strategy = "target_tracking"
+            elif self.steps is not None:
+                self.strategy = "step"
+            else:
+                self.strategy = "threshold"
+        wrong: dict[str, tuple[str, ...]] = {
+            "threshold": _STEP_FIELDS + _TARGET_FIELDS,
+            "step": _THRESHOLD_FIELDS + _TARGET_FIELDS,
+            "target_tracking": _THRESHOLD_FIELDS + _STEP_FIELDS,
+        }
+        extra = self._given(wrong[self.strategy])
+        if extra:
+            raise ValueError(f"strategy {self.strategy} does not use {', '.join(extra)}")
+        if self.strategy == "threshold":
+            if self.threshold_up is None or self.threshold_down is None:
+                raise ValueError("strategy threshold needs threshold_up and threshold_down")
+            if not self.threshold_down < self.threshold_up:
+                raise ValueError(
+                    f"threshold_down ({self.threshold_down}) must be less than threshold_up ({self.threshold_up})"
+                )
+        elif self.strategy == "step":
+            self._check_steps()
+        elif self.target is None:
+            raise ValueError("strategy target_tracking needs target")
+
+        if self.metric is None:
+            if self.type == "custom":
+                if self.source is None:
+                    raise ValueError("a custom policy needs a `source` (scrape, prometheus or http_json)")
+                self.metric = self.source.metric if isinstance(self.source, ScrapeSource) else "custom"
+                if self.metric is None:
+                    raise ValueError("a custom scrape source needs `metric` (the gauge name)")
+            else:
+                self.metric = DEFAULT_METRIC[self.type]
+        if self.source is None:
+            if self.type == "custom":
+                raise ValueError("a custom policy needs a `source` (scrape, prometheus or http_json)")
+            self.source = ScrapeSource(metric=self.metric)
+        elif isinstance(self.source, ScrapeSource) and self.source.metric is None:
+            self.source = self.source.model_copy(update={"metric": self.metric})
+
+    def _check_steps(self) -> None:
+        if self.threshold is None or not self.steps:
+            raise ValueError("strategy step needs threshold and a non-empty list of steps")
+        if self.min_adjustment_magnitude is not None and self.adjustment_type != "percent_change_in_capacity":
+            raise ValueError("min_adjustment_magnitude is only used with percent_change_in_capacity")
+        for i, s in enumerate(self.steps):
+            if self.adjustment_type != "percent_change_in_capacity" and s.adjustment != int(s.adjustment):
+                raise ValueError(f"steps[{i}].adjustment must be a whole number for {self.adjustment_type}")
+            if self.adjustment_type == "exact_capacity" and s.adjustment < 0:
+                raise ValueError(f"steps[{i}].adjustment is a capacity and cannot be negative")
+        ordered = sorted(self.steps, key=lambda s: s.lower)
+        for a, b in zip(ordered, ordered[1:], strict=False):
+            if a.upper > b.lower:
+                raise ValueError(
+                    f"steps overlap: [{a.lower_bound}, {a.upper_bound}) and [{b.lower_bound}, {b.upper_bound})"
+                )
+        self.steps = ordered
+
+    @property
+    def is_metric_policy(self) -> bool:
+        return self.type != "schedule"

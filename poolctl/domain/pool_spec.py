@@ -1,0 +1,93 @@
+"""The server pool spec (what operators write in YAML) and the pool's status vocabulary."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from poolctl.domain.balancer_spec import LoadBalancerSpec
+from poolctl.domain.health_spec import HealthCheckSpec
+from poolctl.domain.model import StrictModel
+from poolctl.domain.names import NAME_PATTERN
+from poolctl.domain.policy_spec import PolicySpec
+
+KNOWN_PROVIDERS = ("local", "fake")
+
+
+class PoolStatus(StrEnum):
+    """Status of a pool as the original system named them, plus `degraded` (healing stopped)."""
+
+    ACTIVE = "active"
+    SCALING = "scaling"
+    PAUSED = "paused"
+    ERROR = "error"
+    DEGRADED = "degraded"
+    DELETING = "deleting"
+
+
+class TerminationPolicy(StrEnum):
+    """Which servers a scale-in removes first."""
+
+    OLDEST_FIRST = "oldest_first"
+    NEWEST_FIRST = "newest_first"
+
+
+class PoolSpec(StrictModel):
+    """A named group of servers kept between `min_servers` and `max_servers`, at `desired_servers`."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="lower-case letters, digits and '-'")
+    environment: str = Field(default="development", pattern=NAME_PATTERN)
+    provider: Literal["local", "fake"] = Field(default="local", description="provider driver that runs the servers")
+    provider_options: dict[str, Any] = Field(default_factory=dict)
+    min_servers: int = Field(default=1, ge=0, le=10_000)
+    max_servers: int = Field(default=10, ge=1, le=10_000)
+    desired_servers: int | None = Field(default=None, ge=0, le=10_000, description="defaults to min_servers")
+    auto_healing: bool = True
+    server_weight: int = Field(default=1, ge=0, le=256, description="balancer weight of each member")
+    termination_policy: TerminationPolicy = TerminationPolicy.OLDEST_FIRST
+    paused: bool = Field(default=False, description="a paused pool makes no scaling actions")
+    policies: list[PolicySpec] = Field(default_factory=list)
+    health_check: HealthCheckSpec | None = None
+    load_balancers: list[LoadBalancerSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> PoolSpec:
+        if self.min_servers > self.max_servers:
+            raise ValueError(f"min_servers ({self.min_servers}) is greater than max_servers ({self.max_servers})")
+        if self.desired_servers is not None and not (self.min_servers <= self.desired_servers <= self.max_servers):
+            raise ValueError(
+                f"desired_servers ({self.desired_servers}) is outside "
+                f"[min_servers, max_servers] = [{self.min_servers}, {self.max_servers}]"
+            )
+        seen: set[str] = set()
+        for p in self.policies:
+            if p.name in seen:
+                raise ValueError(f"policy name {p.name!r} is used twice")
+            seen.add(p.name)
+        seen.clear()
+        for lb in self.load_balancers:
+            if lb.name in seen:
+                raise ValueError(f"load balancer name {lb.name!r} is used twice")
+            seen.add(lb.name)
+        return self
+
+    @property
+    def initial_desired(self) -> int:
+        return self.min_servers if self.desired_servers is None else self.desired_servers
+
+
+class SpecDocument(StrictModel):
+    """One YAML document: a team and the pools it owns."""
+
+    team: str = Field(default="default", pattern=NAME_PATTERN)
+    pools: list[PoolSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_pools(self) -> SpecDocument:
+        names = [p.name for p in self.pools]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"pool name(s) used twice: {', '.join(dupes)}")
+        return self

@@ -1,0 +1,129 @@
+"""The PoolWorkflow's durable state and the messages it exchanges (inputs, updates, query views, results)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field
+
+from poolctl.domain.model import Message
+from poolctl.domain.pool_spec import PoolSpec, PoolStatus
+
+
+class ServerRecord(Message):
+    """A pool member as the pool workflow tracks it."""
+
+    server_id: str
+    host: str
+    port: int
+    created_at: datetime
+    health: str = "initial"  # initial | healthy | unhealthy
+    state: str = "running"  # running | draining
+
+
+class EventSummary(Message):
+    seq: int
+    direction: str
+    from_count: int
+    to_count: int
+    cause: str
+    status: str
+    error: str | None = None
+    finished_at: datetime | None = None
+
+
+class PoolRuntime(Message):
+    """Tunables the worker's settings inject (tests shorten them so loops run in seconds)."""
+
+    scale_attempts: int = 3
+    retry_initial_interval_s: float = 1.0
+    retry_max_interval_s: float = 30.0
+    activity_timeout_s: float = 60.0
+    reconcile_interval_s: float = 30.0
+    history_budget: int = 2000
+
+
+class PoolState(Message):
+    """Everything that survives continue-as-new, in one place."""
+
+    desired: int
+    status: PoolStatus = PoolStatus.ACTIVE
+    status_reason: str | None = None
+    servers: list[ServerRecord] = Field(default_factory=list)
+    seq: int = 0
+    last_event: EventSummary | None = None
+    pending_cause: str = "pool created"
+    pending_policy: str | None = None
+    pending_decision: dict[str, Any] | None = None
+    recent_request_ids: list[str] = Field(default_factory=list)
+    deleting: bool = False
+    adopted: bool = False
+    epoch: str = Field(default="", description="first run of this pool's workflow chain; part of idempotency keys")
+
+
+class PoolInput(Message):
+    team: str
+    spec: PoolSpec
+    runtime: PoolRuntime = Field(default_factory=PoolRuntime)
+    state: PoolState | None = None
+
+
+class ScaleRequest(Message):
+    """The `scale` update: set desired servers by hand."""
+
+    desired: int
+    reason: str = "manual scale"
+    request_id: str | None = None
+
+
+class ScaleAccepted(Message):
+    previous_desired: int
+    desired: int
+    current: int
+
+
+class PoolStatusView(Message):
+    """The `status` query's answer."""
+
+    team: str
+    pool: str
+    status: PoolStatus
+    status_reason: str | None
+    desired: int
+    current: int
+    min_servers: int
+    max_servers: int
+    scaling: bool
+    seq: int
+    servers: list[ServerRecord]
+    last_event: EventSummary | None
+    spec_hash_hint: str | None = None
+
+
+class ScaleInput(Message):
+    """Input of one ScalePoolWorkflow: add `count` servers, or remove `victims`."""
+
+    team: str
+    pool: str
+    seq: int
+    epoch: str = ""
+    direction: str  # up | down
+    count: int
+    from_count: int
+    to_count: int
+    cause: str
+    policy_name: str | None = None
+    decision: dict[str, Any] | None = None
+    provider: str
+    provider_options: dict[str, Any] = Field(default_factory=dict)
+    weight: int = 1
+    victims: list[ServerRecord] = Field(default_factory=list)
+    runtime: PoolRuntime = Field(default_factory=PoolRuntime)
+
+
+class ScaleResult(Message):
+    added: list[ServerRecord] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    error: str | None = None
+    status: str = "succeeded"  # succeeded | failed | partial

@@ -1,0 +1,126 @@
+"""Schedule math: when a cron expression fires in an IANA time zone, and whether a schedule window is open.
+
+Pure: `now` is always passed in. Cron fields are matched against local wall-clock time, with cron's
+usual DST rules: a time skipped by a spring-forward gap fires at the end of the gap (02:30 → 03:00), and
+a time repeated by a fall-back fires once, at its first occurrence.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from poolctl.domain.policy_spec import PolicySpec, ScheduleSpec
+
+# Longer than any UTC offset change (DST shifts are at most two hours).
+_FOLD_MARGIN = timedelta(hours=3)
+_MAX_ITERATIONS = 100_000
+
+
+def _require_aware(at: datetime, name: str) -> None:
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, got {at!r}")
+
+
+def _schedule_of(spec: ScheduleSpec | PolicySpec) -> ScheduleSpec:
+    if isinstance(spec, ScheduleSpec):
+        return spec
+    if spec.schedule is None:
+        raise ValueError(f"policy {spec.name!r} has no schedule")
+    return spec.schedule
+
+
+def _wall(at: datetime, tz: ZoneInfo) -> datetime:
+    """The naive local wall-clock time at instant `at`."""
+    return at.astimezone(tz).replace(tzinfo=None, fold=0)
+
+
+def fire_instant(wall: datetime, tz: ZoneInfo) -> datetime:
+    """The instant (UTC) at which a cron fire at local wall-clock `wall` happens.
+
+    Monotone in `wall`: skipped times map to the end of the gap, repeated times to their first occurrence.
+    """
+    first = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
+    if _wall(first, tz) == wall:
+        return first
+    # `wall` does not exist (spring-forward gap): find the transition, the first instant past the gap.
+    lo = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)  # before the gap, offset after the shift
+    hi = first  # after the gap
+    lo_off = lo.astimezone(tz).utcoffset()
+    while hi - lo > timedelta(seconds=1):
+        mid = lo + (hi - lo) / 2
+        if mid.astimezone(tz).utcoffset() == lo_off:
+            lo = mid
+        else:
+            hi = mid
+    return hi.replace(microsecond=0)
+
+
+def _cron_next(expr: str, tz: ZoneInfo, after: datetime) -> datetime:
+    """First fire strictly after instant `after` (UTC)."""
+    it = croniter(expr, _wall(after, tz))
+    for _ in range(_MAX_ITERATIONS):
+        candidate = fire_instant(it.get_next(datetime), tz)
+        if candidate > after:
+            return candidate
+    raise ValueError(f"cron {expr!r} has no fire after {after.isoformat()}")
+
+
+def _cron_prev(expr: str, tz: ZoneInfo, at: datetime) -> datetime | None:
+    """Last fire at or before instant `at` (UTC), or None if there is none."""
+    local = at.astimezone(tz)
+    start = local.replace(tzinfo=None, fold=0) + timedelta(seconds=1)
+    if local.fold:  # in a repeated hour: later wall times may already have fired (first occurrence)
+        start += _FOLD_MARGIN
+    it = croniter(expr, start)
+    for _ in range(_MAX_ITERATIONS):
+        try:
+            wall = it.get_prev(datetime)
+        except Exception:  # croniter gives up far in the past
+            return None
+        candidate = fire_instant(wall, tz)
+        if candidate <= at:
+            return candidate
+    return None
+
+
+def next_fire(spec: ScheduleSpec | PolicySpec, after: datetime) -> datetime:
+    """The first time the schedule's `cron` fires strictly after `after`, in the schedule's time zone."""
+    _require_aware(after, "after")
+    sched = _schedule_of(spec)
+    return _cron_next(sched.cron, sched.zone, after.astimezone(UTC)).astimezone(sched.zone)
+
+
+def window_end(spec: ScheduleSpec | PolicySpec, start: datetime) -> datetime:
+    """When the window that opened at `start` closes: `duration_s` of elapsed time, or the next `end_cron`."""
+    _require_aware(start, "start")
+    sched = _schedule_of(spec)
+    if sched.duration_s is not None:
+        end = start.astimezone(UTC) + timedelta(seconds=sched.duration_s)
+    else:
+        assert sched.end_cron is not None
+        end = _cron_next(sched.end_cron, sched.zone, start.astimezone(UTC))
+    return end.astimezone(sched.zone)
+
+
+def schedule_window_active(
+    spec: ScheduleSpec | PolicySpec, now: datetime
+) -> tuple[bool, datetime | None, datetime | None]:
+    """Whether a window is open at `now`: (True, its start, its end) or (False, next start, next end).
+
+    The window containing `now` is the one opened by the last fire at or before `now`; a later fire
+    always closes no earlier than an earlier one, so overlapping windows need no special case.
+    """
+    _require_aware(now, "now")
+    sched = _schedule_of(spec)
+    tz = sched.zone
+    now_utc = now.astimezone(UTC)
+    start = _cron_prev(sched.cron, tz, now_utc)
+    if start is not None:
+        end = window_end(sched, start)
+        if start <= now_utc < end:
+            return True, start.astimezone(tz), end
+    nxt = next_fire(sched, now_utc)
+    return False, nxt, window_end(sched, nxt)

@@ -1,0 +1,56 @@
+"""Every setting poolctl reads, in one place: environment variables prefixed POOLCTL_ and an optional file."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_state_dir() -> Path:
+    return Path(os.environ.get("POOLCTL_STATE_DIR", ".poolctl")).resolve()
+
+
+class Settings(BaseSettings):
+    """poolctl settings. Each field is read from `POOLCTL_<NAME>` (e.g. `POOLCTL_DATABASE_URL`),
+    then from the file named by `POOLCTL_ENV_FILE` (default `poolctl.env`), then the default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POOLCTL_",
+        env_file=os.environ.get("POOLCTL_ENV_FILE", "poolctl.env"),
+        extra="ignore",
+    )
+
+    state_dir: Path = Field(default_factory=_default_state_dir, description="Logs, pids, local servers, SQLite files.")
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; default sqlite:///<state_dir>/poolctl.db. "
+        "PostgreSQL: postgresql+psycopg://user@host:5432/db",
+    )
+    temporal_address: str = Field(default="127.0.0.1:7233", description="host:port of the Temporal frontend.")
+    temporal_namespace: str = Field(default="default")
+    temporal_ui_port: int = Field(default=8233, description="Web UI port of the embedded dev server.")
+    temporal_api_key: str | None = Field(default=None, description="API key for Temporal Cloud (enables TLS).")
+    temporal_tls: bool = Field(default=False)
+    task_queue: str = Field(default="poolctl")
+    team: str = Field(default="default", description="Team used when a spec or command names none.")
+    scale_attempts: int = Field(default=3, ge=1, description="Attempts per provision/terminate call before a scaling fails.")
+    reconcile_interval_s: float = Field(default=30.0, gt=0, description="How often a pool re-checks its size.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.state_dir / 'poolctl.db'}"
+
+    def ensure_state_dir(self) -> Path:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return self.state_dir
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,389 @@
+"""The `poolctl` command line: apply specs, run the dev stack, read status, scale by hand, show history."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from poolctl.domain.errors import NotFoundError, SpecError
+from poolctl.settings import Settings, get_settings
+from poolctl.starter import devstack, pool_ops
+from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
+from poolctl.starter.specfile import load_spec_files
+from poolctl.store import inventory
+from poolctl.store.db import migrate, session_scope
+from poolctl.temporal_client import connect
+
+app = typer.Typer(
+    name="poolctl",
+    help="Keep server pools at the right size and traffic on healthy servers, durably, on Temporal.\n\n"
+    "Start with `poolctl dev up`, then `poolctl apply -f examples/demo.yaml` and `poolctl status`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+dev_app = typer.Typer(help="Run the embedded stack (Temporal dev server + worker) in the background.", no_args_is_help=True)
+delete_app = typer.Typer(help="Delete things (their servers are terminated first).", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(dev_app, name="dev")
+app.add_typer(delete_app, name="delete")
+app.add_typer(db_app, name="db")
+
+T = TypeVar("T")
+
+TeamOpt = Annotated[str | None, typer.Option("--team", "-t", help="Team that owns the pool [default: POOLCTL_TEAM or 'default'].")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def _team(team: str | None) -> str:
+    return team or _settings().team
+
+
+def run(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine, turning poolctl's errors into clear messages and exit codes."""
+    try:
+        return asyncio.run(make())  # type: ignore[arg-type]
+    except SpecError as e:
+        fail(str(e), EXIT_BAD_INPUT)
+    except pool_ops.RequestRefused as e:
+        fail(f"refused: {e}", EXIT_BAD_INPUT)
+    except NotFoundError as e:
+        fail(str(e), EXIT_BAD_INPUT)
+
+
+async def _client() -> Any:
+    s = _settings()
+    try:
+        return await connect(s)
+    except RuntimeError as e:
+        fail(f"cannot reach Temporal at {s.temporal_address} ({e}).\nStart the embedded stack with `poolctl dev up`.")
+
+
+# ---- dev stack --------------------------------------------------------------------------------------
+
+
+@dev_app.command("up")
+def dev_up() -> None:
+    """Start the Temporal dev server (file-backed, web UI) and a worker in the background."""
+    s = _settings()
+    try:
+        devstack.up(s, say=lambda m: console.print(m, highlight=False))
+    except RuntimeError as e:
+        fail(str(e))
+    console.print(f"[green]ready[/]: Temporal UI at [bold]{devstack.ui_url(s)}[/]; state in {s.state_dir}")
+    console.print("next: poolctl apply -f examples/demo.yaml")
+
+
+@dev_app.command("down")
+def dev_down(
+    purge: Annotated[bool, typer.Option(help="Also stop every local server and delete the state directory.")] = False,
+) -> None:
+    """Stop the worker and the Temporal dev server (local servers keep running unless --purge)."""
+    devstack.down(_settings(), purge=purge, say=console.print)
+
+
+@dev_app.command("status")
+def dev_status(as_json: JsonOpt = False) -> None:
+    """Show whether the dev server and the worker run, with their pids and logs."""
+    comps = devstack.status(_settings())
+    if as_json:
+        print_json([c.__dict__ for c in comps])
+        return
+    console.print(
+        table(
+            None,
+            ["component", "state", "pid", "where", "log"],
+            [[c.name, "[green]running[/]" if c.alive else "[red]stopped[/]", c.pid, c.detail, c.log] for c in comps],
+        )
+    )
+
+
+# ---- specs ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def validate(files: Annotated[list[Path], typer.Option("--file", "-f", help="Spec file (YAML); repeatable.")]) -> None:
+    """Check spec files without applying anything."""
+    try:
+        docs = load_spec_files(files)
+    except SpecError as e:
+        fail(str(e), EXIT_BAD_INPUT)
+    n = sum(len(d.pools) for d in docs)
+    console.print(f"[green]valid[/]: {n} pool(s) in {len(files)} file(s)")
+
+
+@app.command()
+def apply(
+    files: Annotated[list[Path], typer.Option("--file", "-f", help="Spec file (YAML); repeatable.")],
+    wait: Annotated[bool, typer.Option(help="Wait until every pool reaches its size.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 180.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate specs, store them in one transaction, and start or update their workflows.
+
+    Nothing is written unless every file is valid. Re-applying an unchanged file changes nothing."""
+    try:
+        docs = load_spec_files(files)
+    except SpecError as e:
+        fail(str(e), EXIT_BAD_INPUT)
+
+    async def go() -> list[pool_ops.ApplyOutcome]:
+        client = await _client()  # reach Temporal before writing anything
+        outcomes = await pool_ops.apply_documents(client, _settings(), docs)
+        if not as_json:
+            for o in outcomes:
+                what = {"created": "[green]created[/]", "updated": "[yellow]updated[/]", "unchanged": "unchanged"}[o.action]
+                extra = f" ({', '.join(o.changed_fields)})" if o.changed_fields else ""
+                console.print(f"pool {o.team}/{o.pool}: {what}{extra}; workflow {o.workflow}", highlight=False)
+        if wait:
+            for o in outcomes:
+                view = await _wait_with_progress(client, o.team, o.pool, timeout)
+                if view is not None and view.status.value == "error":
+                    fail(f"pool {o.pool} is in error: {view.status_reason}")
+        return outcomes
+
+    outcomes = run(go)
+    if as_json:
+        print_json([o.__dict__ for o in outcomes])
+
+
+async def _wait_with_progress(client: Any, team: str, pool: str, timeout: float, after_seq: int = -1) -> Any:
+    last: list[str] = []
+
+    def progress(view: Any) -> None:
+        line = f"  {pool}: {view.current}/{view.desired} servers, {view.status.value}"
+        if not last or last[-1] != line:
+            last.append(line)
+            console.print(line, highlight=False)
+
+    view = await pool_ops.wait_settled(client, team, pool, timeout=timeout, after_seq=after_seq, on_progress=progress)
+    if view is None:
+        console.print(f"  {pool}: no running workflow")
+    elif view.current != view.desired or view.scaling:
+        console.print(f"  [yellow]{pool}: still converging after {timeout:.0f}s[/] (see `poolctl status {pool}`)")
+    return view
+
+
+# ---- reading ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def status(
+    pool: Annotated[str | None, typer.Argument(help="Pool name; all pools when omitted.")] = None,
+    team: TeamOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pools with their size, bounds and state (live from the pool workflows)."""
+    s = _settings()
+
+    async def go() -> list[dict[str, Any]]:
+        with session_scope(s.resolved_database_url) as db:
+            rows = [inventory.get_pool(db, _team(team), pool)] if pool else inventory.list_pools(db, team)
+            pools = [(r.team.name, r.name, r.min_servers, r.max_servers, r.status, r.status_reason) for r in rows]
+        client = await _client()
+        out = []
+        for t, name, lo, hi, db_status, db_reason in pools:
+            view = await pool_ops.query_status(client, t, name)
+            out.append(
+                {
+                    "team": t,
+                    "pool": name,
+                    "status": view.status.value if view else f"{db_status} (no workflow)",
+                    "reason": view.status_reason if view else db_reason,
+                    "current": view.current if view else None,
+                    "desired": view.desired if view else None,
+                    "min_servers": lo,
+                    "max_servers": hi,
+                    "last_event": view.last_event.model_dump(mode="json") if view and view.last_event else None,
+                }
+            )
+        return out
+
+    data = run(go)
+    if as_json:
+        print_json(data)
+        return
+    if not data:
+        console.print("no pools yet: poolctl apply -f examples/demo.yaml")
+        return
+    rows = []
+    for d in data:
+        ev = d["last_event"]
+        last = f"#{ev['seq']} {ev['direction']} {ev['from_count']}->{ev['to_count']} {ev['status']}" if ev else ""
+        rows.append([f"{d['team']}/{d['pool']}", d["status"], d["current"], d["desired"], f"{d['min_servers']}..{d['max_servers']}", last, d["reason"] or ""])
+    console.print(table(None, ["pool", "status", "current", "desired", "range", "last action", "reason"], rows))
+
+
+@app.command()
+def servers(
+    pool: Annotated[str, typer.Argument(help="Pool name.")],
+    team: TeamOpt = None,
+    include_terminated: Annotated[bool, typer.Option("--all", help="Include terminated servers.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """A pool's servers: id, address, state, health, weight, age."""
+    s = _settings()
+    with session_scope(s.resolved_database_url) as db:
+        try:
+            rows = inventory.list_servers(db, _team(team), pool, include_terminated=include_terminated)
+            weights = inventory.member_weights(db, _team(team), pool)
+        except NotFoundError as e:
+            fail(str(e), EXIT_BAD_INPUT)
+        data = [
+            {
+                "server_id": r.id,
+                "address": f"{r.host}:{r.port}",
+                "state": r.state,
+                "health": r.health,
+                "weight": weights.get(r.id),
+                "created_at": r.created_at,
+                "terminated_at": r.terminated_at,
+            }
+            for r in rows
+        ]
+    if as_json:
+        print_json(data)
+        return
+    console.print(
+        table(
+            f"{pool}: {sum(1 for d in data if d['state'] != 'terminated')} live server(s)",
+            ["server", "address", "state", "health", "weight", "created"],
+            [[d["server_id"], d["address"], d["state"], d["health"], d["weight"], ago(d["created_at"])] for d in data],
+        )
+    )
+
+
+@app.command()
+def events(
+    pool: Annotated[str, typer.Argument(help="Pool name.")],
+    team: TeamOpt = None,
+    limit: Annotated[int, typer.Option(help="How many events, newest first.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """The pool's scaling events: each action with its cause and outcome, newest first."""
+    s = _settings()
+    with session_scope(s.resolved_database_url) as db:
+        try:
+            rows = inventory.list_events(db, _team(team), pool, limit)
+        except NotFoundError as e:
+            fail(str(e), EXIT_BAD_INPUT)
+        data = [
+            {
+                "event": r.event_key,
+                "direction": r.direction,
+                "from": r.from_count,
+                "to": r.to_count,
+                "cause": r.cause,
+                "policy": r.policy_name,
+                "status": r.status,
+                "started_at": r.started_at,
+                "finished_at": r.finished_at,
+                "error": r.error,
+                "servers": r.servers,
+                "decision": r.decision,
+            }
+            for r in rows
+        ]
+    if as_json:
+        print_json(data)
+        return
+    console.print(
+        table(
+            f"{pool}: scaling events",
+            ["#", "when", "action", "cause", "result", "error"],
+            [
+                [
+                    d["event"].rsplit("/", 1)[-1],
+                    ago(d["started_at"]),
+                    f"{d['direction']} {d['from']}->{d['to']}",
+                    d["cause"] + (f" (policy {d['policy']})" if d["policy"] else ""),
+                    d["status"],
+                    d["error"] or "",
+                ]
+                for d in data
+            ],
+        )
+    )
+
+
+# ---- acting -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def scale(
+    pool: Annotated[str, typer.Argument(help="Pool name.")],
+    desired: Annotated[int, typer.Option("--desired", "-d", help="Servers wanted; must be within min..max.")],
+    team: TeamOpt = None,
+    reason: Annotated[str, typer.Option(help="Recorded as the cause of the scaling event.")] = "manual scale",
+    wait: Annotated[bool, typer.Option(help="Wait until the pool reaches the new size.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 180.0,
+) -> None:
+    """Set a pool's desired size by hand. Out-of-range requests are refused and change nothing."""
+    t = _team(team)
+
+    async def go() -> None:
+        client = await _client()
+        before = await pool_ops.query_status(client, t, pool)
+        if before is None:
+            raise NotFoundError(f"pool {pool!r} (team {t}) has no running workflow: apply its spec first")
+        accepted = await pool_ops.request_scale(client, t, pool, desired, reason)
+        console.print(f"{pool}: desired {accepted.previous_desired} -> {accepted.desired} (now {accepted.current} servers)")
+        if wait:
+            view = await _wait_with_progress(client, t, pool, timeout, after_seq=before.seq)
+            if view is not None and view.status.value == "error":
+                fail(f"pool {pool} is in error: {view.status_reason}")
+
+    run(go)
+
+
+@delete_app.command("pool")
+def delete_pool(
+    pool: Annotated[str, typer.Argument(help="Pool name.")],
+    team: TeamOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Terminate every server of the pool, end its workflow, and remove it from the store."""
+    t = _team(team)
+    if not yes and not typer.confirm(f"Delete pool {t}/{pool} and terminate all its servers?"):
+        raise typer.Exit(1)
+
+    async def go() -> int:
+        with session_scope(_settings().resolved_database_url) as db:
+            inventory.get_pool(db, t, pool)
+        client = await _client()
+        return await pool_ops.delete_pool(client, _settings(), t, pool)
+
+    n = run(go)
+    console.print(f"pool {t}/{pool} deleted ({n} server(s) terminated)")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the database schema to the latest revision."""
+    s = _settings()
+    migrate(s.resolved_database_url)
+    console.print(f"schema is current at {s.resolved_database_url}")
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker in the foreground (Ctrl-C stops it gracefully)."""
+    from poolctl.worker import main as worker_main
+
+    worker_main()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

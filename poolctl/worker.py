@@ -1,0 +1,73 @@
+"""The worker process: registers every workflow and activity on the task queue; stops gracefully on SIGTERM/Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from poolctl.activities.inventory import InventoryActivities
+from poolctl.activities.provisioning import ProvisioningActivities
+from poolctl.settings import Settings, get_settings
+from poolctl.store.db import migrate
+from poolctl.temporal_client import connect
+from poolctl.workflows.pool import PoolWorkflow
+from poolctl.workflows.scale_pool import ScalePoolWorkflow
+
+log = logging.getLogger("poolctl.worker")
+
+WORKFLOWS: list[type] = [PoolWorkflow, ScalePoolWorkflow]
+
+
+def activities_for(settings: Settings) -> list[object]:
+    provisioning = ProvisioningActivities(settings)
+    inventory = InventoryActivities(settings)
+    return [
+        provisioning.provision_server,
+        provisioning.terminate_server,
+        inventory.record_event_started,
+        inventory.record_event_finished,
+        inventory.update_pool_status,
+        inventory.load_pool_servers,
+    ]
+
+
+def build_worker(client: Client, settings: Settings) -> Worker:
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=activities_for(settings),
+        max_cached_workflows=5000,
+        max_concurrent_activities=4000,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+async def run_worker(settings: Settings) -> None:
+    settings.ensure_state_dir()
+    migrate(settings.resolved_database_url)
+    client = await connect(settings)
+    worker = build_worker(client, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_address)
+    async with worker:
+        await stop.wait()
+        log.info("stopping: finishing in-flight tasks")
+    log.info("worker stopped")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_worker(get_settings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""PoolWorkflow: the single writer of a pool's capacity. It takes manual scale requests (an update), spec
+changes and (later) policy recommendations, reconciles the pool to its desired size one ScalePoolWorkflow
+at a time, mirrors its status to the store and the Temporal UI, and continues-as-new with its state."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from poolctl import search_attributes as sa
+    from poolctl.activities.inventory import InventoryActivities
+    from poolctl.activities.messages import PoolRef, PoolStatusUpdate
+    from poolctl.domain.capacity import Direction, clamp, pick_victims, plan_scale
+    from poolctl.domain.names import scale_workflow_id
+    from poolctl.domain.pool_spec import PoolSpec, PoolStatus
+    from poolctl.domain.pool_state import (
+        EventSummary,
+        PoolInput,
+        PoolState,
+        PoolStatusView,
+        ScaleAccepted,
+        ScaleInput,
+        ScaleRequest,
+        ScaleResult,
+    )
+    from poolctl.workflows.scale_pool import BOOKKEEPING_RETRY, ScalePoolWorkflow, failure_text
+
+MAX_REMEMBERED_REQUESTS = 50
+
+
+@workflow.defn
+class PoolWorkflow:
+    @workflow.init
+    def __init__(self, inp: PoolInput) -> None:
+        self.team = inp.team
+        self.spec: PoolSpec = inp.spec
+        self.runtime = inp.runtime
+        self.state: PoolState = inp.state or PoolState(desired=inp.spec.initial_desired)
+        self._wake = True
+        self._scaling = False
+        self._published: tuple[str, str | None, int] | None = None
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, inp: PoolInput) -> str:
+        if not self.state.adopted:
+            await self._adopt_existing_servers()
+        while True:
+            await self._publish_status()
+            try:
+                await workflow.wait_condition(
+                    lambda: self._wake,
+                    timeout=timedelta(seconds=self.runtime.reconcile_interval_s),
+                    timeout_summary="reconcile",
+                )
+            except TimeoutError:
+                pass
+            self._wake = False
+            if self.state.deleting:
+                await self._remove_all_servers()
+                await self._publish_status()
+                return "deleted"
+            await self._reconcile()
+            if self._history_too_long():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(
+                    PoolInput(team=self.team, spec=self.spec, runtime=self.runtime, state=self.state)
+                )
+
+    async def _adopt_existing_servers(self) -> None:
+        """A fresh pool workflow takes over the servers the store already knows (e.g. after re-creation)."""
+        servers = await workflow.execute_activity_method(
+            InventoryActivities.load_pool_servers,
+            PoolRef(team=self.team, pool=self.spec.name),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=BOOKKEEPING_RETRY,
+            summary="adopt servers already in the inventory",
+        )
+        known = {s.server_id for s in self.state.servers}
+        self.state.servers.extend(s for s in servers if s.server_id not in known)
+        self.state.adopted = True
+        self.state.epoch = workflow.info().run_id[:8]
+
+    def target(self) -> int:
+        return clamp(self.state.desired, self.spec.min_servers, self.spec.max_servers)
+
+    async def _reconcile(self) -> None:
+        if self.spec.paused:
+            self._set_status(PoolStatus.PAUSED, "pool is paused")
+            return
+        if self.state.status is PoolStatus.ERROR:
+            return  # waits for an operator: a new scale request or spec clears it
+        plan = plan_scale(len(self.state.servers), self.target())
+        if plan.direction is Direction.NONE:
+            self._set_status(PoolStatus.ACTIVE, None)
+            return
+        await self._run_scaling(plan.direction, plan.count, plan.target, allow_below_min=False)
+
+    async def _remove_all_servers(self) -> None:
+        self._set_status(PoolStatus.DELETING, "pool deleted")
+        if self.state.servers:
+            self.state.pending_cause = "pool deleted"
+            await self._run_scaling(Direction.DOWN, len(self.state.servers), 0, allow_below_min=True)
+
+    async def _run_scaling(self, direction: Direction, count: int, target: int, *, allow_below_min: bool) -> None:
+        self.state.seq += 1
+        seq = self.state.seq
+        current = len(self.state.servers)
+        victims = (
+            pick_victims(self.state.servers, count, self.spec.termination_policy) if direction is Direction.DOWN else []
+        )
+        if not self.state.deleting:
+            self._set_status(PoolStatus.SCALING, f"scaling {direction.value} {current} -> {target}")
+        await self._publish_status()
+        self._scaling = True
+        inp = ScaleInput(
+            team=self.team,
+            pool=self.spec.name,
+            seq=seq,
+            epoch=self.state.epoch,
+            direction=direction.value,
+            count=count,
+            from_count=current,
+            to_count=target,
+            cause=self.state.pending_cause,
+            policy_name=self.state.pending_policy,
+            decision=self.state.pending_decision,
+            provider=self.spec.provider,
+            provider_options=self.spec.provider_options,
+            weight=self.spec.server_weight,
+            victims=victims,
+            runtime=self.runtime,
+        )
+        try:
+            result = await workflow.execute_child_workflow(
+                ScalePoolWorkflow.run,
+                inp,
+                id=scale_workflow_id(self.team, self.spec.name, seq),
+                static_summary=f"scale {direction.value} {current} -> {target}: {self.state.pending_cause}",
+            )
+        except ChildWorkflowError as e:
+            result = ScaleResult(status="failed", error=failure_text(e))
+        finally:
+            self._scaling = False
+        self._apply_result(inp, result)
+
+    def _apply_result(self, inp: ScaleInput, result: ScaleResult) -> None:
+        removed = set(result.removed)
+        self.state.servers = [s for s in self.state.servers if s.server_id not in removed]
+        self.state.servers.extend(result.added)
+        self.state.last_event = EventSummary(
+            seq=inp.seq,
+            direction=inp.direction,
+            from_count=inp.from_count,
+            to_count=inp.to_count,
+            cause=inp.cause,
+            status=result.status,
+            error=result.error,
+            finished_at=workflow.now(),
+        )
+        self.state.pending_policy = None
+        self.state.pending_decision = None
+        if result.status != "succeeded":
+            self._set_status(PoolStatus.ERROR, f"scale {inp.direction} #{inp.seq} {result.status}: {result.error}")
+        elif not self.state.deleting:
+            self.state.pending_cause = "reconcile"
+            self._set_status(PoolStatus.ACTIVE, None)
+            self._wake = True  # re-check at once: the target may have moved while we scaled
+
+    def _history_too_long(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > self.runtime.history_budget
+
+    # ---- status: the store and the UI -----------------------------------------------------------
+
+    def _set_status(self, status: PoolStatus, reason: str | None) -> None:
+        self.state.status = status
+        self.state.status_reason = reason
+
+    async def _publish_status(self) -> None:
+        """Mirror status changes to the search attribute (UI filter) and the store; only on change."""
+        now = (self.state.status.value, self.state.status_reason, self.state.desired)
+        if now == self._published:
+            return
+        if self._published is None or self._published[0] != now[0]:
+            workflow.upsert_search_attributes([sa.POOL_STATE.value_set(self.state.status.value)])
+        self._published = now
+        await workflow.execute_activity_method(
+            InventoryActivities.update_pool_status,
+            PoolStatusUpdate(
+                team=self.team,
+                pool=self.spec.name,
+                status=self.state.status.value,
+                reason=self.state.status_reason,
+                desired=self.state.desired,
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=BOOKKEEPING_RETRY,
+            summary=f"status {self.state.status.value}",
+        )
+
+    # ---- messages ---------------------------------------------------------------------------------
+
+    @workflow.update
+    async def scale(self, req: ScaleRequest) -> ScaleAccepted:
+        """Set desired servers by hand (the validator refuses out-of-range values before history)."""
+        previous = self.state.desired
+        if req.request_id and req.request_id in self.state.recent_request_ids:
+            return ScaleAccepted(previous_desired=previous, desired=self.state.desired, current=len(self.state.servers))
+        if req.request_id:
+            self.state.recent_request_ids = (self.state.recent_request_ids + [req.request_id])[-MAX_REMEMBERED_REQUESTS:]
+        self.state.desired = req.desired
+        self.state.pending_cause = req.reason
+        self.state.pending_policy = None
+        if self.state.status is PoolStatus.ERROR:
+            self._set_status(PoolStatus.ACTIVE, None)
+        self._wake = True
+        return ScaleAccepted(previous_desired=previous, desired=req.desired, current=len(self.state.servers))
+
+    @scale.validator
+    def _validate_scale(self, req: ScaleRequest) -> None:
+        if self.state.deleting:
+            raise ValueError(f"pool {self.spec.name} is being deleted")
+        if not (self.spec.min_servers <= req.desired <= self.spec.max_servers):
+            raise ValueError(
+                f"desired {req.desired} is outside pool {self.spec.name}'s range "
+                f"[min_servers={self.spec.min_servers}, max_servers={self.spec.max_servers}]"
+            )
+
+    @workflow.update
+    async def apply_spec(self, spec: PoolSpec) -> ScaleAccepted:
+        """A re-applied spec: new bounds, provider options, policies; desired follows the spec when it names one."""
+        previous = self.state.desired
+        self.spec = spec
+        if spec.desired_servers is not None:
+            self.state.desired = spec.desired_servers
+        self.state.desired = clamp(self.state.desired, spec.min_servers, spec.max_servers)
+        self.state.pending_cause = "spec applied"
+        if self.state.status in (PoolStatus.ERROR, PoolStatus.PAUSED):
+            self._set_status(PoolStatus.ACTIVE, None)
+        self._wake = True
+        return ScaleAccepted(previous_desired=previous, desired=self.state.desired, current=len(self.state.servers))
+
+    @apply_spec.validator
+    def _validate_apply_spec(self, spec: PoolSpec) -> None:
+        if spec.name != self.spec.name:
+            raise ValueError(f"spec for pool {spec.name!r} sent to pool {self.spec.name!r}")
+        if self.state.deleting:
+            raise ValueError(f"pool {self.spec.name} is being deleted")
+
+    @workflow.update
+    async def delete(self) -> int:
+        """Terminate every server, then end the workflow. Returns how many servers will be removed."""
+        self.state.deleting = True
+        self._wake = True
+        return len(self.state.servers)
+
+    @workflow.query
+    def status(self) -> PoolStatusView:
+        return PoolStatusView(
+            team=self.team,
+            pool=self.spec.name,
+            status=self.state.status,
+            status_reason=self.state.status_reason,
+            desired=self.target(),
+            current=len(self.state.servers),
+            min_servers=self.spec.min_servers,
+            max_servers=self.spec.max_servers,
+            scaling=self._scaling,
+            seq=self.state.seq,
+            servers=self.state.servers,
+            last_event=self.state.last_event,
+        )
+

@@ -1,0 +1,136 @@
+"""ScalePoolWorkflow: one scaling action — provision or terminate N servers with retries, and record the event."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from poolctl.activities.inventory import InventoryActivities
+    from poolctl.activities.messages import EventFinish, EventStart, ProvisionInput, TerminateInput
+    from poolctl.activities.provisioning import ProvisioningActivities
+    from poolctl.domain.errors import NON_RETRYABLE_ERROR_TYPES
+    from poolctl.domain.pool_state import PoolRuntime, ScaleInput, ScaleResult, ServerRecord
+
+BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+
+
+def provider_retry(runtime: PoolRuntime) -> RetryPolicy:
+    """Exponential backoff for provider calls; `scale_attempts` tries in all (3 as in the original system)."""
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=runtime.retry_initial_interval_s),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=runtime.retry_max_interval_s),
+        maximum_attempts=runtime.scale_attempts,
+        non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
+    )
+
+
+def failure_text(err: BaseException) -> str:
+    """The root cause of an activity failure, readable."""
+    cause = err.cause if isinstance(err, ActivityError) and err.cause else err
+    if isinstance(cause, ApplicationError) and cause.type:
+        return f"{cause.type}: {cause.message}"
+    return str(cause)
+
+
+@workflow.defn
+class ScalePoolWorkflow:
+    @workflow.run
+    async def run(self, inp: ScaleInput) -> ScaleResult:
+        event_key = workflow.info().workflow_id
+        await workflow.execute_activity_method(
+            InventoryActivities.record_event_started,
+            EventStart(
+                team=inp.team,
+                pool=inp.pool,
+                event_key=event_key,
+                direction=inp.direction,
+                from_count=inp.from_count,
+                to_count=inp.to_count,
+                cause=inp.cause,
+                policy_name=inp.policy_name,
+                decision=inp.decision,
+                started_at=workflow.now(),
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=BOOKKEEPING_RETRY,
+            summary=f"record start of scale {inp.direction} {inp.from_count}->{inp.to_count}",
+        )
+        if inp.direction == "up":
+            result = await self._scale_up(inp, event_key)
+        else:
+            result = await self._scale_down(inp)
+        await workflow.execute_activity_method(
+            InventoryActivities.record_event_finished,
+            EventFinish(
+                event_key=event_key,
+                status=result.status,
+                error=result.error,
+                servers={"added": [s.server_id for s in result.added], "removed": result.removed},
+                finished_at=workflow.now(),
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=BOOKKEEPING_RETRY,
+            summary=f"record {result.status}",
+        )
+        return result
+
+    async def _scale_up(self, inp: ScaleInput, event_key: str) -> ScaleResult:
+        async def one(i: int) -> ServerRecord:
+            return await workflow.execute_activity_method(
+                ProvisioningActivities.provision_server,
+                ProvisionInput(
+                    team=inp.team,
+                    pool=inp.pool,
+                    provider=inp.provider,
+                    options=inp.provider_options,
+                    idempotency_key=f"{event_key}/{inp.epoch}/{i}",
+                    weight=inp.weight,
+                ),
+                start_to_close_timeout=timedelta(seconds=inp.runtime.activity_timeout_s),
+                retry_policy=provider_retry(inp.runtime),
+                summary=f"provision server {i + 1}/{inp.count} ({inp.provider})",
+            )
+
+        outcomes = await asyncio.gather(*(one(i) for i in range(inp.count)), return_exceptions=True)
+        return _collect(outcomes, added=True)
+
+    async def _scale_down(self, inp: ScaleInput) -> ScaleResult:
+        async def one(victim: ServerRecord) -> str:
+            return await workflow.execute_activity_method(
+                ProvisioningActivities.terminate_server,
+                TerminateInput(team=inp.team, pool=inp.pool, provider=inp.provider, server_id=victim.server_id),
+                start_to_close_timeout=timedelta(seconds=inp.runtime.activity_timeout_s),
+                retry_policy=provider_retry(inp.runtime),
+                summary=f"terminate {victim.server_id}",
+            )
+
+        outcomes = await asyncio.gather(*(one(v) for v in inp.victims), return_exceptions=True)
+        return _collect(outcomes, added=False)
+
+
+def _collect(outcomes: list[object], *, added: bool) -> ScaleResult:
+    result = ScaleResult()
+    errors: list[str] = []
+    for o in outcomes:
+        if isinstance(o, BaseException):
+            if not isinstance(o, ActivityError | ApplicationError):
+                raise o
+            errors.append(failure_text(o))
+        elif added:
+            assert isinstance(o, ServerRecord)
+            result.added.append(o)
+        else:
+            assert isinstance(o, str)
+            result.removed.append(o)
+    if errors:
+        done = len(result.added) + len(result.removed)
+        result.status = "partial" if done else "failed"
+        unique = sorted(set(errors))
+        result.error = f"{len(errors)} of {len(outcomes)} failed: " + "; ".join(unique)
+    return result
