@@ -153,7 +153,15 @@ async def run(args: argparse.Namespace, ports: list[int]) -> dict:
     end = t0 + args.duration
     lateness: list[float] = []
     latencies: list[float] = []
-    counters = {"probes": 0, "measured": 0, "failures": 0, "transitions": 0, "first_transitions": 0, "heartbeats": 0, "leases": 0}
+    counters = {
+        "probes": 0,
+        "measured": 0,
+        "failures": 0,
+        "transitions": 0,
+        "first_transitions": 0,
+        "heartbeats": 0,
+        "leases": 0,
+    }
 
     def make_heartbeat():
         seen: list[float | None] = [None]
@@ -221,7 +229,9 @@ async def run(args: argparse.Namespace, ports: list[int]) -> dict:
     for t in tasks:
         t.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
-    errors = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
+    errors = [
+        r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)
+    ]
     if errors:
         raise RuntimeError(f"{len(errors)} watch loops failed, first: {errors[0]!r}")
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -243,16 +253,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--targets", type=int, default=2000)
     ap.add_argument("--interval", type=float, default=5.0)
-    ap.add_argument("--timeout", type=float, default=None, help="probe timeout (s); default min(2, interval/2)")
+    ap.add_argument(
+        "--timeout", type=float, default=None, help="probe timeout (s); default min(2, interval/2)"
+    )
     ap.add_argument("--jitter", default="10%")
     ap.add_argument("--duration", type=float, default=30.0)
-    ap.add_argument("--lease", type=float, default=3600.0, help="watch lease (s); used in the events estimate")
+    ap.add_argument(
+        "--lease", type=float, default=3600.0, help="watch lease (s); used in the events estimate"
+    )
     ap.add_argument("--ports", type=int, default=100, help="ports the target process listens on")
     ap.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp")
     ap.add_argument("--keepalive", action="store_true", help="reuse connections (default: one per probe)")
     ap.add_argument("--max-connections", type=int, default=1000)
     ap.add_argument("--uvloop", action="store_true", help="run the prober on uvloop")
-    ap.add_argument("--flap-fraction", type=float, default=0.01, help="fraction of targets that alternate up/down")
+    ap.add_argument(
+        "--flap-fraction", type=float, default=0.01, help="fraction of targets that alternate up/down"
+    )
     ap.add_argument("--flap-period", type=float, default=10.0)
     ap.add_argument("--json", action="store_true", help="print the summary as JSON too")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -305,28 +321,51 @@ def main() -> None:
     ok = args.targets >= 2000 and args.interval <= 5 and rate >= 0.98 * expected and pct(lat, 99) < 250.0
     loop = "uvloop" if args.uvloop else "asyncio"
     conn = "keep-alive" if args.keepalive else "fresh connection per probe"
-    print(f"poolctl probe bench: {args.targets} targets, interval {args.interval:g}s, jitter {args.jitter}, "
-          f"{args.duration:g}s, client {args.client} ({conn}), {loop}, {len(ports)} target ports, {os.cpu_count()} CPUs")
-    print(f"  probe rate        : {rate:,.0f} probes/s (schedule needs {expected:,.0f}/s); "
-          f"{c['probes']:,} probes, {c['failures']:,} failed ({flapping} targets flapping)")
-    print(f"  probe-time jitter : p50 {pct(lat, 50):.1f} ms  p99 {pct(lat, 99):.1f} ms  max {max(lat, default=float('nan')):.1f} ms"
-          "  (actual start - scheduled, after the first interval)")
+    print(
+        f"poolctl probe bench: {args.targets} targets, interval {args.interval:g}s, jitter {args.jitter}, "
+        f"{args.duration:g}s, client {args.client} ({conn}), {loop}, {len(ports)} target ports, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"  probe rate        : {rate:,.0f} probes/s (schedule needs {expected:,.0f}/s); "
+        f"{c['probes']:,} probes, {c['failures']:,} failed ({flapping} targets flapping)"
+    )
+    print(
+        f"  probe-time jitter : p50 {pct(lat, 50):.1f} ms  p99 {pct(lat, 99):.1f} ms  max {max(lat, default=float('nan')):.1f} ms"
+        "  (actual start - scheduled, after the first interval)"
+    )
     print(f"  probe latency     : p50 {pct(probe_ms, 50):.1f} ms  p99 {pct(probe_ms, 99):.1f} ms")
     srv = f"{100 * srv_cpu / res['wall_s']:.0f}%" if srv_cpu is not None else "?"
-    print(f"  CPU               : prober {100 * res['cpu_s'] / res['wall_s']:.0f}% of one core, target server {srv}")
-    print(f"  transitions       : {c['first_transitions']} initial->healthy (once per server), {c['transitions']} "
-          f"healthy<->unhealthy = {tph:.1f} per target per hour averaged over all targets")
-    print(f"  history events    : ~{events_stable:.0f}/target/hour for a stable target (one {args.lease:g}s lease = "
-          f"{EVENTS_PER_LEASE} events) + ~{EVENTS_PER_TRANSITION} per transition -> ~{events:.0f}/target/hour in this run; "
-          f"one activity per probe would be ~{naive:,.0f}")
+    print(
+        f"  CPU               : prober {100 * res['cpu_s'] / res['wall_s']:.0f}% of one core, target server {srv}"
+    )
+    print(
+        f"  transitions       : {c['first_transitions']} initial->healthy (once per server), {c['transitions']} "
+        f"healthy<->unhealthy = {tph:.1f} per target per hour averaged over all targets"
+    )
+    print(
+        f"  history events    : ~{events_stable:.0f}/target/hour for a stable target (one {args.lease:g}s lease = "
+        f"{EVENTS_PER_LEASE} events) + ~{EVENTS_PER_TRANSITION} per transition -> ~{events:.0f}/target/hour in this run; "
+        f"one activity per probe would be ~{naive:,.0f}"
+    )
     print(f"  target (>= 2,000 targets at 5 s, p99 < 250 ms): {'MET' if ok else 'NOT MET'}")
     if args.json:
-        print(json.dumps({
-            "targets": args.targets, "interval": args.interval, "client": args.client, "rate": rate,
-            "jitter_p50_ms": pct(lat, 50), "jitter_p99_ms": pct(lat, 99), "latency_p99_ms": pct(probe_ms, 99),
-            "cpu_pct": 100 * res["cpu_s"] / res["wall_s"], "transitions": c["transitions"],
-            "events_per_target_hour": events, "met": ok,
-        }))
+        print(
+            json.dumps(
+                {
+                    "targets": args.targets,
+                    "interval": args.interval,
+                    "client": args.client,
+                    "rate": rate,
+                    "jitter_p50_ms": pct(lat, 50),
+                    "jitter_p99_ms": pct(lat, 99),
+                    "latency_p99_ms": pct(probe_ms, 99),
+                    "cpu_pct": 100 * res["cpu_s"] / res["wall_s"],
+                    "transitions": c["transitions"],
+                    "events_per_target_hour": events,
+                    "met": ok,
+                }
+            )
+        )
 
 
 def _proc_cpu(pid: int) -> float | None:

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     team: str = Field(default="default", description="Team used when a spec or command names none.")
     scale_attempts: int = Field(default=3, ge=1, description="Attempts per provision/terminate call before a scaling fails.")
     reconcile_interval_s: float = Field(default=30.0, gt=0, description="How often a pool re-checks its size.")
+    retry_initial_interval_s: float = Field(default=1.0, gt=0, description="First retry delay of provider calls (doubles).")
+    activity_timeout_s: float = Field(default=60.0, gt=0, description="Longest a single provider call may take.")
+    history_budget: int = Field(default=2000, ge=100, description="Events after which a long-lived workflow continues-as-new.")
 
     @property
     def resolved_database_url(self) -> str:

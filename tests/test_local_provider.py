@@ -31,8 +31,8 @@ from poolctl.activities.providers.registry import clear_provider_cache, get_prov
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def wait_for(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
+async def wait_for(cond: Callable[[], Any], within: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + within
     while True:
         value = cond()
         if value:
@@ -199,7 +199,8 @@ async def test_server_outlives_the_process_that_provisioned_it(
         "ProvisionRequest(pool='team/web', idempotency_key='other-worker')))\n"
         "print(info.pid)\n"
     )
-    out = subprocess.run(
+    out = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-c", code, str(tmp_path)],
         capture_output=True,
         text=True,

@@ -32,8 +32,8 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-async def wait_for(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
+async def wait_for(cond: Callable[[], Any], within: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + within
     while True:
         value = cond()
         if value:
@@ -57,7 +57,8 @@ async def start_server(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
     async def start(server_id: str = "t-srv", *extra: str) -> Server:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        proc = subprocess.Popen(
+        proc = await asyncio.to_thread(
+            subprocess.Popen,
             [
                 sys.executable,
                 "-m",

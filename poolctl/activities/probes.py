@@ -207,7 +207,11 @@ class Prober:
                 ok=False, status_code=status, latency_ms=latency, error=f"unexpected status {status}"
             )
         if spec.needs_body and not spec.body_ok(body.decode("utf-8", errors="replace")):
-            what = f"body_match {spec.body_match!r}" if spec.body_match is not None else f"body_regex {spec.body_regex!r}"
+            what = (
+                f"body_match {spec.body_match!r}"
+                if spec.body_match is not None
+                else f"body_regex {spec.body_regex!r}"
+            )
             return ProbeResult(
                 ok=False,
                 status_code=status,

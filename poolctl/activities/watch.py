@@ -56,10 +56,13 @@ class WatchParams(Message):
     server_started_at: datetime | None = Field(default=None, description="start of the grace period")
     lease_s: float = Field(default=DEFAULT_LEASE_S, gt=0, description="return (lease_end) after this long")
     heartbeat_every_s: float = Field(
-        default=DEFAULT_HEARTBEAT_EVERY_S, gt=0, description="heartbeat at least this often, even between probes"
+        default=DEFAULT_HEARTBEAT_EVERY_S,
+        gt=0,
+        description="heartbeat at least this often, even between probes",
     )
     next_probe_at: float | None = Field(
-        default=None, description="epoch seconds of the first probe (e.g. the previous outcome's next_probe_at)"
+        default=None,
+        description="epoch seconds of the first probe (e.g. the previous outcome's next_probe_at)",
     )
     first_probe_delay: float | None = Field(
         default=None,

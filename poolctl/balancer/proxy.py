@@ -328,10 +328,10 @@ class BalancerProxy:
         log.info("balancer %s listening on %s (admin %s)", cfg.name, self.url, self.admin_url)
 
     async def _serve(self, app: web.Application, sock: socket.socket, ctx: ssl.SSLContext | None) -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await runner.setup()
         self._runners.append(runner)
-        await web.SockSite(runner, sock, ssl_context=ctx, shutdown_timeout=5.0).start()
+        await web.SockSite(runner, sock, ssl_context=ctx).start()
 
     async def stop(self) -> None:
         for runner in reversed(self._runners):

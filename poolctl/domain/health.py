@@ -228,7 +228,9 @@ class HealingPlan(Message):
     batch_limit: int = 0
     unhealthy: int = 0
     in_flight: int = 0
-    waiting: list[str] = Field(default_factory=list, description="unhealthy, not replaced yet (batch full or too recent)")
+    waiting: list[str] = Field(
+        default_factory=list, description="unhealthy, not replaced yet (batch full or too recent)"
+    )
 
 
 def heal_batch_limit(pool_size: int) -> int:
@@ -302,7 +304,9 @@ def plan_healing(
     if chosen:
         reason = f"replacing {len(chosen)} unhealthy server(s) (batch limit {limit}, {n_in_flight} in flight)"
     elif candidates:
-        reason = f"{len(candidates)} unhealthy server(s) waiting (batch limit {limit}, {n_in_flight} in flight)"
+        reason = (
+            f"{len(candidates)} unhealthy server(s) waiting (batch limit {limit}, {n_in_flight} in flight)"
+        )
     else:
         reason = "no unhealthy servers" if not n_in_flight else f"{n_in_flight} replacement(s) in flight"
     return HealingPlan(

@@ -46,7 +46,9 @@ def parse_status_item(item: int | str) -> tuple[int, int]:
     else:
         m = _RANGE_RE.match(item)
         if not m:
-            raise ValueError(f"expected_status entry {item!r} is neither a code (200) nor a range ('200-399')")
+            raise ValueError(
+                f"expected_status entry {item!r} is neither a code (200) nor a range ('200-399')"
+            )
         lo = int(m.group(1))
         hi = int(m.group(2) or m.group(1))
     if not (100 <= lo <= 599 and 100 <= hi <= 599):
@@ -72,7 +74,9 @@ class HealthCheckSpec(StrictModel):
         description="codes and/or inclusive ranges, e.g. [200, '300-399']; default 200-399",
     )
     body_match: str | None = Field(default=None, description="substring the body must contain")
-    body_regex: str | None = Field(default=None, description="regular expression the body must match (search)")
+    body_regex: str | None = Field(
+        default=None, description="regular expression the body must match (search)"
+    )
     max_body_bytes: int = Field(
         default=64 * 1024,
         ge=1,
@@ -81,14 +85,22 @@ class HealthCheckSpec(StrictModel):
     )
     # --- HTTPS only ---
     tls_verify: bool = Field(default=True, description="verify the server certificate (https)")
-    ca_file: str | None = Field(default=None, description="PEM bundle to verify against instead of the system store")
+    ca_file: str | None = Field(
+        default=None, description="PEM bundle to verify against instead of the system store"
+    )
     # --- every type but icmp ---
-    port: int | None = Field(default=None, ge=1, le=65535, description="probe this port; default the server's port")
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="probe this port; default the server's port"
+    )
     # --- timing and thresholds ---
     interval: float = Field(default=30.0, gt=0, le=3600, description="seconds between probes")
     timeout: float = Field(default=5.0, gt=0, description="seconds a probe may take; must be below interval")
-    healthy_threshold: int = Field(default=2, ge=1, le=100, description="consecutive successes to become healthy")
-    unhealthy_threshold: int = Field(default=3, ge=1, le=100, description="consecutive failures to become unhealthy")
+    healthy_threshold: int = Field(
+        default=2, ge=1, le=100, description="consecutive successes to become healthy"
+    )
+    unhealthy_threshold: int = Field(
+        default=3, ge=1, le=100, description="consecutive failures to become unhealthy"
+    )
     grace_period: float = Field(
         default=0.0,
         ge=0,
@@ -158,22 +170,29 @@ class HealthCheckSpec(StrictModel):
                 "a probe must finish before the next one is due"
             )
         if self.jitter_seconds >= self.interval:
-            raise ValueError(f"jitter ({self.jitter!r} = {self.jitter_seconds}s) must be less than interval ({self.interval}s)")
+            raise ValueError(
+                f"jitter ({self.jitter!r} = {self.jitter_seconds}s) must be less than interval ({self.interval}s)"
+            )
         if self.body_match is not None and self.body_regex is not None:
             raise ValueError("set body_match (substring) or body_regex, not both")
         if self.method == "HEAD" and (self.body_match is not None or self.body_regex is not None):
             raise ValueError("method HEAD returns no body: body_match/body_regex need GET, POST or OPTIONS")
         if self.type in ("tcp", "icmp"):
-            given = [f for f in HTTP_ONLY_FIELDS + HTTPS_ONLY_FIELDS if f in self.model_fields_set]
+            given = self._non_default(HTTP_ONLY_FIELDS + HTTPS_ONLY_FIELDS)
             if given:
                 raise ValueError(f"{', '.join(given)}: only for http/https checks, not type {self.type!r}")
         if self.type == "http":
-            given = [f for f in HTTPS_ONLY_FIELDS if f in self.model_fields_set]
+            given = self._non_default(HTTPS_ONLY_FIELDS)
             if given:
                 raise ValueError(f"{', '.join(given)}: only for https checks, not type 'http'")
         if self.type == "icmp" and self.port is not None:
             raise ValueError("port does not apply to icmp checks")
         return self
+
+    def _non_default(self, names: tuple[str, ...]) -> list[str]:
+        """Fields given a non-default value (value-based, so a JSON round trip stays valid)."""
+        fields = type(self).model_fields
+        return [n for n in names if getattr(self, n) != fields[n].get_default(call_default_factory=True)]
 
     # --- derived values (pure) ---
 

@@ -87,7 +87,11 @@ class Step(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> Step:
-        if self.lower_bound is not None and self.upper_bound is not None and self.lower_bound >= self.upper_bound:
+        if (
+            self.lower_bound is not None
+            and self.upper_bound is not None
+            and self.lower_bound >= self.upper_bound
+        ):
             raise ValueError(
                 f"lower_bound ({self.lower_bound}) must be less than upper_bound ({self.upper_bound})"
             )
@@ -167,7 +171,9 @@ class PolicySpec(StrictModel):
 
     strategy: Strategy | None = None
     metric: str | None = Field(default=None, description="defaults to cpu_percent / memory_percent")
-    source: MetricSource | None = Field(default=None, description="defaults to a scrape of the pool's servers")
+    source: MetricSource | None = Field(
+        default=None, description="defaults to a scrape of the pool's servers"
+    )
 
     # threshold (the original system's)
     threshold_up: float | None = None
@@ -176,7 +182,9 @@ class PolicySpec(StrictModel):
     scale_down_by: int = Field(default=1, ge=1)
 
     # step (AWS step scaling)
-    threshold: float | None = Field(default=None, description="breach threshold the step bounds are relative to")
+    threshold: float | None = Field(
+        default=None, description="breach threshold the step bounds are relative to"
+    )
     steps: list[Step] | None = None
     adjustment_type: AdjustmentType = "change_in_capacity"
     min_adjustment_magnitude: int | None = Field(default=None, ge=1)
@@ -194,7 +202,9 @@ class PolicySpec(StrictModel):
     scale_out_cooldown_s: float = Field(default=DEFAULT_COOLDOWN_S, ge=0)
     scale_in_cooldown_s: float = Field(default=DEFAULT_COOLDOWN_S, ge=0)
     stabilization_window_s: float = Field(default=DEFAULT_STABILIZATION_WINDOW_S, ge=0)
-    max_step: int | None = Field(default=None, ge=1, description="most servers added or removed per evaluation")
+    max_step: int | None = Field(
+        default=None, ge=1, description="most servers added or removed per evaluation"
+    )
     dry_run: bool = False
     on_metric_error: OnMetricError = "hold"
     fallback_servers: int | None = Field(default=None, ge=0, le=10_000)
@@ -220,8 +230,14 @@ class PolicySpec(StrictModel):
             self._check_schedule()
         else:
             self._check_metric_policy()
-        if self.min_servers is not None and self.max_servers is not None and self.min_servers > self.max_servers:
-            raise ValueError(f"min_servers ({self.min_servers}) is greater than max_servers ({self.max_servers})")
+        if (
+            self.min_servers is not None
+            and self.max_servers is not None
+            and self.min_servers > self.max_servers
+        ):
+            raise ValueError(
+                f"min_servers ({self.min_servers}) is greater than max_servers ({self.max_servers})"
+            )
         if self.on_metric_error == "fallback" and self.fallback_servers is None:
             raise ValueError("on_metric_error 'fallback' needs fallback_servers")
         if self.on_metric_error != "fallback" and self.fallback_servers is not None:
@@ -237,7 +253,15 @@ class PolicySpec(StrictModel):
         if self.schedule is None:
             raise ValueError("a schedule policy needs `schedule` (cron, timezone, and servers to set)")
         extra = self._given(
-            ("strategy", "metric", "source", "min_servers", "max_servers", "on_metric_error", "fallback_servers")
+            (
+                "strategy",
+                "metric",
+                "source",
+                "min_servers",
+                "max_servers",
+                "on_metric_error",
+                "fallback_servers",
+            )
             + _THRESHOLD_FIELDS
             + _STEP_FIELDS
             + _TARGET_FIELDS

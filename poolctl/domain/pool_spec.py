@@ -39,7 +39,9 @@ class PoolSpec(StrictModel):
 
     name: str = Field(pattern=NAME_PATTERN, description="lower-case letters, digits and '-'")
     environment: str = Field(default="development", pattern=NAME_PATTERN)
-    provider: Literal["local", "fake"] = Field(default="local", description="provider driver that runs the servers")
+    provider: Literal["local", "fake"] = Field(
+        default="local", description="provider driver that runs the servers"
+    )
     provider_options: dict[str, Any] = Field(default_factory=dict)
     min_servers: int = Field(default=1, ge=0, le=10_000)
     max_servers: int = Field(default=10, ge=1, le=10_000)
@@ -55,8 +57,12 @@ class PoolSpec(StrictModel):
     @model_validator(mode="after")
     def _check_bounds(self) -> PoolSpec:
         if self.min_servers > self.max_servers:
-            raise ValueError(f"min_servers ({self.min_servers}) is greater than max_servers ({self.max_servers})")
-        if self.desired_servers is not None and not (self.min_servers <= self.desired_servers <= self.max_servers):
+            raise ValueError(
+                f"min_servers ({self.min_servers}) is greater than max_servers ({self.max_servers})"
+            )
+        if self.desired_servers is not None and not (
+            self.min_servers <= self.desired_servers <= self.max_servers
+        ):
             raise ValueError(
                 f"desired_servers ({self.desired_servers}) is outside "
                 f"[min_servers, max_servers] = [{self.min_servers}, {self.max_servers}]"

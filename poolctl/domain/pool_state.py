@@ -59,7 +59,9 @@ class PoolState(Message):
     recent_request_ids: list[str] = Field(default_factory=list)
     deleting: bool = False
     adopted: bool = False
-    epoch: str = Field(default="", description="first run of this pool's workflow chain; part of idempotency keys")
+    epoch: str = Field(
+        default="", description="first run of this pool's workflow chain; part of idempotency keys"
+    )
 
 
 class PoolInput(Message):

@@ -3,6 +3,9 @@
 Pure: `now` is always passed in. Cron fields are matched against local wall-clock time, with cron's
 usual DST rules: a time skipped by a spring-forward gap fires at the end of the gap (02:30 → 03:00), and
 a time repeated by a fall-back fires once, at its first occurrence.
+
+Instants are returned in UTC: Python never finds an ambiguous local time equal to anything in another
+zone (PEP 495), so local times make poor values to compare.
 """
 
 from __future__ import annotations
@@ -87,10 +90,10 @@ def _cron_prev(expr: str, tz: ZoneInfo, at: datetime) -> datetime | None:
 
 
 def next_fire(spec: ScheduleSpec | PolicySpec, after: datetime) -> datetime:
-    """The first time the schedule's `cron` fires strictly after `after`, in the schedule's time zone."""
+    """The first time (UTC) the schedule's `cron` fires strictly after `after`."""
     _require_aware(after, "after")
     sched = _schedule_of(spec)
-    return _cron_next(sched.cron, sched.zone, after.astimezone(UTC)).astimezone(sched.zone)
+    return _cron_next(sched.cron, sched.zone, after.astimezone(UTC))
 
 
 def window_end(spec: ScheduleSpec | PolicySpec, start: datetime) -> datetime:
@@ -102,7 +105,7 @@ def window_end(spec: ScheduleSpec | PolicySpec, start: datetime) -> datetime:
     else:
         assert sched.end_cron is not None
         end = _cron_next(sched.end_cron, sched.zone, start.astimezone(UTC))
-    return end.astimezone(sched.zone)
+    return end
 
 
 def schedule_window_active(
@@ -121,6 +124,6 @@ def schedule_window_active(
     if start is not None:
         end = window_end(sched, start)
         if start <= now_utc < end:
-            return True, start.astimezone(tz), end
+            return True, start, end
     nxt = next_fire(sched, now_utc)
     return False, nxt, window_end(sched, nxt)

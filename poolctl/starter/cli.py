@@ -374,6 +374,14 @@ def db_upgrade() -> None:
 
 
 @app.command()
+def demo() -> None:
+    """The guided first run: start the stack, apply examples/demo.yaml, show the pool come up."""
+    from poolctl.starter.demo import run_demo
+
+    run_demo(_settings())
+
+
+@app.command()
 def worker() -> None:
     """Run a worker in the foreground (Ctrl-C stops it gracefully)."""
     from poolctl.worker import main as worker_main

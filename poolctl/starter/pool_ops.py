@@ -28,7 +28,13 @@ class RequestRefused(PoolctlError):
 
 
 def runtime_from(settings: Settings) -> PoolRuntime:
-    return PoolRuntime(scale_attempts=settings.scale_attempts, reconcile_interval_s=settings.reconcile_interval_s)
+    return PoolRuntime(
+        scale_attempts=settings.scale_attempts,
+        reconcile_interval_s=settings.reconcile_interval_s,
+        retry_initial_interval_s=settings.retry_initial_interval_s,
+        activity_timeout_s=settings.activity_timeout_s,
+        history_budget=settings.history_budget,
+    )
 
 
 @dataclass

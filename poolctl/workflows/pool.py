@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
@@ -14,7 +15,7 @@ with workflow.unsafe.imports_passed_through():
     from poolctl.activities.inventory import InventoryActivities
     from poolctl.activities.messages import PoolRef, PoolStatusUpdate
     from poolctl.domain.capacity import Direction, clamp, pick_victims, plan_scale
-    from poolctl.domain.names import scale_workflow_id
+    from poolctl.domain.names import pool_key, scale_workflow_id
     from poolctl.domain.pool_spec import PoolSpec, PoolStatus
     from poolctl.domain.pool_state import (
         EventSummary,
@@ -141,6 +142,12 @@ class PoolWorkflow:
                 inp,
                 id=scale_workflow_id(self.team, self.spec.name, seq),
                 static_summary=f"scale {direction.value} {current} -> {target}: {self.state.pending_cause}",
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(sa.POOL_ID, pool_key(self.team, self.spec.name)),
+                        SearchAttributePair(sa.TEAM_ID, self.team),
+                    ]
+                ),
             )
         except ChildWorkflowError as e:
             result = ScaleResult(status="failed", error=failure_text(e))

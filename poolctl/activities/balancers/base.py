@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from types import TracebackType
 
+from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import BalancerStats, Member, MemberState, SyncResult, diff_members
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "SyncResult",
     "UnknownMemberError",
     "diff_members",
+    "make_driver",
 ]
 
 # Error type names for temporalio ApplicationError(type=...): the first two are not worth retrying.
@@ -106,3 +108,12 @@ class BalancerDriver(ABC):
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+def make_driver(spec: LoadBalancerSpec, token: str) -> BalancerDriver:
+    """The driver for a balancer spec. `token` is the builtin admin token (unused by haproxy)."""
+    if spec.driver == "builtin":
+        from poolctl.activities.balancers.builtin import BuiltinBalancerDriver
+
+        return BuiltinBalancerDriver.from_spec(spec, token)
+    raise NotImplementedError(f"balancer driver {spec.driver!r} is not implemented yet")

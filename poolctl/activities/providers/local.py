@@ -385,9 +385,9 @@ class LocalProvider:
             return False
         return True  # any answer means the server is serving (it may have been told to be unhealthy)
 
-    async def _wait_ready(self, rec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _wait_ready(self, rec: dict[str, Any], limit_s: float) -> dict[str, Any]:
         sid = rec["server_id"]
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit_s
         delay = 0.02
         async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
             while True:
@@ -405,7 +405,7 @@ class LocalProvider:
                     if await self._probe(client, port):
                         return await asyncio.to_thread(self._mark_running, sid, rec.get("pid"), runtime)
                 if time.monotonic() >= deadline:
-                    raise ProviderError(f"local server {sid} did not answer within {timeout:.0f}s")
+                    raise ProviderError(f"local server {sid} did not answer within {limit_s:.0f}s")
                 await asyncio.sleep(delay)
                 delay = min(delay * 1.5, 0.25)
 
@@ -426,8 +426,8 @@ class LocalProvider:
         sid = server_id_for(request.idempotency_key)
         rec, ready = await asyncio.to_thread(self._begin_provision, request, sid)
         if not ready:
-            timeout = float(request.options.get("startup_timeout_s") or DEFAULT_STARTUP_TIMEOUT_S)
-            rec = await self._wait_ready(rec, timeout)
+            limit_s = float(request.options.get("startup_timeout_s") or DEFAULT_STARTUP_TIMEOUT_S)
+            rec = await self._wait_ready(rec, limit_s)
         return self._info(rec)
 
     # ------------------------------------------------------------ terminate / describe / list

@@ -1,0 +1,94 @@
+"""Scrape source: a gauge read from each server's Prometheus text endpoint, aggregated over the pool."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+
+import httpx
+
+from poolctl.activities.metrics.errors import MetricUnavailableError
+
+# name, optional {labels}, value, optional timestamp
+_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)(?:\s+\S+)?\s*$")
+
+
+def parse_prometheus_text(text: str, metric: str) -> float | None:
+    """The value of gauge `metric` in a Prometheus text exposition (the sum over its label sets), or None."""
+    total: float | None = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE_RE.match(line)
+        if m is None or m.group(1) != metric:
+            continue
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        total = value if total is None else total + value
+    return total
+
+
+def aggregate(values: list[float], how: str) -> float:
+    if how == "avg":
+        return sum(values) / len(values)
+    if how == "max":
+        return max(values)
+    if how == "min":
+        return min(values)
+    if how == "sum":
+        return sum(values)
+    raise ValueError(f"unknown aggregate {how!r}")
+
+
+async def scrape_one(client: httpx.AsyncClient, url: str, metric: str, timeout_s: float) -> float:
+    """`metric` as server `url` reports it at that moment."""
+    label = f"scrape {url}"
+    try:
+        resp = await client.get(url, timeout=timeout_s)
+    except httpx.HTTPError as e:
+        raise MetricUnavailableError(label, f"request failed: {type(e).__name__}: {e}") from e
+    if resp.status_code != 200:
+        raise MetricUnavailableError(label, f"HTTP {resp.status_code}")
+    value = parse_prometheus_text(resp.text, metric)
+    if value is None:
+        raise MetricUnavailableError(label, f"no sample of {metric!r} in the answer")
+    if not math.isfinite(value):
+        raise MetricUnavailableError(label, f"{metric} is {value}")
+    return value
+
+
+async def scrape_metric(
+    metric: str,
+    server_urls: list[str],
+    client: httpx.AsyncClient,
+    *,
+    aggregate_by: str = "avg",
+    path: str = "/metrics",
+    timeout_s: float = 5.0,
+) -> float:
+    """Aggregate `metric` over every server (base URLs). Every server must answer: a partial read raises.
+
+    Pass only the servers that should be serving (booted and healthy); a missing server would otherwise
+    bias the average, and the policy holds rather than scale on partial data.
+    """
+    if not server_urls:
+        raise MetricUnavailableError(f"scrape {metric}", "no servers to scrape")
+    urls = [u.rstrip("/") + path for u in server_urls]
+    results = await asyncio.gather(
+        *(scrape_one(client, u, metric, timeout_s) for u in urls), return_exceptions=True
+    )
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        for r in failed:
+            if not isinstance(r, MetricUnavailableError):
+                raise r
+        detail = "; ".join(str(r) for r in failed)
+        raise MetricUnavailableError(
+            f"scrape {metric}", f"{len(failed)} of {len(urls)} servers did not answer: {detail}"
+        )
+    values = [r for r in results if isinstance(r, float)]
+    return aggregate(values, aggregate_by)

@@ -1,0 +1,368 @@
+"""End-to-end tests of the built-in balancer: real HTTP backends, the real proxy, the builtin driver."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from aiohttp import web
+
+from poolctl.activities.balancers.base import BalancerAuthError, UnknownMemberError
+from poolctl.activities.balancers.builtin import BuiltinBalancerDriver
+from poolctl.balancer.proxy import BalancerProxy, ProxyConfig
+from poolctl.domain.balancing import Member, MemberState
+
+TOKEN = "test-token"
+
+
+class Backend:
+    """A tiny HTTP server that answers with its own id; `/slow` waits until `release` is set."""
+
+    def __init__(self, server_id: str) -> None:
+        self.server_id = server_id
+        self.release = asyncio.Event()
+        self.slow_started = asyncio.Event()
+        self.seen_headers: list[dict[str, str]] = []
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def _any(self, request: web.Request) -> web.Response:
+        self.seen_headers.append(dict(request.headers))
+        body = await request.read()
+        return web.Response(text=f"{self.server_id} {request.method} {request.path_qs} {len(body)}")
+
+    async def _slow(self, request: web.Request) -> web.Response:
+        self.slow_started.set()
+        await self.release.wait()
+        return web.Response(text=f"{self.server_id} slow done")
+
+    async def _big(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()  # chunked, no Content-Length
+        await resp.prepare(request)
+        for i in range(48):
+            await resp.write(bytes([65 + i % 26]) * 65536)
+        await resp.write_eof()
+        return resp
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=16 << 20)
+        app.router.add_get("/slow", self._slow)
+        app.router.add_get("/big", self._big)
+        app.router.add_route("*", "/{tail:.*}", self._any)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self.runner:
+            await self.runner.cleanup()
+
+    def member(self, weight: int = 1, state: MemberState = MemberState.IN_ROTATION) -> Member:
+        return Member(server_id=self.server_id, address=f"127.0.0.1:{self.port}", weight=weight, state=state)
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[list[Backend]]:
+    bs = [Backend(f"s{i}") for i in range(3)]
+    for b in bs:
+        await b.start()
+    yield bs
+    for b in bs:
+        b.release.set()
+        await b.stop()
+
+
+async def start_proxy(members: list[Member], **kw: object) -> BalancerProxy:
+    proxy = BalancerProxy(
+        ProxyConfig(name="test", listen_port=0, admin_port=0, token=TOKEN, members=members, **kw)  # type: ignore[arg-type]
+    )
+    await proxy.start()
+    return proxy
+
+
+async def who(client: httpx.AsyncClient, url: str, n: int) -> list[str]:
+    out = []
+    for _ in range(n):
+        r = await client.get(url + "/hello")
+        assert r.status_code == 200, r.text
+        out.append(r.text.split()[0])
+    return out
+
+
+async def test_round_robin_and_forwarding(backends: list[Backend]) -> None:
+    proxy = await start_proxy([b.member() for b in backends])
+    try:
+        async with httpx.AsyncClient() as c:
+            seen = await who(c, proxy.url, 9)
+            assert seen == ["s0", "s1", "s2"] * 3
+            r = await c.post(
+                proxy.url + "/p/a%2Fb?x=1&y=2", content=b"abc", headers={"X-Forwarded-For": "9.9.9.9"}
+            )
+            assert r.text.endswith("POST /p/a%2Fb?x=1&y=2 3")
+        h = backends[0].seen_headers[-1]
+        assert h["X-Forwarded-For"] == "9.9.9.9, 127.0.0.1"
+        assert h["X-Forwarded-Proto"] == "http"
+        assert h["Host"] == f"127.0.0.1:{proxy.port}"
+        stats = proxy.snapshot()
+        assert stats.requests == 10
+        assert {s.server_id: s.responses_2xx for s in stats.servers} == {"s0": 4, "s1": 3, "s2": 3}
+    finally:
+        await proxy.stop()
+
+
+async def test_large_bodies_stream_both_ways_and_head(backends: list[Backend]) -> None:
+    proxy = await start_proxy([backends[0].member()], max_buffered_body=1024)
+    try:
+        async with httpx.AsyncClient(timeout=10) as c:
+            r = await c.get(proxy.url + "/big")
+            assert r.status_code == 200 and len(r.content) == 48 * 65536 and r.content[-1:] == b"V"
+            r = await c.post(proxy.url + "/up", content=b"x" * (3 << 20))
+            assert r.text.endswith(f"POST /up {3 << 20}")
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for _ in range(5):
+                    yield b"y" * 1000
+
+            r = await c.post(proxy.url + "/up", content=chunks())
+            assert r.text.endswith("POST /up 5000")
+            r = await c.head(proxy.url + "/hello")
+            assert r.status_code == 200 and r.content == b""
+            assert int(r.headers["content-length"]) > 0
+    finally:
+        await proxy.stop()
+
+
+async def test_weighted_distribution(backends: list[Backend]) -> None:
+    proxy = await start_proxy(
+        [backends[0].member(3), backends[1].member(1), backends[2].member(1)], algorithm="weighted"
+    )
+    try:
+        async with httpx.AsyncClient() as c:
+            seen = await who(c, proxy.url, 10)
+        assert Counter(seen) == {"s0": 6, "s1": 2, "s2": 2}
+        assert "s0s0s0" not in "".join(seen)
+    finally:
+        await proxy.stop()
+
+
+async def test_ip_hash_keeps_a_client_on_one_server(backends: list[Backend]) -> None:
+    proxy = await start_proxy([b.member() for b in backends], algorithm="ip_hash")
+    try:
+        async with httpx.AsyncClient() as c:
+            assert len(set(await who(c, proxy.url, 6))) == 1
+    finally:
+        await proxy.stop()
+
+
+async def test_least_connections_avoids_the_busy_server(backends: list[Backend]) -> None:
+    proxy = await start_proxy([b.member() for b in backends[:2]], algorithm="least_connections")
+    try:
+        async with httpx.AsyncClient(timeout=10) as c:
+            slow = asyncio.create_task(c.get(proxy.url + "/slow"))
+            await asyncio.wait_for(backends[0].slow_started.wait(), 5)
+            assert await who(c, proxy.url, 4) == ["s1"] * 4
+            backends[0].release.set()
+            assert (await slow).text == "s0 slow done"
+    finally:
+        await proxy.stop()
+
+
+async def test_sticky_cookie_keeps_client_on_its_server(backends: list[Backend]) -> None:
+    proxy = await start_proxy([b.member() for b in backends], sticky=True, sticky_cookie="LB")
+    try:
+        async with httpx.AsyncClient() as c:
+            r = await c.get(proxy.url + "/")
+            server = r.text.split()[0]
+            cookie = r.cookies["LB"]
+            assert "HttpOnly" in r.headers["set-cookie"]
+        for _ in range(6):
+            async with httpx.AsyncClient(cookies={"LB": cookie}) as c:
+                r = await c.get(proxy.url + "/")
+                assert r.text.split()[0] == server
+                assert "set-cookie" not in r.headers
+        # the server leaves rotation: the client is re-balanced and gets a new cookie
+        proxy.set_members(
+            [
+                b.member(state=MemberState.OUT if b.server_id == server else MemberState.IN_ROTATION)
+                for b in backends
+            ]
+        )
+        async with httpx.AsyncClient(cookies={"LB": cookie}) as c:
+            r = await c.get(proxy.url + "/")
+            assert r.text.split()[0] != server
+            assert r.cookies["LB"] != cookie
+    finally:
+        await proxy.stop()
+
+
+async def test_member_out_of_rotation_gets_nothing_and_502_when_none(backends: list[Backend]) -> None:
+    proxy = await start_proxy([b.member() for b in backends])
+    assert proxy.admin_url is not None
+    try:
+        async with BuiltinBalancerDriver(proxy.admin_url, TOKEN) as driver, httpx.AsyncClient() as c:
+            desired = [backends[0].member(), backends[1].member(state=MemberState.OUT), backends[2].member()]
+            res = await driver.sync_members(desired)
+            assert res.updated == ["s1"] and not res.added and not res.removed
+            again = await driver.sync_members(desired)
+            assert not again.changed
+            assert "s1" not in await who(c, proxy.url, 10)
+            await driver.sync_members([b.member(state=MemberState.OUT) for b in backends])
+            r = await c.get(proxy.url + "/")
+            assert r.status_code == 502 and "no server in rotation" in r.text
+            # back: a new member added, one removed
+            res = await driver.sync_members([backends[2].member()])
+            assert res.removed == ["s0", "s1"] and res.updated == ["s2"]
+            assert set(await who(c, proxy.url, 4)) == {"s2"}
+            stats = await driver.stats()
+            assert stats.no_member_responses == 1
+            assert stats.success_rate is not None and stats.success_rate < 1
+    finally:
+        await proxy.stop()
+
+
+async def test_drain_finishes_in_flight_then_gets_nothing(backends: list[Backend]) -> None:
+    proxy = await start_proxy([b.member() for b in backends[:2]])
+    assert proxy.admin_url is not None
+    try:
+        async with (
+            BuiltinBalancerDriver(proxy.admin_url, TOKEN) as driver,
+            httpx.AsyncClient(timeout=10) as c,
+        ):
+            slow = asyncio.create_task(c.get(proxy.url + "/slow"))  # round robin: first pick is s0
+            await asyncio.wait_for(backends[0].slow_started.wait(), 5)
+            assert await driver.active_connections("s0") == 1
+            await driver.drain("s0")
+            members = {m.server_id: m for m in await driver.members()}
+            assert members["s0"].state is MemberState.DRAINING and members["s0"].active_connections == 1
+            assert await who(c, proxy.url, 5) == ["s1"] * 5
+            assert not await driver.wait_drained("s0", timeout_s=0.2, poll_interval_s=0.05)
+            backends[0].release.set()
+            r = await slow
+            assert r.status_code == 200 and r.text == "s0 slow done"
+            assert await driver.wait_drained("s0", timeout_s=5, poll_interval_s=0.05)
+            assert await who(c, proxy.url, 3) == ["s1"] * 3
+            with pytest.raises(UnknownMemberError):
+                await driver.drain("nope")
+    finally:
+        await proxy.stop()
+
+
+async def test_admin_requires_token_and_metrics(backends: list[Backend]) -> None:
+    proxy = await start_proxy([backends[0].member()])
+    assert proxy.admin_url is not None
+    try:
+        async with httpx.AsyncClient() as c:
+            for method, path in [
+                ("GET", "/admin/members"),
+                ("PUT", "/admin/members"),
+                ("GET", "/admin/stats"),
+                ("POST", "/admin/members/s0/drain"),
+            ]:
+                r = await c.request(method, proxy.admin_url + path)
+                assert r.status_code == 401, path
+                r = await c.request(method, proxy.admin_url + path, headers={"Authorization": "Bearer wrong"})
+                assert r.status_code == 401, path
+            r = await c.put(
+                proxy.admin_url + "/admin/members",
+                json={"members": [{"server_id": "x", "address": "nope"}]},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert r.status_code == 400 and "host:port" in r.text
+            await c.get(proxy.url + "/")
+            m = await c.get(proxy.admin_url + "/metrics")
+            assert m.status_code == 200
+            assert 'poolctl_lb_server_responses_total{balancer="test",server="s0",code="2xx"} 1' in m.text
+            assert 'poolctl_lb_server_request_duration_seconds_count{balancer="test",server="s0"} 1' in m.text
+        async with BuiltinBalancerDriver(proxy.admin_url, "wrong") as bad:
+            with pytest.raises(BalancerAuthError):
+                await bad.members()
+    finally:
+        await proxy.stop()
+
+
+async def test_unreachable_server_gives_502_and_counts_an_error() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    proxy = await start_proxy([Member(server_id="dead", address=f"127.0.0.1:{dead_port}")])
+    try:
+        async with httpx.AsyncClient() as c:
+            r = await c.get(proxy.url + "/")
+        assert r.status_code == 502 and "server dead did not answer" in r.text
+        (srv,) = proxy.snapshot().servers
+        assert srv.upstream_errors == 1 and srv.active_connections == 0 and srv.success_rate == 0
+    finally:
+        await proxy.stop()
+
+
+def test_admin_must_be_loopback_and_have_a_token() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        BalancerProxy(ProxyConfig(admin_host="0.0.0.0", token="t"))
+    with pytest.raises(ValueError, match="token"):
+        BalancerProxy(ProxyConfig(token=""))
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl CLI not available")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_tls_termination(backends: list[Backend], certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    proxy = await start_proxy([backends[0].member()], certfile=str(cert), keyfile=str(key), sticky=True)
+    try:
+        assert proxy.url.startswith("https://")
+        ctx = ssl.create_default_context(cafile=str(cert))
+        async with httpx.AsyncClient(verify=ctx) as c:
+            r = await c.get(proxy.url + "/secure")
+            assert r.status_code == 200 and r.text.startswith("s0 GET /secure")
+            assert "Secure" in r.headers["set-cookie"]
+        assert backends[0].seen_headers[-1]["X-Forwarded-Proto"] == "https"
+        async with httpx.AsyncClient() as c:  # default trust store: the self-signed certificate is refused
+            with pytest.raises(httpx.ConnectError):
+                await c.get(proxy.url + "/secure")
+    finally:
+        await proxy.stop()
+
+
+async def test_command_line_runs_a_balancer(backends: list[Backend]) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "poolctl.balancer", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+        "--token", TOKEN, "--algorithm", "weighted", "--member", f"s0=127.0.0.1:{backends[0].port}@2",
+        "--member", f"s1=127.0.0.1:{backends[1].port}",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().split()
+        assert line[0] == "listening", line
+        url, admin = line[1], line[3]
+        async with httpx.AsyncClient() as c:
+            assert Counter(await who(c, url, 6)) == {"s0": 4, "s1": 2}
+        async with BuiltinBalancerDriver(admin, TOKEN) as driver:
+            assert [m.weight for m in await driver.members()] == [2, 1]
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0

@@ -1,0 +1,86 @@
+"""Bad input through the real `poolctl` CLI: one clear message naming file, field and problem, exit code 2,
+nothing written to the store and no workflow started."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from typer.testing import CliRunner
+
+from poolctl.settings import Settings, get_settings
+from poolctl.starter.cli import app
+from poolctl.store import inventory
+from poolctl.store.db import session_scope
+
+pytestmark = pytest.mark.temporal
+
+CASES = {
+    "unknown_field": ("pools:\n  - name: web\n    colour: blue\n", r"pools\[1\] \(web\)\.colour: unknown field"),
+    "min_above_max": (
+        "pools:\n  - name: web\n    min_servers: 5\n    max_servers: 2\n",
+        r"pools\[1\] \(web\): min_servers \(5\) is greater than max_servers \(2\)",
+    ),
+    "desired_out_of_range": (
+        "pools:\n  - name: web\n    min_servers: 1\n    max_servers: 3\n    desired_servers: 9\n",
+        r"desired_servers \(9\) is outside \[min_servers, max_servers\] = \[1, 3\]",
+    ),
+    "negative_count": (
+        "pools:\n  - name: web\n    min_servers: -1\n",
+        r"pools\[1\] \(web\)\.min_servers: Input should be greater than or equal to 0",
+    ),
+    "malformed_yaml": ("pools:\n  - name: web\n   min_servers: [1\n", r"malformed YAML"),
+    "unknown_provider": (
+        "pools:\n  - name: web\n    provider: gcp\n",
+        r"pools\[1\] \(web\)\.provider: Input should be 'local' or 'fake'",
+    ),
+}
+
+
+@pytest.fixture
+def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("POOLCTL_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("POOLCTL_DATABASE_URL", settings.resolved_database_url)
+    monkeypatch.setenv("POOLCTL_TEMPORAL_ADDRESS", settings.temporal_address)
+    monkeypatch.setenv("POOLCTL_TASK_QUEUE", settings.task_queue)
+    get_settings.cache_clear()
+    yield settings
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_spec_is_refused_with_file_and_field_and_changes_nothing(
+    case: str, cli_env: Settings, tmp_path: Path, client: Client
+):
+    text, pattern = CASES[case]
+    spec = tmp_path / f"{case}.yaml"
+    # a valid pool in the same file must not be applied either (all-or-nothing)
+    spec.write_text(f"team: {cli_env.team}\n" + text.replace("pools:\n", "pools:\n  - name: good\n    min_servers: 0\n", 1))
+    result = CliRunner().invoke(app, ["apply", "-f", str(spec), "--no-wait"])
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())  # Rich may wrap long lines
+    assert str(spec) in out
+    import re
+
+    assert re.search(pattern, out), out
+    with session_scope(cli_env.resolved_database_url) as s:
+        assert inventory.list_pools(s, cli_env.team) == []
+
+    async def started() -> list[str]:
+        return [w.id async for w in client.list_workflows(f'TeamId = "{cli_env.team}"')]
+
+    assert asyncio.run(started()) == []
+
+
+def test_missing_file_is_a_clear_error(cli_env: Settings, tmp_path: Path):
+    result = CliRunner().invoke(app, ["apply", "-f", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "nope.yaml" in result.output and "cannot read" in result.output
+
+
+def test_validate_accepts_the_demo_spec():
+    result = CliRunner().invoke(app, ["validate", "-f", "examples/demo.yaml"])
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output

@@ -1,0 +1,139 @@
+"""Metric source drivers against real local HTTP servers started by the test (aiohttp)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from poolctl.activities.metrics import MetricUnavailableError, read_metric
+from poolctl.activities.metrics.scrape import parse_prometheus_text
+from poolctl.domain.policy_spec import HttpJsonSource, PolicySpec, PrometheusSource, ScrapeSource
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _serve(routes: dict[str, Handler]) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def _metrics_handler(cpu: float, mem: float) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        text = (
+            "# HELP cpu_percent Simulated CPU utilisation in percent.\n# TYPE cpu_percent gauge\n"
+            f"cpu_percent {cpu:.3f}\n# TYPE memory_percent gauge\nmemory_percent {mem:.3f}\n"
+        )
+        return web.Response(text=text, content_type="text/plain")
+
+    return handler
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[str]]:
+    runners, urls = [], []
+    for cpu, mem in ((20.0, 40.0), (60.0, 50.0), (70.0, 60.0)):
+        runner, url = await _serve({"/metrics": _metrics_handler(cpu, mem)})
+        runners.append(runner)
+        urls.append(url)
+    yield urls
+    for r in runners:
+        await r.cleanup()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as c:
+        yield c
+
+
+async def test_scrape_averages_over_servers(servers: list[str], client: httpx.AsyncClient) -> None:
+    spec = PolicySpec(name="cpu", target=50)
+    assert isinstance(spec.source, ScrapeSource)
+    assert await read_metric(spec.source, servers, client) == pytest.approx(50.0)
+    mem = ScrapeSource(metric="memory_percent", aggregate="max")
+    assert await read_metric(mem, servers, client) == pytest.approx(60.0)
+
+
+async def test_scrape_fails_when_a_server_is_down(servers: list[str], client: httpx.AsyncClient) -> None:
+    runner, dead = await _serve({})
+    await runner.cleanup()  # nothing listens there any more
+    with pytest.raises(MetricUnavailableError, match="1 of 4 servers did not answer"):
+        await read_metric(ScrapeSource(metric="cpu_percent"), [*servers, dead], client)
+    with pytest.raises(MetricUnavailableError, match="no sample of 'nope'"):
+        await read_metric(ScrapeSource(metric="nope"), servers, client)
+    with pytest.raises(MetricUnavailableError, match="no servers"):
+        await read_metric(ScrapeSource(metric="cpu_percent"), [], client)
+
+
+def test_parse_prometheus_text_labels_and_timestamps() -> None:
+    text = 'x{a="1"} 2 1700000000000\nx{a="2"} 3\ny 9\n# x 100\n'
+    assert parse_prometheus_text(text, "x") == 5
+    assert parse_prometheus_text(text, "z") is None
+
+
+async def test_prometheus_query_stub_prometheus(client: httpx.AsyncClient) -> None:
+    """A server of our own answering `/api/v1/query` the way Prometheus does (not a real Prometheus)."""
+
+    async def query(request: web.Request) -> web.Response:
+        q = request.query.get("query", "")
+        body: dict[str, Any]
+        if q == "avg(cpu_percent)":
+            body = {
+                "status": "success",
+                "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1700000000.1, "42.5"]}]},
+            }
+        elif q == "empty":
+            body = {"status": "success", "data": {"resultType": "vector", "result": []}}
+        elif q == "many":
+            sample = {"metric": {}, "value": [1, "1"]}
+            body = {"status": "success", "data": {"resultType": "vector", "result": [sample, sample]}}
+        elif q == "scalar(1)":
+            body = {"status": "success", "data": {"resultType": "scalar", "result": [1700000000, "1"]}}
+        else:
+            return web.json_response(
+                {"status": "error", "errorType": "bad_data", "error": "parse error"}, status=400
+            )
+        return web.json_response(body)
+
+    runner, url = await _serve({"/api/v1/query": query})
+    try:
+        src = PrometheusSource(kind="prometheus", url=url, query="avg(cpu_percent)")
+        assert await read_metric(src, [], client) == 42.5
+        assert await read_metric(src.model_copy(update={"query": "scalar(1)"}), [], client) == 1.0
+        for q, msg in (("empty", "empty vector"), ("many", "2 series"), ("bad{", "bad_data")):
+            with pytest.raises(MetricUnavailableError, match=msg):
+                await read_metric(src.model_copy(update={"query": q}), [], client)
+    finally:
+        await runner.cleanup()
+    with pytest.raises(MetricUnavailableError, match="request to"):
+        await read_metric(src, [], client)
+
+
+async def test_http_json_path(client: httpx.AsyncClient) -> None:
+    async def doc(request: web.Request) -> web.Response:
+        return web.json_response({"data": {"value": 7.5, "items": [{"load": "3"}], "text": "n/a"}})
+
+    runner, url = await _serve({"/stats": doc})
+    try:
+        src = HttpJsonSource(kind="http_json", url=url + "/stats", path="data.value")
+        assert await read_metric(src, [], client) == 7.5
+        assert await read_metric(src.model_copy(update={"path": "data.items.0.load"}), [], client) == 3.0
+        with pytest.raises(MetricUnavailableError, match="no key at 'data.missing'"):
+            await read_metric(src.model_copy(update={"path": "data.missing"}), [], client)
+        with pytest.raises(MetricUnavailableError, match="could not convert|not a number"):
+            await read_metric(src.model_copy(update={"path": "data.text"}), [], client)
+        with pytest.raises(MetricUnavailableError, match="HTTP 404"):
+            await read_metric(src.model_copy(update={"url": url + "/nope"}), [], client)
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,69 @@
+"""simulate: the same decision code over a recorded trace, on a modelled pool, and its plot."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from poolctl.domain.policy_spec import PolicySpec
+from poolctl.domain.scaling import ReasonCode
+from poolctl.simulate import format_timeline, load_trace_csv, plot, simulate
+
+T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def _trace_csv(path: Path) -> Path:
+    lines = ["timestamp,value"]
+    for i in range(0, 1800, 15):  # 30 minutes: quiet, a load step, quiet again
+        value = 90.0 if 300 <= i < 900 else 20.0
+        at = T0 + timedelta(seconds=i)
+        lines.append(f"{at.isoformat() if i % 2 else int(at.timestamp())},{value}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_simulate_scales_out_then_in_and_plots(tmp_path: Path) -> None:
+    trace = load_trace_csv(_trace_csv(tmp_path / "trace.csv"))
+    assert trace[0] == (T0, 20.0) and len(trace) == 120
+    spec = PolicySpec.model_validate(
+        {
+            "name": "cpu",
+            "target": 50,
+            "scale_out_cooldown_s": 60,
+            "scale_in_cooldown_s": 60,
+            "stabilization_window_s": 120,
+        }
+    )
+    steps = simulate(spec, trace, start=2, boot_delay_s=30, pool_min=2, pool_max=8, load_model=True)
+    assert len(steps) == 120
+    assert all(2 <= s.desired <= 8 for s in steps)
+    peak = max(s.desired for s in steps)
+    assert peak > 2
+    first_out = next(s for s in steps if s.desired > s.current)
+    assert first_out.at == T0 + timedelta(seconds=300)  # reacts at the first evaluation over target
+    assert first_out.pool_decision.reason is ReasonCode.TARGET_TRACKING
+    # booting servers are not serving yet
+    assert steps[steps.index(first_out) + 1].serving == 2
+    # no scale-in until the stabilization window has passed since the last high recommendation
+    ins = [s for s in steps if s.desired < s.current]
+    assert ins and ins[0].at >= T0 + timedelta(seconds=900 + 120 - 15)
+    assert steps[-1].desired < peak
+    assert format_timeline(steps)
+    out = tmp_path / "plot.png"
+    plot(steps, out, spec=spec)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulate_observed_model_matches_step_by_step_evaluation(tmp_path: Path) -> None:
+    trace = load_trace_csv(_trace_csv(tmp_path / "trace.csv"))
+    spec = PolicySpec.model_validate(
+        {"name": "thr", "threshold_up": 80, "threshold_down": 30, "cooldown_minutes": 1, "dry_run": True}
+    )
+    steps = simulate(spec, trace, start=3, boot_delay_s=0, pool_min=2, pool_max=5)
+    assert [s.metric for s in steps] == [v for _, v in trace]  # observed values, untouched
+    assert max(s.desired for s in steps) == 5
+    assert (
+        any(s.pool_decision.reason is ReasonCode.AT_MAX_SERVERS for s in steps)
+        or max(s.desired for s in steps) == 5
+    )
+    assert min(s.desired for s in steps) == 2
