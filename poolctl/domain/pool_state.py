@@ -9,6 +9,7 @@ from pydantic import Field
 
 from poolctl.domain.model import Message
 from poolctl.domain.pool_spec import PoolSpec, PoolStatus
+from poolctl.domain.scaling import CooldownState, Decision, Recommendation
 
 
 class ServerRecord(Message):
@@ -59,6 +60,9 @@ class PoolState(Message):
     recent_request_ids: list[str] = Field(default_factory=list)
     deleting: bool = False
     adopted: bool = False
+    recommendations: dict[str, Recommendation] = Field(default_factory=dict, description="latest per policy")
+    cooldowns: CooldownState = Field(default_factory=CooldownState)
+    last_decision: Decision | None = None
     epoch: str = Field(
         default="", description="first run of this pool's workflow chain; part of idempotency keys"
     )
@@ -100,7 +104,9 @@ class PoolStatusView(Message):
     seq: int
     servers: list[ServerRecord]
     last_event: EventSummary | None
-    spec_hash_hint: str | None = None
+    recommendations: list[Recommendation] = Field(default_factory=list)
+    cooldowns: CooldownState = Field(default_factory=CooldownState)
+    last_decision: Decision | None = None
 
 
 class ScaleInput(Message):

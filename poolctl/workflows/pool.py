@@ -27,6 +27,8 @@ with workflow.unsafe.imports_passed_through():
         ScaleRequest,
         ScaleResult,
     )
+    from poolctl.domain.scaling import Direction as PolicyDirection
+    from poolctl.domain.scaling import Recommendation, arbitrate
     from poolctl.workflows.scale_pool import BOOKKEEPING_RETRY, ScalePoolWorkflow, failure_text
 
 MAX_REMEMBERED_REQUESTS = 50
@@ -55,7 +57,7 @@ class PoolWorkflow:
             try:
                 await workflow.wait_condition(
                     lambda: self._wake,
-                    timeout=timedelta(seconds=self.runtime.reconcile_interval_s),
+                    timeout=timedelta(seconds=self._next_wake_s()),
                     timeout_summary="reconcile",
                 )
             except TimeoutError:
@@ -89,12 +91,53 @@ class PoolWorkflow:
     def target(self) -> int:
         return clamp(self.state.desired, self.spec.min_servers, self.spec.max_servers)
 
+    def _next_wake_s(self) -> float:
+        """The reconcile interval, or sooner when a cooldown ends (a held decision is then re-arbitrated)."""
+        wake = self.runtime.reconcile_interval_s
+        now = workflow.now()
+        for until in (self.state.cooldowns.scale_out_blocked_until, self.state.cooldowns.scale_in_blocked_until):
+            if until is not None and until > now and self.state.recommendations:
+                wake = min(wake, (until - now).total_seconds() + 0.5)
+        return max(wake, 0.5)
+
+    def _active_recommendations(self) -> list[Recommendation]:
+        active = {p.name for p in self.spec.policies if p.is_active}
+        return [r for name, r in sorted(self.state.recommendations.items()) if name in active]
+
+    def _arbitrate_policies(self) -> None:
+        """Let the policies' latest recommendations move `desired` (domain.scaling.arbitrate decides)."""
+        recs = self._active_recommendations()
+        if not recs:
+            return
+        decision = arbitrate(
+            recs,
+            current=len(self.state.servers),
+            pool_min=self.spec.min_servers,
+            pool_max=self.spec.max_servers,
+            now=workflow.now(),
+            cooldowns=self.state.cooldowns,
+        )
+        if decision.direction is PolicyDirection.NONE or decision.desired == self.state.desired:
+            if self.state.last_decision is None or self.state.last_decision.reason != decision.reason:
+                self.state.last_decision = decision
+            return
+        self.state.last_decision = decision
+        self.state.desired = decision.desired
+        winner = max(
+            (r for r in recs if r.desired == decision.desired), key=lambda r: r.policy, default=None
+        )
+        self.state.pending_policy = winner.policy if winner else None
+        self.state.pending_cause = f"policy {winner.policy if winner else '?'}: {decision.reason.value}"
+        self.state.pending_decision = decision.model_dump(mode="json")
+        self.state.cooldowns = self.state.cooldowns.after_decision(decision, workflow.now())
+
     async def _reconcile(self) -> None:
         if self.spec.paused:
             self._set_status(PoolStatus.PAUSED, "pool is paused")
             return
         if self.state.status is PoolStatus.ERROR:
             return  # waits for an operator: a new scale request or spec clears it
+        self._arbitrate_policies()
         plan = plan_scale(len(self.state.servers), self.target())
         if plan.direction is Direction.NONE:
             self._set_status(PoolStatus.ACTIVE, None)
@@ -247,6 +290,8 @@ class PoolWorkflow:
             self.state.desired = spec.desired_servers
         self.state.desired = clamp(self.state.desired, spec.min_servers, spec.max_servers)
         self.state.pending_cause = "spec applied"
+        names = {p.name for p in spec.policies}
+        self.state.recommendations = {k: v for k, v in self.state.recommendations.items() if k in names}
         if self.state.status in (PoolStatus.ERROR, PoolStatus.PAUSED):
             self._set_status(PoolStatus.ACTIVE, None)
         self._wake = True
@@ -266,6 +311,18 @@ class PoolWorkflow:
         self._wake = True
         return len(self.state.servers)
 
+    @workflow.signal
+    def recommend(self, rec: Recommendation) -> None:
+        """A policy's latest recommendation (PolicyWorkflow sends it when it changes)."""
+        self.state.recommendations[rec.policy] = rec
+        self._wake = True
+
+    @workflow.signal
+    def forget_policy(self, name: str) -> None:
+        """A policy was removed or stopped: its recommendation no longer counts."""
+        self.state.recommendations.pop(name, None)
+        self._wake = True
+
     @workflow.query
     def status(self) -> PoolStatusView:
         return PoolStatusView(
@@ -281,5 +338,8 @@ class PoolWorkflow:
             seq=self.state.seq,
             servers=self.state.servers,
             last_event=self.state.last_event,
+            recommendations=self._active_recommendations(),
+            cooldowns=self.state.cooldowns,
+            last_decision=self.state.last_decision,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import timedelta
 
 from temporalio import workflow
@@ -114,7 +115,7 @@ class ScalePoolWorkflow:
         return _collect(outcomes, added=False)
 
 
-def _collect(outcomes: list[object], *, added: bool) -> ScaleResult:
+def _collect(outcomes: Sequence[object], *, added: bool) -> ScaleResult:
     result = ScaleResult()
     errors: list[str] = []
     for o in outcomes:
