@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     retry_initial_interval_s: float = Field(default=1.0, gt=0, description="First retry delay of provider calls (doubles).")
     activity_timeout_s: float = Field(default=60.0, gt=0, description="Longest a single provider call may take.")
     history_budget: int = Field(default=2000, ge=100, description="Events after which a long-lived workflow continues-as-new.")
+    balancer_token: str = Field(
+        default="",
+        description="Bearer token of the built-in balancers' admin endpoints; default: generated once into "
+        "<state_dir>/balancer.token (see poolctl.balancer.credentials).",
+    )
+    balancer_stats_interval_s: float = Field(
+        default=600.0, ge=1, description="How often the Schedule rolls balancer statistics up into the store."
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -10,22 +10,28 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from poolctl.activities.balancer_activities import BalancerActivities
 from poolctl.activities.inventory import InventoryActivities
+from poolctl.activities.policy_metrics import PolicyMetricActivities
 from poolctl.activities.provisioning import ProvisioningActivities
 from poolctl.settings import Settings, get_settings
 from poolctl.store.db import migrate
 from poolctl.temporal_client import connect
+from poolctl.workflows.balancer_stats import BalancerStatsWorkflow
+from poolctl.workflows.policy import PolicyWorkflow
 from poolctl.workflows.pool import PoolWorkflow
 from poolctl.workflows.scale_pool import ScalePoolWorkflow
 
 log = logging.getLogger("poolctl.worker")
 
-WORKFLOWS: list[type] = [PoolWorkflow, ScalePoolWorkflow]
+WORKFLOWS: list[type] = [PoolWorkflow, ScalePoolWorkflow, PolicyWorkflow, BalancerStatsWorkflow]
 
 
 def activities_for(settings: Settings) -> list[object]:
     provisioning = ProvisioningActivities(settings)
     inventory = InventoryActivities(settings)
+    balancers = BalancerActivities(settings)
+    policy_metrics = PolicyMetricActivities(settings)
     return [
         provisioning.provision_server,
         provisioning.terminate_server,
@@ -33,6 +39,11 @@ def activities_for(settings: Settings) -> list[object]:
         inventory.record_event_finished,
         inventory.update_pool_status,
         inventory.load_pool_servers,
+        balancers.sync_pool_balancers,
+        balancers.drain_server,
+        balancers.rollup_balancer_stats,
+        policy_metrics.read_policy_metric,
+        policy_metrics.record_policy_decision,
     ]
 
 

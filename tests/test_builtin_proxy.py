@@ -366,3 +366,139 @@ async def test_command_line_runs_a_balancer(backends: list[Backend]) -> None:
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+# --- the raw-protocol data path: keep-alive, pipelining, pooling, framing, timeouts ---------------------
+
+
+async def raw_exchange(port: int, data: bytes | list[bytes], *, until_eof: bool = True) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for part in [data] if isinstance(data, bytes) else data:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        if until_eof:
+            return await asyncio.wait_for(reader.read(), 10)
+        return await asyncio.wait_for(reader.read(65536), 10)
+    finally:
+        writer.close()
+
+
+def split_responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Parse back-to-back Content-Length responses (what the proxy sends for the test backends)."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        n = int(headers["content-length"])
+        out.append((int(lines[0].split()[1]), headers, rest[:n]))
+        raw = rest[n:]
+    return out
+
+
+async def test_pipelined_requests_are_answered_in_order_over_pooled_connections(
+    backends: list[Backend],
+) -> None:
+    proxy = await start_proxy([b.member() for b in backends[:2]], sticky=True)
+    try:
+        pipelined = b"".join(
+            f"GET /p{i} HTTP/1.1\r\nHost: x\r\n{'Connection: close' if i == 5 else 'X-N: 1'}\r\n\r\n".encode()
+            for i in range(6)
+        )
+        responses = split_responses(await raw_exchange(proxy.port, pipelined))
+        assert [r[2].decode().split()[2] for r in responses] == [f"/p{i}" for i in range(6)]
+        assert [r[2].decode().split()[0] for r in responses] == ["s0", "s1"] * 3
+        assert all("POOLCTL_SRV=" in r[1]["set-cookie"] for r in responses)
+        assert responses[-1][1]["connection"] == "close"
+        # a second client connection, sent byte by byte: the pooled upstream connections are reused
+        again = split_responses(
+            await raw_exchange(proxy.port, [bytes([b]) for b in pipelined[:40]] + [pipelined[40:]])
+        )
+        assert len(again) == 6
+        assert proxy._pool.connects == 2  # one per member for 12 requests
+        assert proxy.snapshot().requests == 12
+        assert all(s.active_connections == 0 for s in proxy.snapshot().servers)
+    finally:
+        await proxy.stop()
+
+
+async def test_chunked_upload_split_across_packets_and_http10(backends: list[Backend]) -> None:
+    proxy = await start_proxy([backends[0].member()])
+    try:
+        body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+        head = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        parts = [head + body[:3]] + [body[i : i + 4] for i in range(3, len(body), 4)]
+        ((status, headers, text),) = split_responses(await raw_exchange(proxy.port, parts))
+        assert status == 200 and text.decode() == "s0 POST /up 11"
+        assert backends[0].seen_headers[-1]["Transfer-Encoding"] == "chunked"
+        # HTTP/1.0 without keep-alive: one response, then the proxy closes
+        ((status, headers, text),) = split_responses(
+            await raw_exchange(proxy.port, b"GET /old HTTP/1.0\r\n\r\n")
+        )
+        assert status == 200 and text.decode().startswith("s0 GET /old")
+        # HTTP/1.0 with keep-alive: the connection stays open
+        raw = await raw_exchange(
+            proxy.port, b"GET /ka HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", until_eof=False
+        )
+        assert b"Connection: keep-alive" in raw and raw.endswith(b"s0 GET /ka 0")
+        # garbage gets a 400 and a closed connection
+        raw = await raw_exchange(proxy.port, b"NOT HTTP\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 400 ")
+    finally:
+        await proxy.stop()
+
+
+async def test_upstream_timeout_gives_504_and_counts_an_error(backends: list[Backend]) -> None:
+    proxy = await start_proxy([backends[0].member()], read_timeout_s=0.3)
+    try:
+        async with httpx.AsyncClient(timeout=10) as c:
+            r = await c.get(proxy.url + "/slow")
+            assert r.status_code == 504 and "server s0 did not answer" in r.text
+            r = await c.get(proxy.url + "/after")  # same client connection still works
+            assert r.status_code == 200
+        (srv,) = proxy.snapshot().servers
+        assert srv.upstream_errors == 1 and srv.responses_2xx == 1 and srv.active_connections == 0
+    finally:
+        await proxy.stop()
+
+
+async def test_a_pooled_connection_closed_by_the_server_is_retried() -> None:
+    """A server that answers one request per connection and then hangs up on the next one."""
+    hits: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = len(hits)
+        hits.append(conn)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nconn%d" % (len(str(conn)) + 4, conn))
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # the second request on this connection: no answer
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = await start_proxy([Member(server_id="flaky", address=f"127.0.0.1:{port}")])
+    try:
+        async with httpx.AsyncClient() as c:
+            texts = [(await c.get(proxy.url + "/")).text for _ in range(3)]
+        assert texts == ["conn0", "conn1", "conn2"]
+        (srv,) = proxy.snapshot().servers
+        assert srv.responses_2xx == 3 and srv.upstream_errors == 0
+    finally:
+        await proxy.stop()
+        server.close()
+
+
+def test_chunk_scanner_finds_the_end_in_any_split() -> None:
+    from poolctl.balancer.http1 import ChunkScanner, ProtocolError
+
+    msg = b"4\r\nwiki\r\nA;x=y\r\n0123456789\r\n0\r\nT: 1\r\n\r\n"
+    for size in (1, 2, 3, 7, len(msg)):
+        sc = ChunkScanner()
+        ends = [sc.scan(msg[i : i + size]) for i in range(0, len(msg), size)]
+        assert ends[:-1] == [-1] * (len(ends) - 1) and ends[-1] == (len(msg) - 1) % size + 1
+    assert ChunkScanner().scan(msg + b"GET / HTTP/1.1") == len(msg)
+    with pytest.raises(ProtocolError):
+        ChunkScanner().scan(b"zz\r\n")

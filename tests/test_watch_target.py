@@ -4,8 +4,10 @@ through temporalio's ActivityEnvironment against a real closed port."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
@@ -290,8 +292,6 @@ async def test_activity_wrapper_resumes_from_heartbeat_details() -> None:
         status=HealthStatus(state=HealthState.HEALTHY),
         first_probe_delay=0,
     )
-    import time
-
     now = time.time()
     details = WatchProgress(
         status=HealthStatus(state=HealthState.HEALTHY, consecutive_failures=2),
@@ -301,7 +301,7 @@ async def test_activity_wrapper_resumes_from_heartbeat_details() -> None:
         next_probe_at=now,
     ).model_dump(mode="json")
     env = ActivityEnvironment()
-    env.info = env.info.__class__(**{**env.info.__dict__, "heartbeat_details": [details]})
+    env.info = dataclasses.replace(env.info, heartbeat_details=[details])
     seen: list[object] = []
     env.on_heartbeat = lambda *d: seen.append(d[0])
     out = await env.run(watch_target_activity, p)

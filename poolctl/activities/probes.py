@@ -5,13 +5,21 @@ cannot run because of *this worker's* configuration (no permission to open ICMP 
 a CA file that is missing or not PEM, a check with no port to probe) returns a result with
 `config_error=True`: the check is misconfigured, the target is not down.
 
-HTTP client choice: **aiohttp on the hot path, not httpx.** `bench/probes.py --client httpx`
-against `--client aiohttp` on this 2-core machine (2,000 targets every 5 s = 400 probes/s,
-fresh connection per probe) measured httpx 0.28 at a probe-time p99 far above the 250 ms
-target while aiohttp met it with CPU to spare (numbers in bench/probes.py's docstring and
-the Health checks issue). httpx pays for its connection-pool bookkeeping on every request
-and its pool contends as concurrency grows (encode/httpx#3215); aiohttp's connector does
-the same work in a fraction of the CPU. Outside the probe hot path httpx remains fine.
+HTTP client choice: **aiohttp on the hot path, not httpx** (measured with `bench/probes.py`,
+which runs the real `watch_target` loop for N targets in one process, fresh connection per
+probe, on this 2-core machine):
+
+- aiohttp: 2,000 targets / 5 s (400 probes/s) at ~27% of one core, jitter p99 6-180 ms
+  depending on what else the box runs; 4,000 targets (800/s) still kept up at ~54% of a core.
+- httpx 0.28 (+ sniffio, one shared AsyncClient, max_connections=1000): 2,000 targets passed
+  on a quiet box at ~65-70% of a core (2.5x aiohttp's CPU), but one 2,000-target run and both
+  4,000-target run **wedged**: the process sat at ~95% CPU inside httpcore's
+  `AsyncConnectionPool._assign_requests_to_connections`, which re-scans every connection for
+  every queued request (quadratic as the queue grows, encode/httpx#3215), so once a burst
+  queues requests it never catches up and no probe completes. A worker that also runs the
+  Temporal SDK for thousands of heartbeating activities cannot afford either behaviour.
+
+httpx remains fine outside the probe hot path (single calls, admin APIs).
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ class ProbeConfigError(Exception):
     """The probe cannot run because of the worker's own configuration (not the target's fault)."""
 
 
-def _config_error(msg: str, started: float | None = None) -> ProbeResult:
+def _config_error(msg: str) -> ProbeResult:
     return ProbeResult(ok=False, config_error=True, error=f"{PROBE_CONFIG_ERROR}: {msg}", latency_ms=None)
 
 

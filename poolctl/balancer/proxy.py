@@ -1,27 +1,26 @@
 """The built-in data plane: an asyncio HTTP/1.1 reverse proxy that balances with `domain.balancing`.
 
-One `BalancerProxy` owns a listener (optionally TLS), a pooled keep-alive upstream session, the
-selection state, per-server statistics, and (see `admin.py`) a token-protected admin listener.
+One `BalancerProxy` owns a listener (optionally TLS) served by the raw asyncio protocol in `http1.py`
+(client keep-alive, pooled keep-alive upstream connections, streamed bodies), the selection state, the
+per-server statistics, and (see `admin.py`) a token-protected aiohttp admin listener.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import ipaddress
 import logging
 import socket
 import ssl
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
 
+from poolctl.balancer.http1 import ClientConn, UpstreamPool
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import (
     LATENCY_BUCKETS_S,
@@ -29,29 +28,12 @@ from poolctl.domain.balancing import (
     Balancing,
     Member,
     MemberState,
-    NoHealthyMember,
     ServerStats,
     SyncResult,
     diff_members,
 )
 
 log = logging.getLogger("poolctl.balancer")
-
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-_CHUNK = 64 * 1024
 
 
 class UnknownMemberError(KeyError):
@@ -75,8 +57,10 @@ class ProxyConfig:
     keyfile: str | None = None
     members: list[Member] = field(default_factory=list)
     connect_timeout_s: float = 5.0
-    read_timeout_s: float = 300.0
-    max_buffered_body: int = 1 << 20  # bodies up to this size are read whole (faster); larger ones stream
+    read_timeout_s: float = 300.0  # longest silence from a server in the middle of an exchange (504)
+    keepalive_timeout_s: float = 75.0  # idle client connections are closed after this
+    upstream_idle_timeout_s: float = 30.0  # idle pooled server connections are closed after this
+    max_buffered_body: int = 1 << 20  # unused: bodies always stream (kept for callers that set it)
     allow_remote_admin: bool = False
 
     @classmethod
@@ -132,12 +116,7 @@ class ProxyStats:
         else:
             c.by_class[min(status // 100, 5)] += 1
         c.latency_sum += latency_s
-        for i, bound in enumerate(LATENCY_BUCKETS_S):
-            if latency_s <= bound:
-                c.buckets[i] += 1
-                break
-        else:
-            c.buckets[-1] += 1
+        c.buckets[bisect.bisect_left(LATENCY_BUCKETS_S, latency_s)] += 1  # first bound >= latency, else +Inf
 
     def server(self, server_id: str, member: Member | None) -> ServerStats:
         c = self.counters.get(server_id) or _Counters()
@@ -184,19 +163,6 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _forward_headers(headers: Any) -> CIMultiDict[str]:
-    """Copy headers minus hop-by-hop ones (and those the Connection header names)."""
-    drop = HOP_BY_HOP
-    conn = headers.get("Connection")
-    if conn:
-        drop = drop | {t.strip().lower() for t in conn.split(",")}
-    out: CIMultiDict[str] = CIMultiDict()
-    for k, v in headers.items():
-        if k.lower() not in drop:
-            out.add(k, v)
-    return out
-
-
 class BalancerProxy:
     """A running built-in balancer. Use as `async with BalancerProxy(config) as proxy:` or start()/stop()."""
 
@@ -218,9 +184,17 @@ class BalancerProxy:
             self.ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.ssl_context.load_cert_chain(config.certfile, config.keyfile)
         self.scheme = "https" if self.ssl_context else "http"
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = UpstreamPool(config.connect_timeout_s, config.upstream_idle_timeout_s)
+        self._clients: set[ClientConn] = set()
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []
-        self._base_urls: dict[str, str] = {}
+        # precomputed bytes for the hot path
+        self._sticky = config.sticky
+        self._cookie_name = config.sticky_cookie.encode()
+        self._proto_line = b"X-Forwarded-Proto: " + self.scheme.encode()
+        self._cookie_attrs = b"; Path=/; HttpOnly; SameSite=Lax" + (b"; Secure" if self.ssl_context else b"")
+        self._cookie_lines: dict[str, bytes] = {}
         self.port = 0
         self.admin_port: int | None = None
         self._closed = asyncio.Event()
@@ -244,7 +218,7 @@ class BalancerProxy:
         result = diff_members(self.balancing.members.values(), desired)
         if result.changed:
             self.balancing.set_members(m.model_copy(update={"active_connections": 0}) for m in desired)
-            self._base_urls = {m.server_id: f"http://{m.address}" for m in desired}
+            self._pool.close_addresses({m.address for m in desired})
             log.info(
                 "balancer %s members: +%s -%s ~%s",
                 self.config.name,
@@ -305,41 +279,76 @@ class BalancerProxy:
         from poolctl.balancer.admin import make_admin_app
 
         cfg = self.config
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30.0, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=cfg.connect_timeout_s, sock_read=cfg.read_timeout_s
-            ),
-        )
-        self._base_urls = {m.server_id: f"http://{m.address}" for m in self.balancing.members.values()}
-        app = web.Application(client_max_size=1 << 40)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        loop = asyncio.get_running_loop()
+        self._pool.clock = loop.time()
         sock = _bind(cfg.listen_host, cfg.listen_port)
         self.port = sock.getsockname()[1]
-        await self._serve(app, sock, self.ssl_context)
+        self._server = await loop.create_server(
+            lambda: ClientConn(self), sock=sock, ssl=self.ssl_context, backlog=1024
+        )
+        self._sweeper = loop.create_task(self._sweep())
         if cfg.admin_port is not None:
             asock = _bind(cfg.admin_host, cfg.admin_port)
             self.admin_port = asock.getsockname()[1]
-            await self._serve(make_admin_app(self), asock, None)
+            runner = web.AppRunner(
+                make_admin_app(self), access_log=None, handle_signals=False, shutdown_timeout=5.0
+            )
+            await runner.setup()
+            self._runners.append(runner)
+            await web.SockSite(runner, asock).start()
         log.info("balancer %s listening on %s (admin %s)", cfg.name, self.url, self.admin_url)
 
-    async def _serve(self, app: web.Application, sock: socket.socket, ctx: ssl.SSLContext | None) -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
-        await runner.setup()
-        self._runners.append(runner)
-        await web.SockSite(runner, sock, ssl_context=ctx).start()
+    async def _sweep(self) -> None:
+        """Refresh the coarse clock; enforce read, keep-alive and pool idle timeouts."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        interval = max(0.01, min(1.0, cfg.read_timeout_s / 4, cfg.keepalive_timeout_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = self._pool.clock = loop.time()
+            try:
+                for c in list(self._clients):
+                    if c.busy:
+                        up = c.up
+                        if up is not None and not c.wpaused and now - up.last > cfg.read_timeout_s:
+                            c.up_timeout()
+                    elif now - c.last > cfg.keepalive_timeout_s:
+                        c.idle_close()
+                self._pool.sweep(now)
+            except Exception:  # never let one bad connection stop the timeouts
+                log.exception("balancer %s: sweeper", cfg.name)
 
-    async def stop(self) -> None:
+    def _set_cookie_line(self, token: str) -> bytes:
+        line = self._cookie_lines.get(token)
+        if line is None:
+            if len(self._cookie_lines) > 4096:
+                self._cookie_lines.clear()
+            line = self._cookie_lines[token] = (
+                b"Set-Cookie: " + self._cookie_name + b"=" + token.encode() + self._cookie_attrs
+            )
+        return line
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, let in-flight requests finish (up to `grace_s`), then close everything."""
+        if self._server is not None:
+            self._server.close()
+            for c in list(self._clients):
+                c.idle_close()
+            for _ in range(max(1, int(grace_s / 0.02))):  # poll: in-flight exchanges end on their own
+                if not any(c.busy for c in self._clients):
+                    break
+                await asyncio.sleep(0.02)
+            for c in list(self._clients):
+                if c.transport is not None:
+                    c.transport.abort()
+            self._server = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._pool.close_all()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
         self._closed.set()
 
     async def wait_closed(self) -> None:
@@ -353,98 +362,6 @@ class BalancerProxy:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
-
-    # --- the data path ----------------------------------------------------------------------------------
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        cfg = self.config
-        cookie = request.cookies.get(cfg.sticky_cookie) if cfg.sticky else None
-        client_ip = request.remote or ""
-        try:
-            pick = self.balancing.pick(client_ip, cookie, self.stats.active)
-        except NoHealthyMember:
-            self.stats.requests += 1
-            self.stats.no_member += 1
-            return web.Response(
-                status=502,
-                text=f"502 Bad Gateway: load balancer {cfg.name!r} has no server in rotation\n",
-                headers={"Retry-After": "1"},
-            )
-        member = pick.member
-        sid = member.server_id
-        assert self._session is not None
-        headers = _forward_headers(request.headers)
-        prior = request.headers.get("X-Forwarded-For")
-        headers["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
-        headers["X-Forwarded-Proto"] = self.scheme
-        if "Host" in request.headers:
-            headers["X-Forwarded-Host"] = request.headers["Host"]
-        data: Any = None
-        if request.body_exists:
-            n = request.content_length
-            if n is not None and n <= cfg.max_buffered_body:
-                data = await request.read()
-            else:
-                data = request.content.iter_chunked(_CHUNK)
-        base = self._base_urls.get(sid) or f"http://{member.address}"
-        url = URL(base + request.raw_path, encoded=True)
-        status: int | None = None
-        streaming: web.StreamResponse | None = None
-        started = time.perf_counter()
-        self.stats.begin(sid)
-        try:
-            async with self._session.request(
-                request.method, url, headers=headers, data=data, allow_redirects=False
-            ) as up:
-                resp_headers = _forward_headers(up.headers)
-                bodyless = request.method == "HEAD" or up.status in (204, 304) or up.status < 200
-                length = up.content_length
-                if not bodyless:
-                    resp_headers.popall("Content-Length", None)
-                if not bodyless and length is not None and length <= cfg.max_buffered_body:
-                    body = await up.read()
-                    resp: web.StreamResponse = web.Response(status=up.status, headers=resp_headers, body=body)
-                    if "Content-Type" not in up.headers:
-                        resp.headers.popall("Content-Type", None)
-                    self._set_cookie(resp, pick.set_cookie)
-                    status = up.status
-                    return resp
-                streaming = web.StreamResponse(status=up.status, reason=up.reason, headers=resp_headers)
-                if not bodyless and length is not None:
-                    streaming.content_length = length
-                self._set_cookie(streaming, pick.set_cookie)
-                await streaming.prepare(request)
-                if not bodyless:
-                    async for chunk in up.content.iter_chunked(_CHUNK):
-                        await streaming.write(chunk)
-                await streaming.write_eof()
-                status = up.status
-                return streaming
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            if streaming is not None and streaming.prepared:
-                # the status line is gone already: all we can do is cut the client's connection
-                log.warning("balancer %s: server %s failed mid-response: %r", cfg.name, sid, e)
-                raise
-            log.warning("balancer %s: server %s (%s) failed: %r", cfg.name, sid, member.address, e)
-            gateway = 504 if isinstance(e, TimeoutError) else 502
-            return web.Response(
-                status=gateway,
-                text=f"{gateway} {'Gateway Timeout' if gateway == 504 else 'Bad Gateway'}: "
-                f"server {sid} did not answer load balancer {cfg.name!r}\n",
-            )
-        finally:
-            self.stats.end(sid, status, time.perf_counter() - started)
-
-    def _set_cookie(self, resp: web.StreamResponse, value: str | None) -> None:
-        if value is not None:
-            resp.set_cookie(
-                self.config.sticky_cookie,
-                value,
-                path="/",
-                httponly=True,
-                samesite="Lax",
-                secure=self.ssl_context is not None,
-            )
 
 
 async def run_proxy(config: ProxyConfig, stop: asyncio.Event | None = None) -> None:

@@ -121,6 +121,9 @@ class ServerStats(BaseModel):
     latency_buckets: list[int] = Field(
         default_factory=list, description="cumulative counts per LATENCY_BUCKETS_S bound, then +Inf"
     )
+    latency_mean_s: float | None = Field(
+        default=None, description="a mean reported by a balancer without histograms (HAProxy: rtime)"
+    )
 
     @property
     def success_rate(self) -> float | None:
@@ -136,7 +139,20 @@ class ServerStats(BaseModel):
     @property
     def mean_latency_s(self) -> float | None:
         done = self.latency_buckets[-1] if self.latency_buckets else 0
-        return None if done == 0 else self.latency_sum_s / done
+        if done == 0:
+            return self.latency_mean_s
+        return self.latency_sum_s / done
+
+    def latency_quantile_s(self, q: float) -> float | None:
+        """An upper bound of the q-quantile from the histogram (the first bucket bound reaching it)."""
+        done = self.latency_buckets[-1] if self.latency_buckets else 0
+        if done == 0:
+            return None
+        need = q * done
+        for bound, n in zip(LATENCY_BUCKETS_S, self.latency_buckets, strict=False):
+            if n >= need:
+                return bound
+        return float("inf")
 
 
 class BalancerStats(BaseModel):
@@ -366,3 +382,38 @@ class Balancing:
             m = self.selector.pick(client_key, connections)
             return Pick(m, sticky_token(m.server_id))
         return Pick(self.selector.pick(client_key, connections))
+
+
+# --- from pool servers to balancer members -------------------------------------------------------------
+
+
+def members_for(
+    servers: Iterable[object],
+    *,
+    weights: Mapping[str, int] | None = None,
+    default_weight: int = 1,
+    require_healthy: bool = False,
+) -> list[Member]:
+    """Balancer members for a pool's servers (anything with server_id or id, host, port, state, health).
+
+    `state == "draining"` -> DRAINING; `health == "unhealthy"` -> OUT; `health == "initial"` (not checked
+    yet) -> OUT when `require_healthy` (a pool with a health check adds servers once healthy), else
+    IN_ROTATION; terminated servers are left out. Pure: workflows may call it on ServerRecords."""
+    out = []
+    for s in servers:
+        sid = str(getattr(s, "server_id", None) or getattr(s, "id"))  # noqa: B009
+        state = str(getattr(s, "state", "running") or "running")
+        health = str(getattr(s, "health", "initial") or "initial")
+        if state == "terminated":
+            continue
+        if state == "draining":
+            ms = MemberState.DRAINING
+        elif health == "unhealthy" or (require_healthy and health != "healthy"):
+            ms = MemberState.OUT
+        else:
+            ms = MemberState.IN_ROTATION
+        host = str(getattr(s, "host"))  # noqa: B009
+        addr = f"[{host}]" if ":" in host else host
+        weight = (weights or {}).get(sid, default_weight)
+        out.append(Member(server_id=sid, address=f"{addr}:{getattr(s, 'port')}", weight=weight, state=ms))  # noqa: B009
+    return sorted(out, key=lambda m: m.server_id)

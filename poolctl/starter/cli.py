@@ -11,7 +11,8 @@ import typer
 
 from poolctl.domain.errors import NotFoundError, SpecError
 from poolctl.settings import Settings, get_settings
-from poolctl.starter import devstack, pool_ops
+from poolctl.starter import devstack, policy_cli, pool_ops
+from poolctl.starter.balancer_cli import balancer_app
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
 from poolctl.starter.specfile import load_spec_files
 from poolctl.store import inventory
@@ -32,6 +33,11 @@ db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_he
 app.add_typer(dev_app, name="dev")
 app.add_typer(delete_app, name="delete")
 app.add_typer(db_app, name="db")
+app.add_typer(policy_cli.policy_app, name="policy")
+app.command()(policy_cli.simulate)
+app.command()(policy_cli.load)
+app.add_typer(balancer_app, name="balancer")
+app.add_typer(balancer_app, name="lb")
 
 T = TypeVar("T")
 
@@ -138,6 +144,7 @@ def apply(
     async def go() -> list[pool_ops.ApplyOutcome]:
         client = await _client()  # reach Temporal before writing anything
         outcomes = await pool_ops.apply_documents(client, _settings(), docs)
+        await _after_apply_balancers(client)
         if not as_json:
             for o in outcomes:
                 what = {"created": "[green]created[/]", "updated": "[yellow]updated[/]", "unchanged": "unchanged"}[o.action]
@@ -153,6 +160,17 @@ def apply(
     outcomes = run(go)
     if as_json:
         print_json([o.__dict__ for o in outcomes])
+
+
+async def _after_apply_balancers(client: Any) -> None:
+    """Balancers: keep the stats Schedule in place; with the dev stack running, start newly declared ones."""
+    from poolctl.starter import balancer_stack
+    from poolctl.starter.balancer_schedule import ensure_stats_schedule
+
+    s = _settings()
+    await ensure_stats_schedule(client, s)
+    if any(c.name == "worker" and c.alive for c in devstack.status(s)):
+        await asyncio.to_thread(balancer_stack.up, s, say=lambda m: console.print(m, highlight=False))
 
 
 async def _wait_with_progress(client: Any, team: str, pool: str, timeout: float, after_seq: int = -1) -> Any:

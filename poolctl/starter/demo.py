@@ -60,6 +60,7 @@ async def _apply_and_show(settings: Settings, docs: list) -> None:  # type: igno
     ui = devstack.ui_url(settings)
     team = docs[0].team
     pool = docs[0].pools[0].name
+    _explain_autoscaling(docs[0].pools[0], team, ui)
     console.print(
         Panel.fit(
             f"Temporal UI: [bold]{ui}[/]  (filter: PoolId = \"{team}/{pool}\")\n\n"
@@ -73,4 +74,24 @@ async def _apply_and_show(settings: Settings, docs: list) -> None:  # type: igno
             "  poolctl dev down                        # stop the stack (add --purge to remove everything)",
             title="poolctl demo is up",
         )
+    )
+
+
+def _explain_autoscaling(spec, team: str, ui: str) -> None:  # type: ignore[no-untyped-def]
+    """Step 4: the pool's scaling policy, and the load command that makes it act."""
+    if not spec.policies:
+        return
+    p = spec.policies[0]
+    console.rule(f"[bold]4. autoscaling: policy {p.name} on {spec.name}")
+    what = f"target {p.metric} {p.target:g} %" if p.target is not None else p.strategy or p.type
+    console.print(
+        f"  {p.name} ({p.type}, {p.strategy}) evaluates every {p.evaluation_interval:g}s: {what}; "
+        f"scale-in waits a {p.stabilization_window_s:g}s window.\n"
+        "  Load the pool in another terminal and watch it scale out, then back in after the load stops:\n\n"
+        f"    poolctl load {spec.name} --rps 60 --duration 90\n"
+        f"    watch -n 2 poolctl status {spec.name}           # servers come and go\n"
+        f"    poolctl policy show {spec.name} {p.name}         # each decision: formula, clamps, reason\n"
+        f"    poolctl policy pause {spec.name} {p.name}        # (resume / toggle) the policy stops acting\n\n"
+        f"  In the UI: PolicyId = \"{team}/{spec.name}/{p.name}\" shows the policy's loop.",
+        highlight=False,
     )

@@ -172,6 +172,10 @@ def up(settings: Settings, *, say=print) -> None:  # type: ignore[no-untyped-def
         wait_for(polling, 60)
         if not pid_alive(wpid):
             raise RuntimeError(f"the worker exited at start; see {p['worker_log']}")
+    from poolctl.starter import balancer_stack  # the built-in balancers the applied specs declare
+
+    balancer_stack.up(settings, say=say)
+    balancer_stack.ensure_schedule(settings)
 
 
 def _stop(pid: int | None, timeout: float) -> bool:
@@ -196,6 +200,9 @@ def _stop(pid: int | None, timeout: float) -> bool:
 
 def down(settings: Settings, *, purge: bool = False, say=print) -> None:  # type: ignore[no-untyped-def]
     p = _paths(settings)
+    from poolctl.starter import balancer_stack
+
+    balancer_stack.down(settings, say=say)
     if _stop(_read_pid(p["worker_pid"]), 20):
         say("worker stopped")
     p["worker_pid"].unlink(missing_ok=True)
@@ -225,7 +232,14 @@ def status(settings: Settings) -> list[Component]:
             f"{settings.temporal_address}, UI http://{host}:{settings.temporal_ui_port}" if t_alive else "",
         ),
         Component("worker", wpid, pid_alive(wpid), p["worker_log"], f"task queue {settings.task_queue}"),
+        *_balancer_status(settings),
     ]
+
+
+def _balancer_status(settings: Settings) -> list[Component]:
+    from poolctl.starter import balancer_stack
+
+    return balancer_stack.status(settings)
 
 
 def ui_url(settings: Settings) -> str:

@@ -66,6 +66,11 @@ async def start_pool_workflow(client: Client, settings: Settings, team: str, spe
 
 async def apply_documents(client: Client, settings: Settings, docs: list[SpecDocument]) -> list[ApplyOutcome]:
     """Write all specs in one transaction, then start/update each pool's workflow idempotently."""
+    from poolctl.starter import policy_ops
+
+    previous = {
+        (doc.team, p.name): policy_ops.stored_policy_names(settings, doc.team, p.name) for doc in docs for p in doc.pools
+    }
     with session_scope(settings.resolved_database_url) as s:
         changes = [c for doc in docs for c in inventory.apply_document(s, doc)]
     specs = {(doc.team, p.name): p for doc in docs for p in doc.pools}
@@ -78,6 +83,7 @@ async def apply_documents(client: Client, settings: Settings, docs: list[SpecDoc
         if change.action == "updated" and was_running:
             await _update(handle, "apply_spec", spec)
             wf = "updated"
+        await policy_ops.sync_policies(client, settings, change.team, spec, previous[(change.team, change.pool)])
         outcomes.append(ApplyOutcome(change.team, change.pool, change.action, change.changed_fields, wf))
     return outcomes
 
@@ -156,6 +162,9 @@ async def wait_settled(
 
 async def delete_pool(client: Client, settings: Settings, team: str, pool: str, timeout: float = 300) -> int:
     """Terminate the pool's servers through its workflow, wait for it to end, then remove it from the store."""
+    from poolctl.starter import policy_ops
+
+    await policy_ops.stop_all_policies(client, team, pool, policy_ops.stored_policy_names(settings, team, pool))
     handle = pool_handle(client, team, pool)
     removed = 0
     try:

@@ -174,3 +174,44 @@ class ScalingEvent(Base):
     finished_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     servers: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class PolicyDecision(Base):
+    """A policy decision that changed the policy's recommendation: inputs, formula, clamps, result."""
+
+    __tablename__ = "policy_decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("server_pools.id", ondelete="CASCADE"), index=True)
+    policy_name: Mapped[str] = mapped_column(String(63))
+    decided_at: Mapped[datetime]
+    current: Mapped[int]
+    desired: Mapped[int]
+    direction: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(String(32))
+    metric: Mapped[float | None] = mapped_column(Float)
+    formula: Mapped[str] = mapped_column(Text)
+    decision: Mapped[dict[str, Any]]
+    # the workflow-side identity of the record (policy workflow id + decision time): makes retries idempotent
+    record_key: Mapped[str] = mapped_column(String(255), unique=True)
+
+
+class BalancerStatsRollup(Base):
+    """One statistics roll-up of one balancer (the stats Schedule writes one per run): counts since the
+    previous roll-up, plus the balancer's cumulative counters (to compute the next delta)."""
+
+    __tablename__ = "balancer_stats_rollups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    load_balancer_id: Mapped[int] = mapped_column(ForeignKey("load_balancers.id", ondelete="CASCADE"), index=True)
+    collected_at: Mapped[datetime] = mapped_column(index=True)
+    driver: Mapped[str] = mapped_column(String(16))
+    requests: Mapped[int] = mapped_column(default=0)  # since the previous roll-up
+    responses_2xx: Mapped[int] = mapped_column(default=0)
+    responses_3xx: Mapped[int] = mapped_column(default=0)
+    responses_4xx: Mapped[int] = mapped_column(default=0)
+    responses_5xx: Mapped[int] = mapped_column(default=0)
+    errors: Mapped[int] = mapped_column(default=0)  # upstream errors + "no server in rotation"
+    success_rate: Mapped[float | None] = mapped_column(Float)
+    servers: Mapped[dict[str, Any]]  # server_id -> {requests, share, 2xx.., mean_latency_s, p99_s}
+    cumulative: Mapped[dict[str, Any]]  # the balancer's raw counters at collection time

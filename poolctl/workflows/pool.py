@@ -111,7 +111,7 @@ class PoolWorkflow:
             return
         decision = arbitrate(
             recs,
-            current=len(self.state.servers),
+            current=self.target(),  # the size being converged to: before the first scale-up there are 0 servers
             pool_min=self.spec.min_servers,
             pool_max=self.spec.max_servers,
             now=workflow.now(),

@@ -111,9 +111,14 @@ class BalancerDriver(ABC):
 
 
 def make_driver(spec: LoadBalancerSpec, token: str) -> BalancerDriver:
-    """The driver for a balancer spec. `token` is the builtin admin token (unused by haproxy)."""
+    """The driver for a balancer spec. `token` is the builtin admin token (unused by haproxy, whose
+    Runtime API socket is protected by its file mode)."""
     if spec.driver == "builtin":
         from poolctl.activities.balancers.builtin import BuiltinBalancerDriver
 
         return BuiltinBalancerDriver.from_spec(spec, token)
-    raise NotImplementedError(f"balancer driver {spec.driver!r} is not implemented yet")
+    if spec.driver == "haproxy":
+        from poolctl.activities.balancers.haproxy import HAProxyDriver
+
+        return HAProxyDriver.from_spec(spec)
+    raise NotImplementedError(f"balancer driver {spec.driver!r} is not implemented")

@@ -1,0 +1,256 @@
+"""`poolctl balancer ...` (alias `poolctl lb ...`): run a built-in balancer, show statistics, list balancers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+
+from poolctl.domain.balancer_spec import LoadBalancerSpec
+from poolctl.domain.balancing import BalancerStats, Member
+from poolctl.domain.errors import NotFoundError
+from poolctl.settings import get_settings
+from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
+from poolctl.store import balancer_stats as store
+from poolctl.store.db import session_scope
+
+balancer_app = typer.Typer(
+    help="Load balancers: run a built-in one, show statistics (alias: `poolctl lb`).", no_args_is_help=True
+)
+
+TeamOpt = Annotated[str | None, typer.Option("--team", "-t", help="Team of the pool [default: any team].")]
+PoolOpt = Annotated[str | None, typer.Option("--pool", "-p", help="Pool the balancer belongs to.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+def _stored(name: str, pool: str | None, team: str | None) -> store.StoredBalancer:
+    try:
+        with session_scope(get_settings().resolved_database_url) as s:
+            return store.get_balancer(s, name, team, pool)
+    except NotFoundError as e:
+        fail(str(e), EXIT_BAD_INPUT)
+
+
+def _member(text: str) -> Member:
+    sid, sep, rest = text.partition("=")
+    address, _, weight = rest.partition("@")
+    try:
+        if not sep:
+            raise ValueError("expected id=host:port[@weight]")
+        return Member(server_id=sid, address=address, weight=int(weight or 1))
+    except ValueError as e:
+        fail(f"--member {text!r}: {e}", EXIT_BAD_INPUT)
+
+
+@balancer_app.command("serve")
+def serve(
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="Balancer name in the pool's spec.")
+    ] = None,
+    pool: PoolOpt = None,
+    team: TeamOpt = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="A YAML load balancer spec instead.")
+    ] = None,
+    member: Annotated[
+        list[str] | None, typer.Option(help="Initial member id=host:port[@weight] (with -f).")
+    ] = None,
+    no_uvloop: Annotated[bool, typer.Option(help="Use the default asyncio loop.")] = False,
+) -> None:
+    """Run one built-in balancer in the foreground, from the stored spec (--pool/--name) or a spec file.
+
+    With a stored spec it starts with the pool's live servers from the store; the worker keeps the
+    membership in line afterwards through the admin endpoint (token: see poolctl.balancer.credentials)."""
+    from poolctl.balancer.credentials import balancer_token
+    from poolctl.balancer.proxy import BalancerProxy, ProxyConfig
+
+    settings = get_settings()
+    members: list[Member] = [_member(m) for m in member or []]
+    if file is not None:
+        try:
+            spec = LoadBalancerSpec.model_validate(yaml.safe_load(file.read_text()))
+        except (OSError, yaml.YAMLError, ValidationError) as e:
+            fail(f"{file}: {e}", EXIT_BAD_INPUT)
+    elif name:
+        b = _stored(name, pool, team)
+        spec = b.spec
+        if not members:
+            with session_scope(settings.resolved_database_url) as s:
+                from poolctl.store.inventory import get_pool
+
+                require_healthy = bool(get_pool(s, b.team, b.pool).spec.get("health_check"))
+                members = store.desired_members(s, b.team, b.pool, require_healthy=require_healthy)
+    else:
+        fail("give --name (and --pool) of a stored balancer, or --file", EXIT_BAD_INPUT)
+    if spec.driver != "builtin":
+        fail(
+            f"balancer {spec.name} uses driver {spec.driver}: run HAProxy with `poolctl balancer haproxy-config`"
+        )
+    config = ProxyConfig.from_spec(spec, balancer_token(settings), members)
+
+    async def main() -> None:
+        import signal
+
+        proxy = BalancerProxy(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await proxy.start()
+        print(f"listening {proxy.url} admin {proxy.admin_url} members {len(members)}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await proxy.stop()
+
+    runner: Any = asyncio.run
+    if not no_uvloop:
+        try:
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:
+            pass
+    try:
+        runner(main())
+    except OSError as e:
+        fail(f"balancer {spec.name}: {e}")
+
+
+@balancer_app.command("haproxy-config")
+def haproxy_config(
+    name: Annotated[str, typer.Argument(help="Balancer name.")],
+    pool: PoolOpt = None,
+    team: TeamOpt = None,
+) -> None:
+    """Print an HAProxy 2.6 configuration for a stored haproxy balancer (members arrive via the Runtime API)."""
+    from poolctl.activities.balancers.haproxy import render_haproxy_config
+
+    spec = _stored(name, pool, team).spec
+    sock = spec.haproxy.stats_socket if spec.haproxy else "/run/haproxy/admin.sock"
+    typer.echo(render_haproxy_config(spec, sock), nl=False)
+
+
+@balancer_app.command("list")
+def list_balancers(team: TeamOpt = None, pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
+    """Every load balancer in the store."""
+    with session_scope(get_settings().resolved_database_url) as s:
+        data = [
+            {"team": b.team, "pool": b.pool, "name": b.spec.name, "driver": b.spec.driver,
+             "listen": f"{b.spec.ip_address}:{b.spec.port}", "algorithm": b.spec.algorithm,
+             "sticky": b.spec.sticky_sessions, "status": b.spec.status}
+            for b in store.list_balancers(s, team, pool)
+        ]  # fmt: skip
+    if as_json:
+        print_json(data)
+        return
+    cols = ["team", "pool", "name", "driver", "listen", "algorithm", "sticky", "status"]
+    console.print(table(None, cols, [[d[c] for c in cols] for d in data]))
+
+
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"{v * 100:.1f}%"
+
+
+def _ms(v: float | None) -> str:
+    return "" if v is None else f"{v * 1000:.1f} ms"
+
+
+@balancer_app.command("stats")
+def stats(
+    name: Annotated[str, typer.Argument(help="Balancer name.")],
+    pool: PoolOpt = None,
+    team: TeamOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Requests, success rate, per-server share and latency: live from the balancer (since it started),
+    plus the last roll-up the stats Schedule stored."""
+    from poolctl.activities.balancer_activities import BalancerActivities
+    from poolctl.activities.balancers.base import BalancerError
+
+    settings = get_settings()
+    b = _stored(name, pool, team)
+    live: BalancerStats | None = None
+    live_error = None
+    try:
+        live = asyncio.run(BalancerActivities(settings).read_stats(b.spec))
+    except BalancerError as e:
+        live_error = str(e)
+    with session_scope(settings.resolved_database_url) as s:
+        last = store.last_rollup(s, b.id)
+        totals = store.balancer_totals(s, b.id)
+        rollup = (
+            None
+            if last is None
+            else {
+                "collected_at": last.collected_at,
+                "requests": last.requests,
+                "success_rate": last.success_rate,
+                "servers": last.servers,
+            }
+        )
+    total_server = sum(x.requests for x in live.servers) if live else 0
+    servers = [
+        {
+            "server_id": x.server_id,
+            "state": x.state,
+            "weight": x.weight,
+            "requests": x.requests,
+            "share": None if not total_server else x.requests / total_server,
+            "2xx": x.responses_2xx,
+            "4xx": x.responses_4xx,
+            "5xx": x.responses_5xx,
+            "errors": x.upstream_errors,
+            "success_rate": x.success_rate,
+            "active_connections": x.active_connections,
+            "mean_latency_s": x.mean_latency_s,
+            "p99_latency_s_le": x.latency_quantile_s(0.99),
+        }
+        for x in (live.servers if live else [])
+    ]
+    data = {
+        "team": b.team,
+        "pool": b.pool,
+        "balancer": b.spec.name,
+        "driver": b.spec.driver,
+        "live": None
+        if live is None
+        else {"requests": live.requests, "success_rate": live.success_rate,
+              "no_member_responses": live.no_member_responses, "servers": servers},
+        "live_error": live_error,
+        "last_rollup": rollup,
+        "totals": {"requests": totals[0], "successful": totals[1], "failed": totals[2]},
+    }  # fmt: skip
+    if as_json:
+        print_json(data)
+        return
+    head = f"{b.team}/{b.pool}/{b.spec.name} ({b.spec.driver}, {b.spec.algorithm})"
+    if live is None:
+        console.print(f"{head}: [red]not reachable[/] ({live_error})", highlight=False)
+    else:
+        console.print(
+            f"{head}: {live.requests} requests, success rate {_pct(live.success_rate) or 'n/a'}"
+            f", {live.no_member_responses} with no server in rotation",
+            highlight=False,
+        )
+        console.print(
+            table(
+                None,
+                ["server", "state", "weight", "requests", "share", "2xx", "4xx", "5xx", "errors", "active", "mean", "p99 <="],
+                [[x["server_id"], x["state"], x["weight"], x["requests"], _pct(x["share"]), x["2xx"], x["4xx"],
+                  x["5xx"], x["errors"], x["active_connections"], _ms(x["mean_latency_s"]),
+                  _ms(x["p99_latency_s_le"])] for x in servers],
+            )
+        )  # fmt: skip
+    if rollup is None:
+        console.print("no roll-up yet (the stats Schedule stores one every balancer_stats_interval_s)")
+    else:
+        console.print(
+            f"last roll-up {ago(rollup['collected_at'])}: {rollup['requests']} requests, "
+            f"success rate {_pct(rollup['success_rate']) or 'n/a'}; stored totals {totals[0]} requests",
+            highlight=False,
+        )

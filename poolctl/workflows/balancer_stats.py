@@ -1,0 +1,27 @@
+"""BalancerStatsWorkflow: one statistics roll-up of every balancer into the store. A Temporal Schedule
+(`poolctl.starter.balancer_schedule`) starts it every `balancer_stats_interval_s` (10 minutes by default)
+with overlap policy SKIP, so runs never pile up."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from poolctl.activities.balancer_activities import BalancerActivities, RollupInput, RollupResult
+
+
+@workflow.defn
+class BalancerStatsWorkflow:
+    @workflow.run
+    async def run(self, inp: RollupInput) -> RollupResult:
+        return await workflow.execute_activity_method(
+            BalancerActivities.rollup_balancer_stats,
+            inp,
+            start_to_close_timeout=timedelta(minutes=5),
+            heartbeat_timeout=timedelta(seconds=60),
+            retry_policy=RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=5)),
+            summary="roll up balancer statistics",
+        )

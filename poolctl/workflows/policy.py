@@ -1,0 +1,254 @@
+"""PolicyWorkflow: one scaling policy's evaluation loop.
+
+Every `evaluation_interval` (sooner when a signal or update arrives, or when a schedule window opens or
+closes): read the metric and the pool's size (a local activity), evaluate the policy with the pure code in
+`domain.scaling`, and signal the pool's `recommend` only when the recommendation differs from the last one
+sent. A decision that changes the recommendation is kept (the last MAX_DECISIONS) and written to the store.
+Continues-as-new with its state; the pool owns the cooldowns (they are durable there).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from poolctl import search_attributes as sa
+    from poolctl.activities.policy_metrics import PolicyMetricActivities
+    from poolctl.domain import scaling
+    from poolctl.domain.names import pool_key, pool_workflow_id
+    from poolctl.domain.policy_spec import PolicySpec
+    from poolctl.domain.policy_state import (
+        MAX_DECISIONS,
+        DecisionRecord,
+        MetricReading,
+        MetricReadRequest,
+        PolicyInput,
+        PolicyStateView,
+        policy_status,
+    )
+    from poolctl.domain.scaling import Decision, Direction, PolicyState, Recommendation
+    from poolctl.domain.schedule import schedule_window_active
+
+READ_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=2)
+RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+
+
+@workflow.defn
+class PolicyWorkflow:
+    @workflow.init
+    def __init__(self, inp: PolicyInput) -> None:
+        self.team = inp.team
+        self.pool = inp.pool
+        self.spec: PolicySpec = inp.spec
+        self.pstate: PolicyState = inp.state or PolicyState()
+        self.last_sent: Recommendation | None = inp.last_sent
+        self.decisions: list[Decision] = list(inp.decisions)[-MAX_DECISIONS:]
+        self.current: int | None = inp.current
+        self.last_error: str | None = inp.last_error
+        self.history_budget = inp.history_budget
+        self._wake = False
+        self._next_at: datetime | None = None
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, inp: PolicyInput) -> str:
+        self._publish_search_attributes()
+        while True:
+            self._wake = False  # a signal arriving while we evaluate wakes the next wait at once
+            await self._evaluate()
+            if self._history_too_long():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(self._carry())
+            wait_s = self._next_wait_s()
+            self._next_at = workflow.now() + timedelta(seconds=wait_s)
+            try:
+                await workflow.wait_condition(
+                    lambda: self._wake, timeout=timedelta(seconds=wait_s), timeout_summary="next evaluation"
+                )
+            except TimeoutError:
+                pass
+
+    def _carry(self) -> PolicyInput:
+        return PolicyInput(
+            team=self.team,
+            pool=self.pool,
+            spec=self.spec,
+            state=self.pstate,
+            last_sent=self.last_sent,
+            decisions=self.decisions,
+            current=self.current,
+            last_error=self.last_error,
+            history_budget=self.history_budget,
+        )
+
+    def _history_too_long(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > self.history_budget
+
+    def _next_wait_s(self) -> float:
+        """The evaluation interval; for a schedule, no later than the next window opening or closing."""
+        wait = self.spec.evaluation_interval
+        if self.spec.type == "schedule" and self.spec.schedule is not None:
+            now = workflow.now()
+            active, start, end = schedule_window_active(self.spec.schedule, now)
+            edge = end if active else start
+            if edge is not None:
+                wait = min(wait, max((edge - now).total_seconds(), 0.0))
+        return max(wait, 0.001)
+
+    async def _read(self) -> MetricReading:
+        source = self.spec.source if self.spec.is_metric_policy else None
+        timeout_s = (source.timeout_s if source is not None else 0.0) + 10.0
+        try:
+            return await workflow.execute_local_activity_method(
+                PolicyMetricActivities.read_policy_metric,
+                MetricReadRequest(team=self.team, pool=self.pool, source=source),
+                start_to_close_timeout=timedelta(seconds=timeout_s),
+                schedule_to_close_timeout=timedelta(seconds=2 * timeout_s + 1),
+                retry_policy=READ_RETRY,
+                summary=f"read {self.spec.metric or 'pool size'}",
+            )
+        except ActivityError as e:
+            cause = e.cause if e.cause is not None else e
+            return MetricReading(value=None, error=f"metric read failed: {cause}", current=self.current or 0)
+
+    async def _evaluate(self) -> None:
+        reading = await self._read()
+        self.current = reading.current
+        self.last_error = reading.error
+        decision, self.pstate = scaling.evaluate_policy(
+            self.spec,
+            current=reading.current,
+            metric=reading.value,
+            now=workflow.now(),
+            state=self.pstate,
+        )
+        rec = decision.as_recommendation()
+        if scaling.same_recommendation(self.last_sent, rec):
+            return
+        await self._send(rec)
+        self.decisions = (self.decisions + [decision])[-MAX_DECISIONS:]
+        await workflow.execute_activity_method(
+            PolicyMetricActivities.record_policy_decision,
+            DecisionRecord(team=self.team, pool=self.pool, policy=self.spec.name, decision=decision),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RECORD_RETRY,
+            summary=f"record decision {decision.current}->{decision.desired} {decision.reason.value}",
+        )
+
+    async def _send(self, rec: Recommendation) -> None:
+        handle = workflow.get_external_workflow_handle(pool_workflow_id(self.team, self.pool))
+        try:
+            await handle.signal("recommend", rec)
+        except FailureError as e:
+            # the pool is not running (deleted or not started yet): try again at the next evaluation
+            self.last_error = f"could not signal pool: {e}"
+            return
+        self.last_sent = rec
+
+    # ---- search attributes ------------------------------------------------------------------------
+
+    def _publish_search_attributes(self) -> None:
+        """Upsert PolicyId/PoolId/TeamId when missing and PolicyState when it changed (one event each time)."""
+        current = workflow.info().typed_search_attributes
+        updates = []
+        wanted = {
+            sa.POLICY_ID: f"{self.team}/{self.pool}/{self.spec.name}",
+            sa.POOL_ID: pool_key(self.team, self.pool),
+            sa.TEAM_ID: self.team,
+            sa.POLICY_STATE: policy_status(self.spec, self.pstate),
+        }
+        for key, value in wanted.items():
+            if current.get(key) != value:
+                updates.append(key.value_set(value))
+        if updates:
+            workflow.upsert_search_attributes(updates)
+
+    def _changed(self) -> None:
+        self._publish_search_attributes()
+        self._wake = True
+
+    # ---- messages ---------------------------------------------------------------------------------
+
+    @workflow.signal
+    def pause(self) -> None:
+        """Stop acting: the policy tells the pool it abstains until `resume`."""
+        self.pstate = scaling.pause(self.pstate)
+        self._changed()
+
+    @workflow.signal
+    def resume(self) -> None:
+        """Act again (every pause flag cleared; scale-in waits a full stabilization window)."""
+        self.pstate = scaling.resume(self.pstate)
+        self._changed()
+
+    @workflow.signal
+    def toggle(self) -> None:
+        self.pstate = scaling.toggle(self.pstate)
+        self._changed()
+
+    @workflow.signal
+    def pause_scale_in(self) -> None:
+        self.pstate = scaling.pause(self.pstate, scale_in=True, scale_out=False)
+        self._changed()
+
+    @workflow.signal
+    def pause_scale_out(self) -> None:
+        self.pstate = scaling.pause(self.pstate, scale_in=False, scale_out=True)
+        self._changed()
+
+    @workflow.update
+    def apply_spec(self, spec: PolicySpec) -> str:
+        """A re-applied spec for this policy: takes effect at once (the policy re-evaluates now)."""
+        self.spec = spec
+        self._changed()
+        return "applied"
+
+    @apply_spec.validator
+    def _validate_apply_spec(self, spec: PolicySpec) -> None:
+        if spec.name != self.spec.name:
+            raise ValueError(f"spec for policy {spec.name!r} sent to policy {self.spec.name!r}")
+
+    @workflow.query
+    def state(self) -> PolicyStateView:
+        now = workflow.now()
+        remaining: dict[str, float] = {}
+        moved = [d for d in self.decisions if d.direction is not Direction.NONE and not d.abstain]
+        if moved:
+            last = moved[-1]
+            out_until = last.at + timedelta(seconds=last.scale_out_cooldown_s)
+            in_until = last.at + timedelta(seconds=last.scale_in_cooldown_s)
+            remaining["scale_out"] = (
+                max(0.0, (out_until - now).total_seconds()) if last.direction is Direction.UP else 0.0
+            )
+            remaining["scale_in"] = max(0.0, (in_until - now).total_seconds())
+        return PolicyStateView(
+            team=self.team,
+            pool=self.pool,
+            policy=self.spec.name,
+            type=self.spec.type,
+            strategy=self.spec.strategy,
+            status=policy_status(self.spec, self.pstate),
+            paused=self.pstate.paused,
+            scale_in_paused=self.pstate.scale_in_paused,
+            scale_out_paused=self.pstate.scale_out_paused,
+            dry_run=self.spec.dry_run,
+            evaluation_interval=self.spec.evaluation_interval,
+            evaluations=self.pstate.evaluations,
+            current=self.current,
+            last_metric=self.pstate.last_metric,
+            last_metric_at=self.pstate.last_metric_at,
+            last_error=self.last_error,
+            last_recommendation=self.last_sent,
+            last_reason=self.last_sent.reason.value if self.last_sent else None,
+            last_decision=self.pstate.last_decision,
+            decisions=self.decisions,
+            cooldown_remaining_s=remaining,
+            next_evaluation_at=self._next_at,
+            spec=self.spec.model_dump(mode="json", exclude_defaults=True),
+        )

@@ -1,0 +1,99 @@
+"""Helpers for the policy tests: pin the CPU of a pool's real local servers, read policy state and records."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from temporalio.client import Client
+
+from poolctl.domain.policy_state import PolicyStateView
+from poolctl.settings import Settings
+from poolctl.starter import policy_ops
+from poolctl.store import inventory
+from poolctl.store.db import session_scope
+from poolctl.store.policy_decisions import list_policy_decisions
+
+
+class CpuPinner:
+    """Keeps every running server of a pool pinned at `cpu` through `POST /admin/load` (new servers too).
+
+    A load driver, not a synchronisation: tests still wait for conditions with `eventually`.
+    """
+
+    def __init__(self, settings: Settings, pool: str, cpu: float | None):
+        self.settings = settings
+        self.pool = pool
+        self.cpu = cpu
+        self._pinned: dict[str, float | None] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def urls(self) -> list[tuple[str, str]]:
+        with session_scope(self.settings.resolved_database_url) as s:
+            return [
+                (r.id, f"http://{r.host}:{r.port}")
+                for r in inventory.list_servers(s, self.settings.team, self.pool)
+                if r.state == "running"
+            ]
+
+    async def pin_now(self, http: httpx.AsyncClient) -> None:
+        for sid, url in await asyncio.to_thread(self.urls):
+            if self._pinned.get(sid, "unset") == self.cpu:
+                continue
+            with contextlib.suppress(httpx.HTTPError):
+                r = await http.post(f"{url}/admin/load", json={"cpu_percent": self.cpu}, timeout=2)
+                if r.status_code == 200:
+                    self._pinned[sid] = self.cpu
+
+    async def set(self, cpu: float | None) -> None:
+        self.cpu = cpu
+        async with httpx.AsyncClient() as http:
+            await self.pin_now(http)
+
+    async def _loop(self) -> None:
+        async with httpx.AsyncClient() as http:
+            while True:
+                await self.pin_now(http)
+                await asyncio.sleep(0.1)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[CpuPinner]:
+        self._task = asyncio.create_task(self._loop())
+        try:
+            yield self
+        finally:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def policy_state(client: Client, settings: Settings, pool: str, policy: str) -> PolicyStateView | None:
+    try:
+        return await policy_ops.query_policy(client, settings.team, pool, policy)
+    except Exception:  # noqa: BLE001 - not started yet
+        return None
+
+
+def stored_decisions(settings: Settings, pool: str, policy: str | None = None) -> list[dict[str, Any]]:
+    with session_scope(settings.resolved_database_url) as s:
+        return [
+            {
+                "policy": r.policy_name,
+                "at": r.decided_at,
+                "current": r.current,
+                "desired": r.desired,
+                "direction": r.direction,
+                "reason": r.reason,
+                "metric": r.metric,
+                "decision": r.decision,
+            }
+            for r in list_policy_decisions(s, settings.team, pool, policy, limit=200)
+        ]
+
+
+def events(settings: Settings, pool: str) -> list[Any]:
+    with session_scope(settings.resolved_database_url) as s:
+        return inventory.list_events(s, settings.team, pool)

@@ -1,0 +1,393 @@
+"""Scaling policies end to end on a real Temporal dev server with real local servers whose CPU the tests pin
+through their admin endpoint: scale-out within an interval, scale-in only after the stabilization window,
+pause/resume, durable cooldowns (worker restart + continue-as-new), missing metrics, dry run."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from temporalio.client import Client
+
+from poolctl.domain.names import policy_workflow_id, pool_workflow_id
+from poolctl.settings import Settings
+from poolctl.starter import policy_ops
+from tests.helpers import apply_yaml, eventually, pool_view, settled
+from tests.policy_helpers import CpuPinner, events, policy_state, stored_decisions
+
+pytestmark = [pytest.mark.temporal, pytest.mark.slow]
+
+TARGET = """
+pools:
+  - name: web
+    provider: local
+    min_servers: 1
+    max_servers: 4
+    desired_servers: 2
+    policies:
+      - name: cpu
+        type: cpu
+        target: 50
+        evaluation_interval: 2
+        scale_out_cooldown_s: 1
+        scale_in_cooldown_s: 1
+        stabilization_window_s: 10
+"""
+
+
+async def test_load_scales_out_within_an_interval_and_in_only_after_the_window(
+    client: Client, settings: Settings, worker
+):
+    await apply_yaml(client, settings, TARGET)
+    await settled(client, settings, "web", 2)
+    pinner = CpuPinner(settings, "web", 50.0)
+    async with pinner.running():
+        # load: 90% against a 50% target -> ceil(2 x 1.8) = 4
+        await pinner.set(90.0)
+        t_breach = time.monotonic()
+        await eventually(
+            lambda: pool_view(client, settings, "web"),
+            lambda v: v is not None and v.desired == 4,
+            timeout=2 + 4,
+            interval=0.1,
+        )
+        assert time.monotonic() - t_breach <= 2 + 4
+        view = await settled(client, settings, "web", 4)
+        assert view.last_decision is not None and view.last_decision.reason.value in (
+            "TargetTracking",
+            "AtMaxServers",
+        )
+
+        # load removed: the policy wants 1 but must wait out the 10 s window after its last high wish
+        await pinner.set(10.0)
+        t_low = datetime.now(UTC)
+        state = await eventually(
+            lambda: policy_state(client, settings, "web", "cpu"),
+            lambda s: s is not None and s.last_reason == "ScaleInStabilized",
+            timeout=10,
+        )
+        assert state is not None and (await pool_view(client, settings, "web")).desired == 4  # type: ignore[union-attr]
+        await settled(client, settings, "web", 1, timeout=40)
+    downs = [e for e in events(settings, "web") if e.direction == "down"]
+    assert downs and downs[-1].policy_name == "cpu"
+    first_down = min(e.started_at.replace(tzinfo=UTC) for e in downs)
+    # the last high evaluation was at most one interval before the load dropped
+    assert first_down >= t_low + timedelta(seconds=10 - 2 - 0.5), (first_down, t_low)
+
+    records = stored_decisions(settings, "web", "cpu")
+    reasons = [r["reason"] for r in records]
+    assert "ScaleInStabilized" in reasons and "TargetTracking" in reasons
+    scale_out = next(r for r in reversed(records) if r["direction"] == "up")
+    assert "ceil(2 x 1.800) = 4" in scale_out["decision"]["formula"]
+
+
+THRESHOLD = """
+pools:
+  - name: web
+    provider: local
+    min_servers: 1
+    max_servers: {max}
+    desired_servers: 1
+    policies:
+      - name: cpu
+        type: cpu
+        threshold_up: 70
+        threshold_down: 10
+        evaluation_interval: {interval}
+        scale_out_cooldown_s: {cooldown}
+        scale_in_cooldown_s: {cooldown}
+        stabilization_window_s: 0
+        dry_run: {dry_run}
+"""
+
+
+def _threshold(max_servers: int = 3, interval: float = 1, cooldown: float = 0, dry_run: bool = False) -> str:
+    return THRESHOLD.format(
+        max=max_servers, interval=interval, cooldown=cooldown, dry_run=str(dry_run).lower()
+    )
+
+
+async def _listed(client: Client, query: str) -> list[str]:
+    return sorted([w.id async for w in client.list_workflows(query)])
+
+
+async def test_pause_stops_actions_and_resume_restarts_them(client: Client, settings: Settings, worker):
+    await apply_yaml(client, settings, _threshold(max_servers=2))
+    await settled(client, settings, "web", 1)
+    pinner = CpuPinner(settings, "web", 50.0)
+    async with pinner.running():
+        await pinner.set(50.0)
+        await policy_ops.signal_policy(client, settings.team, "web", "cpu", "pause")
+        paused = await eventually(
+            lambda: policy_state(client, settings, "web", "cpu"),
+            lambda s: s is not None and s.paused and s.last_reason == "Paused",
+        )
+        assert paused is not None and paused.status == "paused"
+        policy_id = policy_workflow_id(settings.team, "web", "cpu")
+        await eventually(lambda: _listed(client, 'PolicyState = "paused"'), lambda ids: policy_id in ids)
+
+        await pinner.set(90.0)
+        n = paused.evaluations
+        await eventually(
+            lambda: policy_state(client, settings, "web", "cpu"),
+            lambda s: s is not None and s.evaluations >= n + 3,
+        )
+        view = await pool_view(client, settings, "web")
+        assert view is not None and view.desired == 1 and view.seq == 1
+        [rec] = view.recommendations
+        assert rec.abstain and rec.reason.value == "Paused"
+
+        await policy_ops.signal_policy(client, settings.team, "web", "cpu", "resume")
+        await settled(client, settings, "web", 2, timeout=20)
+        state = await policy_state(client, settings, "web", "cpu")
+        assert state is not None and not state.paused and state.status == "active"
+    ups = [e for e in events(settings, "web") if e.direction == "up" and e.policy_name == "cpu"]
+    assert len(ups) == 1 and ups[0].decision["reason"] == "ScaleOutThreshold"
+
+
+async def test_cooldown_survives_worker_restart_and_continue_as_new(client: Client, settings: Settings):
+    from poolctl.store.db import migrate
+    from poolctl.worker import build_worker
+
+    settings.history_budget = 100
+    migrate(settings.resolved_database_url)
+    cooldown = 30.0
+    await apply_yaml(client, settings, _threshold(max_servers=4, cooldown=cooldown))
+    pool_handle = client.get_workflow_handle(pool_workflow_id(settings.team, "web"))
+    policy_handle = client.get_workflow_handle(policy_workflow_id(settings.team, "web", "cpu"))
+    pinner = CpuPinner(settings, "web", 50.0)
+    async with pinner.running():
+        async with build_worker(client, settings):
+            await settled(client, settings, "web", 1)
+            await pinner.set(90.0)
+            view = await settled(client, settings, "web", 2, timeout=20)
+            until = view.cooldowns.scale_out_blocked_until
+            assert until is not None
+            # the policy asks for 3 and the pool holds it for the cooldown
+            held = await eventually(
+                lambda: pool_view(client, settings, "web"),
+                lambda v: (
+                    v is not None
+                    and v.last_decision is not None
+                    and v.last_decision.reason.value == "CooldownActive"
+                ),
+            )
+            assert held is not None and held.desired == 2
+            pool_run = (await pool_handle.describe()).run_id
+            policy_run = (await policy_handle.describe()).run_id
+        # the worker is gone; a new one takes over, and both workflows continue-as-new
+        async with build_worker(client, settings):
+            for _ in range(40):
+                await pool_handle.signal("forget_policy", "no-such-policy")
+                await policy_handle.signal("pause_scale_in")
+            await eventually(lambda: pool_handle.describe(), lambda d: d.run_id != pool_run, timeout=20)
+            await eventually(lambda: policy_handle.describe(), lambda d: d.run_id != policy_run, timeout=20)
+            view = await pool_view(client, settings, "web")
+            assert view is not None and view.cooldowns.scale_out_blocked_until == until
+            assert datetime.now(UTC) < until, "the test took longer than the cooldown: raise it"
+            assert view.desired == 2 and view.current == 2
+            await settled(client, settings, "web", 3, timeout=cooldown + 10)
+    ups = sorted((e for e in events(settings, "web") if e.direction == "up"), key=lambda e: e.started_at)
+    assert [(e.from_count, e.to_count) for e in ups] == [(0, 1), (1, 2), (2, 3)]
+    assert ups[2].started_at.replace(tzinfo=UTC) >= until
+
+
+async def test_metric_source_down_blocks_scale_in_and_records_metric_unavailable(
+    client: Client, settings: Settings, worker
+):
+    spec = """
+pools:
+  - name: web
+    provider: local
+    min_servers: 1
+    max_servers: 3
+    desired_servers: 3
+    policies:
+      - name: cpu
+        type: cpu
+        target: 50
+        evaluation_interval: 1
+        scale_in_cooldown_s: 0
+        stabilization_window_s: 0
+      - name: queue
+        type: custom
+        source: {kind: http_json, url: "http://127.0.0.1:9/queue", path: depth, timeout_s: 1}
+        target: 10
+        evaluation_interval: 1
+        stabilization_window_s: 0
+"""
+    await apply_yaml(client, settings, spec)
+    await settled(client, settings, "web", 3)
+    pinner = CpuPinner(settings, "web", 10.0)
+    async with pinner.running():
+        await pinner.set(10.0)
+        cpu = await eventually(
+            lambda: policy_state(client, settings, "web", "cpu"),
+            lambda s: (
+                s is not None
+                and s.last_recommendation is not None
+                and s.last_recommendation.direction.value == "down"
+            ),
+        )
+        assert (
+            cpu is not None and cpu.last_recommendation is not None and cpu.last_recommendation.desired == 1
+        )
+        queue = await policy_state(client, settings, "web", "queue")
+        assert queue is not None and queue.last_reason == "MetricUnavailable"
+        assert queue.last_error and "http_json" in queue.last_error
+        view = await eventually(
+            lambda: pool_view(client, settings, "web"),
+            lambda v: (
+                v is not None
+                and v.last_decision is not None
+                and v.last_decision.reason.value == "MetricUnavailable"
+            ),
+        )
+        n = cpu.evaluations
+        await eventually(
+            lambda: policy_state(client, settings, "web", "cpu"),
+            lambda s: s is not None and s.evaluations >= n + 3,
+        )
+        view = await pool_view(client, settings, "web")
+        assert view is not None and view.desired == 3 and view.current == 3
+    assert [e.direction for e in events(settings, "web")] == ["up"]
+    assert any(r["reason"] == "MetricUnavailable" for r in stored_decisions(settings, "web", "queue"))
+
+
+async def test_dry_run_records_decisions_and_changes_nothing(client: Client, settings: Settings, worker):
+    await apply_yaml(client, settings, _threshold(max_servers=3, dry_run=True))
+    await settled(client, settings, "web", 1)
+    pinner = CpuPinner(settings, "web", 90.0)
+    async with pinner.running():
+        await pinner.set(90.0)
+        await eventually(
+            lambda: policy_state(client, settings, "web", "cpu"),
+            lambda s: s is not None and s.last_reason == "DryRun",
+        )
+        records = await eventually(
+            lambda: _async(stored_decisions, settings, "web", "cpu"),
+            lambda rs: any(r["reason"] == "DryRun" for r in rs),
+        )
+        dry = next(r for r in records if r["reason"] == "DryRun")
+        assert dry["decision"]["raw"] == 2 and dry["desired"] == 1 and dry["decision"]["dry_run"]
+        n = (await policy_state(client, settings, "web", "cpu")).evaluations  # type: ignore[union-attr]
+        await eventually(
+            lambda: policy_state(client, settings, "web", "cpu"),
+            lambda s: s is not None and s.evaluations >= n + 3,
+        )
+    view = await pool_view(client, settings, "web")
+    assert view is not None and view.desired == 1 and view.seq == 1
+    policy_id = policy_workflow_id(settings.team, "web", "cpu")
+    await eventually(lambda: _listed(client, 'PolicyState = "dry_run"'), lambda ids: policy_id in ids)
+
+
+async def _async(fn, *args):  # type: ignore[no-untyped-def]
+    return fn(*args)
+
+
+SIM_TRACE = [50, 90, 90, 50, 20, 20, 20, 20, 50, 50]
+
+
+async def test_simulate_gives_the_same_decisions_as_the_live_loop(
+    client: Client, settings: Settings, worker, tmp_path
+):
+    """The live loop reads the trace one value per evaluation (an http_json source serving it); `poolctl
+    simulate` runs the same spec over the same trace as CSV. The decisions that changed the recommendation
+    (the ones the live loop sends and records) must be the same, one for one."""
+    import json
+    from contextlib import AsyncExitStack
+
+    from aiohttp import web
+    from typer.testing import CliRunner
+
+    from poolctl.starter.cli import app
+
+    reads: list[float] = []
+
+    async def metric(request: web.Request) -> web.Response:
+        value = SIM_TRACE[min(len(reads), len(SIM_TRACE) - 1)]
+        reads.append(value)
+        return web.json_response({"cpu": value})
+
+    web_app = web.Application()
+    web_app.router.add_get("/cpu", metric)
+    runner = web.AppRunner(web_app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    interval, window = 2, 5.5
+    spec = f"""
+pools:
+  - name: web
+    provider: fake
+    min_servers: 1
+    max_servers: 6
+    desired_servers: 2
+    policies:
+      - name: sim
+        type: custom
+        source: {{kind: http_json, url: "http://127.0.0.1:{port}/cpu", path: cpu}}
+        target: 50
+        evaluation_interval: {interval}
+        scale_out_cooldown_s: 0
+        scale_in_cooldown_s: 0
+        stabilization_window_s: {window}
+"""
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(runner.cleanup)
+        # the pool is at its size before the policy's first read, as the simulation assumes: apply the pool
+        # first, then the same spec with the policy added (apply starts the new policy's workflow)
+        await apply_yaml(client, settings, spec.split("    policies:")[0])
+        await settled(client, settings, "web", 2)
+        outcomes = await apply_yaml(client, settings, spec)
+        assert [(o.action, o.changed_fields) for o in outcomes] == [("updated", ["policies"])]
+        await eventually(lambda: _async(len, reads), lambda n: n >= len(SIM_TRACE) + 1, timeout=60)
+        state = await policy_state(client, settings, "web", "sim")
+    assert state is not None
+    live = [(d.current, d.desired, d.direction.value, d.reason.value, d.metric) for d in state.decisions]
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(spec)
+    trace_file = tmp_path / "trace.csv"
+    trace_file.write_text(
+        "timestamp,value\n"
+        + "".join(f"{1_700_000_000 + i * interval},{v}\n" for i, v in enumerate(SIM_TRACE))
+    )
+    png = tmp_path / "plot.png"
+    result = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "-f",
+            str(spec_file),
+            "--policy",
+            "sim",
+            "--trace",
+            str(trace_file),
+            "--start",
+            "2",
+            "--boot-delay",
+            "0",
+            "--json",
+            "--plot",
+            str(png),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    steps = json.loads(result.output)
+    simulated = [
+        (s["current"], s["policy"]["desired"], s["policy"]["direction"], s["policy"]["reason"], s["metric"])
+        for s in steps
+        if s["policy_changed"]
+    ]
+    side_by_side = "\n".join(f"live {a!s:55} sim {b}" for a, b in zip(live, simulated, strict=False))
+    assert live[: len(simulated)] == simulated, side_by_side
+    assert [r for r in simulated if r[2] != "none"] == [
+        (2, 4, "up", "TargetTracking", 90.0),
+        (4, 8, "up", "TargetTracking", 90.0),
+        (6, 3, "down", "TargetTracking", 20.0),
+    ]
+    assert "ScaleInStabilized" in [r[3] for r in simulated]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
