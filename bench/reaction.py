@@ -100,7 +100,7 @@ async def run(args: argparse.Namespace) -> list[tuple[float, float]]:
             doc = doc.model_copy(update={"team": "bench"})
             await pool_ops.apply_documents(client, settings, [doc])
             for trial in range(args.trials):
-                while await size() != 2:
+                while await size() != 2:  # noqa: ASYNC110
                     await asyncio.sleep(0.2)
                 await pin(http, 50)
                 await asyncio.sleep(args.interval + 1)  # a quiet evaluation first

@@ -24,7 +24,9 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    state_dir: Path = Field(default_factory=_default_state_dir, description="Logs, pids, local servers, SQLite files.")
+    state_dir: Path = Field(
+        default_factory=_default_state_dir, description="Logs, pids, local servers, SQLite files."
+    )
     database_url: str = Field(
         default="",
         description="SQLAlchemy URL; default sqlite:///<state_dir>/poolctl.db. "
@@ -33,15 +35,33 @@ class Settings(BaseSettings):
     temporal_address: str = Field(default="127.0.0.1:7233", description="host:port of the Temporal frontend.")
     temporal_namespace: str = Field(default="default")
     temporal_ui_port: int = Field(default=8233, description="Web UI port of the embedded dev server.")
-    temporal_api_key: str | None = Field(default=None, description="API key for Temporal Cloud (enables TLS).")
+    temporal_api_key: str | None = Field(
+        default=None, description="API key for Temporal Cloud (enables TLS)."
+    )
     temporal_tls: bool = Field(default=False)
     task_queue: str = Field(default="poolctl")
     team: str = Field(default="default", description="Team used when a spec or command names none.")
-    scale_attempts: int = Field(default=3, ge=1, description="Attempts per provision/terminate call before a scaling fails.")
-    reconcile_interval_s: float = Field(default=30.0, gt=0, description="How often a pool re-checks its size.")
-    retry_initial_interval_s: float = Field(default=1.0, gt=0, description="First retry delay of provider calls (doubles).")
-    activity_timeout_s: float = Field(default=60.0, gt=0, description="Longest a single provider call may take.")
-    history_budget: int = Field(default=2000, ge=100, description="Events after which a long-lived workflow continues-as-new.")
+    scale_attempts: int = Field(
+        default=3, ge=1, description="Attempts per provision/terminate call before a scaling fails."
+    )
+    reconcile_interval_s: float = Field(
+        default=30.0, gt=0, description="How often a pool re-checks its size."
+    )
+    retry_initial_interval_s: float = Field(
+        default=1.0, gt=0, description="First retry delay of provider calls (doubles)."
+    )
+    activity_timeout_s: float = Field(
+        default=60.0, gt=0, description="Longest a single provider call may take."
+    )
+    health_lease_s: float = Field(
+        default=3600.0, gt=0, description="Longest one probe-loop activity runs before it is renewed."
+    )
+    health_heartbeat_timeout_s: float = Field(
+        default=30.0, gt=0, description="A probe loop silent this long is retried elsewhere."
+    )
+    history_budget: int = Field(
+        default=2000, ge=100, description="Events after which a long-lived workflow continues-as-new."
+    )
     balancer_token: str = Field(
         default="",
         description="Bearer token of the built-in balancers' admin endpoints; default: generated once into "

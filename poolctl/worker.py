@@ -11,20 +11,29 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from poolctl.activities.balancer_activities import BalancerActivities
+from poolctl.activities.health_store import HealthStoreActivities
 from poolctl.activities.inventory import InventoryActivities
 from poolctl.activities.policy_metrics import PolicyMetricActivities
 from poolctl.activities.provisioning import ProvisioningActivities
+from poolctl.activities.watch import watch_target_activity
 from poolctl.settings import Settings, get_settings
 from poolctl.store.db import migrate
 from poolctl.temporal_client import connect
 from poolctl.workflows.balancer_stats import BalancerStatsWorkflow
+from poolctl.workflows.health_check import HealthCheckWorkflow
 from poolctl.workflows.policy import PolicyWorkflow
 from poolctl.workflows.pool import PoolWorkflow
 from poolctl.workflows.scale_pool import ScalePoolWorkflow
 
 log = logging.getLogger("poolctl.worker")
 
-WORKFLOWS: list[type] = [PoolWorkflow, ScalePoolWorkflow, PolicyWorkflow, BalancerStatsWorkflow]
+WORKFLOWS: list[type] = [
+    PoolWorkflow,
+    ScalePoolWorkflow,
+    PolicyWorkflow,
+    HealthCheckWorkflow,
+    BalancerStatsWorkflow,
+]
 
 
 def activities_for(settings: Settings) -> list[object]:
@@ -32,7 +41,10 @@ def activities_for(settings: Settings) -> list[object]:
     inventory = InventoryActivities(settings)
     balancers = BalancerActivities(settings)
     policy_metrics = PolicyMetricActivities(settings)
+    health_store = HealthStoreActivities(settings)
     return [
+        watch_target_activity,
+        health_store.record_health,
         provisioning.provision_server,
         provisioning.terminate_server,
         inventory.record_event_started,
@@ -72,6 +84,9 @@ async def run_worker(settings: Settings) -> None:
     async with worker:
         await stop.wait()
         log.info("stopping: finishing in-flight tasks")
+    from poolctl.activities.probes import close_shared_prober
+
+    await close_shared_prober()
     log.info("worker stopped")
 
 

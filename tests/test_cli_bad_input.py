@@ -18,7 +18,10 @@ from poolctl.store.db import session_scope
 pytestmark = pytest.mark.temporal
 
 CASES = {
-    "unknown_field": ("pools:\n  - name: web\n    colour: blue\n", r"pools\[1\] \(web\)\.colour: unknown field"),
+    "unknown_field": (
+        "pools:\n  - name: web\n    colour: blue\n",
+        r"pools\[1\] \(web\)\.colour: unknown field",
+    ),
     "min_above_max": (
         "pools:\n  - name: web\n    min_servers: 5\n    max_servers: 2\n",
         r"pools\[1\] \(web\): min_servers \(5\) is greater than max_servers \(2\)",
@@ -57,7 +60,10 @@ def test_bad_spec_is_refused_with_file_and_field_and_changes_nothing(
     text, pattern = CASES[case]
     spec = tmp_path / f"{case}.yaml"
     # a valid pool in the same file must not be applied either (all-or-nothing)
-    spec.write_text(f"team: {cli_env.team}\n" + text.replace("pools:\n", "pools:\n  - name: good\n    min_servers: 0\n", 1))
+    spec.write_text(
+        f"team: {cli_env.team}\n"
+        + text.replace("pools:\n", "pools:\n  - name: good\n    min_servers: 0\n", 1)
+    )
     result = CliRunner().invoke(app, ["apply", "-f", str(spec), "--no-wait"])
     assert result.exit_code == 2, result.output
     out = " ".join(result.output.split())  # Rich may wrap long lines

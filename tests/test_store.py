@@ -65,26 +65,64 @@ def test_servers_membership_and_events_round_trip(db_url: str):
     sid = f"srv-{int(now.timestamp() * 1e6)}"
     with session_scope(db_url) as s:
         inventory.record_server(
-            s, team="ops", pool="api", server_id=sid, provider="local", idempotency_key=key,
-            host="127.0.0.1", port=1234, state="running", created_at=now, weight=2,
+            s,
+            team="ops",
+            pool="api",
+            server_id=sid,
+            provider="local",
+            idempotency_key=key,
+            host="127.0.0.1",
+            port=1234,
+            state="running",
+            created_at=now,
+            weight=2,
         )
         # recording twice is idempotent
         inventory.record_server(
-            s, team="ops", pool="api", server_id=sid, provider="local", idempotency_key=key,
-            host="127.0.0.1", port=1234, state="running", created_at=now, weight=2,
+            s,
+            team="ops",
+            pool="api",
+            server_id=sid,
+            provider="local",
+            idempotency_key=key,
+            host="127.0.0.1",
+            port=1234,
+            state="running",
+            created_at=now,
+            weight=2,
         )
         inventory.start_scaling_event(
-            s, team="ops", pool="api", event_key=key, direction="up", from_count=0, to_count=1,
-            cause="test", policy_name=None, decision={"reason": "ManualScale"}, started_at=now,
+            s,
+            team="ops",
+            pool="api",
+            event_key=key,
+            direction="up",
+            from_count=0,
+            to_count=1,
+            cause="test",
+            policy_name=None,
+            decision={"reason": "ManualScale"},
+            started_at=now,
         )
         inventory.start_scaling_event(
-            s, team="ops", pool="api", event_key=key, direction="up", from_count=0, to_count=1,
-            cause="test", policy_name=None, decision=None, started_at=now,
+            s,
+            team="ops",
+            pool="api",
+            event_key=key,
+            direction="up",
+            from_count=0,
+            to_count=1,
+            cause="test",
+            policy_name=None,
+            decision=None,
+            started_at=now,
         )
     with session_scope(db_url) as s:
         assert sid in {r.id for r in inventory.list_servers(s, "ops", "api")}
         assert inventory.member_weights(s, "ops", "api")[sid] == 2
-        inventory.finish_scaling_event(s, event_key=key, status="succeeded", error=None, servers={"added": [sid]}, finished_at=now)
+        inventory.finish_scaling_event(
+            s, event_key=key, status="succeeded", error=None, servers={"added": [sid]}, finished_at=now
+        )
     with session_scope(db_url) as s:
         [ev] = [e for e in inventory.list_events(s, "ops", "api", 500) if e.event_key == key]
         assert ev.status == "succeeded" and ev.decision is None or ev.decision == {"reason": "ManualScale"}

@@ -32,7 +32,9 @@ class InventoryActivities:
             try:
                 inventory.start_scaling_event(s, **ev.model_dump())
             except NotFoundError:
-                activity.logger.warning("pool %s/%s is not in the store; event %s not recorded", ev.team, ev.pool, ev.event_key)
+                activity.logger.warning(
+                    "pool %s/%s is not in the store; event %s not recorded", ev.team, ev.pool, ev.event_key
+                )
 
     @activity.defn(name="record_event_finished")
     async def record_event_finished(self, ev: EventFinish) -> None:
@@ -64,7 +66,9 @@ class InventoryActivities:
             except NotFoundError:
                 return []
             return [
-                ServerRecord(server_id=r.id, host=r.host, port=r.port, created_at=_aware(r.created_at), health=r.health)
+                ServerRecord(
+                    server_id=r.id, host=r.host, port=r.port, created_at=_aware(r.created_at), health=r.health
+                )
                 for r in rows
             ]
 

@@ -56,7 +56,9 @@ class ProvisioningActivities:
                 type=errors.PROVIDER_ERROR,
                 non_retryable=True,
             )
-        return ServerRecord(server_id=info.server_id, host=info.host, port=info.port, created_at=info.created_at)
+        return ServerRecord(
+            server_id=info.server_id, host=info.host, port=info.port, created_at=info.created_at
+        )
 
     def _record(self, inp: ProvisionInput, info: ServerInfo) -> None:
         with session_scope(self.settings.resolved_database_url) as s:

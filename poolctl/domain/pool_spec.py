@@ -47,6 +47,9 @@ class PoolSpec(StrictModel):
     max_servers: int = Field(default=10, ge=1, le=10_000)
     desired_servers: int | None = Field(default=None, ge=0, le=10_000, description="defaults to min_servers")
     auto_healing: bool = True
+    heal_after_s: float = Field(
+        default=0.0, ge=0, le=86_400, description="seconds a server must stay unhealthy before it is replaced"
+    )
     server_weight: int = Field(default=1, ge=0, le=256, description="balancer weight of each member")
     termination_policy: TerminationPolicy = TerminationPolicy.OLDEST_FIRST
     paused: bool = Field(default=False, description="a paused pool makes no scaling actions")

@@ -21,6 +21,8 @@ class ServerRecord(Message):
     created_at: datetime
     health: str = "initial"  # initial | healthy | unhealthy
     state: str = "running"  # running | draining
+    health_changed_at: datetime | None = None
+    watched: bool = Field(default=False, description="a HealthCheckWorkflow runs for it")
 
 
 class EventSummary(Message):
@@ -43,6 +45,9 @@ class PoolRuntime(Message):
     activity_timeout_s: float = 60.0
     reconcile_interval_s: float = 30.0
     history_budget: int = 2000
+    health_lease_s: float = 3600.0
+    health_heartbeat_timeout_s: float = 30.0
+    health_config_error_backoff_s: float = 60.0
 
 
 class PoolState(Message):
@@ -63,6 +68,7 @@ class PoolState(Message):
     recommendations: dict[str, Recommendation] = Field(default_factory=dict, description="latest per policy")
     cooldowns: CooldownState = Field(default_factory=CooldownState)
     last_decision: Decision | None = None
+    synced_members: str | None = Field(default=None, description="fingerprint of the last balancer sync")
     epoch: str = Field(
         default="", description="first run of this pool's workflow chain; part of idempotency keys"
     )
@@ -116,7 +122,7 @@ class ScaleInput(Message):
     pool: str
     seq: int
     epoch: str = ""
-    direction: str  # up | down
+    direction: str  # up | down | replace (launch `count`, then remove `victims`)
     count: int
     from_count: int
     to_count: int
@@ -127,6 +133,9 @@ class ScaleInput(Message):
     provider_options: dict[str, Any] = Field(default_factory=dict)
     weight: int = 1
     victims: list[ServerRecord] = Field(default_factory=list)
+    drain: bool = Field(
+        default=False, description="drain victims from the pool's balancers before terminating"
+    )
     runtime: PoolRuntime = Field(default_factory=PoolRuntime)
 
 

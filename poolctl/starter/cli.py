@@ -14,6 +14,7 @@ from poolctl.settings import Settings, get_settings
 from poolctl.starter import devstack, policy_cli, pool_ops
 from poolctl.starter.balancer_cli import balancer_app
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
+from poolctl.starter.progress import wait_with_progress
 from poolctl.starter.specfile import load_spec_files
 from poolctl.store import inventory
 from poolctl.store.db import migrate, session_scope
@@ -27,7 +28,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-dev_app = typer.Typer(help="Run the embedded stack (Temporal dev server + worker) in the background.", no_args_is_help=True)
+dev_app = typer.Typer(
+    help="Run the embedded stack (Temporal dev server + worker) in the background.", no_args_is_help=True
+)
 delete_app = typer.Typer(help="Delete things (their servers are terminated first).", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
@@ -41,7 +44,10 @@ app.add_typer(balancer_app, name="lb")
 
 T = TypeVar("T")
 
-TeamOpt = Annotated[str | None, typer.Option("--team", "-t", help="Team that owns the pool [default: POOLCTL_TEAM or 'default'].")]
+TeamOpt = Annotated[
+    str | None,
+    typer.Option("--team", "-t", help="Team that owns the pool [default: POOLCTL_TEAM or 'default']."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
 
@@ -70,7 +76,9 @@ async def _client() -> Any:
     try:
         return await connect(s)
     except RuntimeError as e:
-        fail(f"cannot reach Temporal at {s.temporal_address} ({e}).\nStart the embedded stack with `poolctl dev up`.")
+        fail(
+            f"cannot reach Temporal at {s.temporal_address} ({e}).\nStart the embedded stack with `poolctl dev up`."
+        )
 
 
 # ---- dev stack --------------------------------------------------------------------------------------
@@ -90,7 +98,9 @@ def dev_up() -> None:
 
 @dev_app.command("down")
 def dev_down(
-    purge: Annotated[bool, typer.Option(help="Also stop every local server and delete the state directory.")] = False,
+    purge: Annotated[
+        bool, typer.Option(help="Also stop every local server and delete the state directory.")
+    ] = False,
 ) -> None:
     """Stop the worker and the Temporal dev server (local servers keep running unless --purge)."""
     devstack.down(_settings(), purge=purge, say=console.print)
@@ -107,7 +117,10 @@ def dev_status(as_json: JsonOpt = False) -> None:
         table(
             None,
             ["component", "state", "pid", "where", "log"],
-            [[c.name, "[green]running[/]" if c.alive else "[red]stopped[/]", c.pid, c.detail, c.log] for c in comps],
+            [
+                [c.name, "[green]running[/]" if c.alive else "[red]stopped[/]", c.pid, c.detail, c.log]
+                for c in comps
+            ],
         )
     )
 
@@ -116,7 +129,9 @@ def dev_status(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def validate(files: Annotated[list[Path], typer.Option("--file", "-f", help="Spec file (YAML); repeatable.")]) -> None:
+def validate(
+    files: Annotated[list[Path], typer.Option("--file", "-f", help="Spec file (YAML); repeatable.")],
+) -> None:
     """Check spec files without applying anything."""
     try:
         docs = load_spec_files(files)
@@ -147,12 +162,18 @@ def apply(
         await _after_apply_balancers(client)
         if not as_json:
             for o in outcomes:
-                what = {"created": "[green]created[/]", "updated": "[yellow]updated[/]", "unchanged": "unchanged"}[o.action]
+                what = {
+                    "created": "[green]created[/]",
+                    "updated": "[yellow]updated[/]",
+                    "unchanged": "unchanged",
+                }[o.action]
                 extra = f" ({', '.join(o.changed_fields)})" if o.changed_fields else ""
-                console.print(f"pool {o.team}/{o.pool}: {what}{extra}; workflow {o.workflow}", highlight=False)
+                console.print(
+                    f"pool {o.team}/{o.pool}: {what}{extra}; workflow {o.workflow}", highlight=False
+                )
         if wait:
             for o in outcomes:
-                view = await _wait_with_progress(client, o.team, o.pool, timeout)
+                view = await wait_with_progress(client, o.team, o.pool, timeout)
                 if view is not None and view.status.value == "error":
                     fail(f"pool {o.pool} is in error: {view.status_reason}")
         return outcomes
@@ -173,23 +194,6 @@ async def _after_apply_balancers(client: Any) -> None:
         await asyncio.to_thread(balancer_stack.up, s, say=lambda m: console.print(m, highlight=False))
 
 
-async def _wait_with_progress(client: Any, team: str, pool: str, timeout: float, after_seq: int = -1) -> Any:
-    last: list[str] = []
-
-    def progress(view: Any) -> None:
-        line = f"  {pool}: {view.current}/{view.desired} servers, {view.status.value}"
-        if not last or last[-1] != line:
-            last.append(line)
-            console.print(line, highlight=False)
-
-    view = await pool_ops.wait_settled(client, team, pool, timeout=timeout, after_seq=after_seq, on_progress=progress)
-    if view is None:
-        console.print(f"  {pool}: no running workflow")
-    elif view.current != view.desired or view.scaling:
-        console.print(f"  [yellow]{pool}: still converging after {timeout:.0f}s[/] (see `poolctl status {pool}`)")
-    return view
-
-
 # ---- reading ----------------------------------------------------------------------------------------
 
 
@@ -205,7 +209,9 @@ def status(
     async def go() -> list[dict[str, Any]]:
         with session_scope(s.resolved_database_url) as db:
             rows = [inventory.get_pool(db, _team(team), pool)] if pool else inventory.list_pools(db, team)
-            pools = [(r.team.name, r.name, r.min_servers, r.max_servers, r.status, r.status_reason) for r in rows]
+            pools = [
+                (r.team.name, r.name, r.min_servers, r.max_servers, r.status, r.status_reason) for r in rows
+            ]
         client = await _client()
         out = []
         for t, name, lo, hi, db_status, db_reason in pools:
@@ -220,7 +226,9 @@ def status(
                     "desired": view.desired if view else None,
                     "min_servers": lo,
                     "max_servers": hi,
-                    "last_event": view.last_event.model_dump(mode="json") if view and view.last_event else None,
+                    "last_event": view.last_event.model_dump(mode="json")
+                    if view and view.last_event
+                    else None,
                 }
             )
         return out
@@ -235,9 +243,25 @@ def status(
     rows = []
     for d in data:
         ev = d["last_event"]
-        last = f"#{ev['seq']} {ev['direction']} {ev['from_count']}->{ev['to_count']} {ev['status']}" if ev else ""
-        rows.append([f"{d['team']}/{d['pool']}", d["status"], d["current"], d["desired"], f"{d['min_servers']}..{d['max_servers']}", last, d["reason"] or ""])
-    console.print(table(None, ["pool", "status", "current", "desired", "range", "last action", "reason"], rows))
+        last = (
+            f"#{ev['seq']} {ev['direction']} {ev['from_count']}->{ev['to_count']} {ev['status']}"
+            if ev
+            else ""
+        )
+        rows.append(
+            [
+                f"{d['team']}/{d['pool']}",
+                d["status"],
+                d["current"],
+                d["desired"],
+                f"{d['min_servers']}..{d['max_servers']}",
+                last,
+                d["reason"] or "",
+            ]
+        )
+    console.print(
+        table(None, ["pool", "status", "current", "desired", "range", "last action", "reason"], rows)
+    )
 
 
 @app.command()
@@ -274,7 +298,10 @@ def servers(
         table(
             f"{pool}: {sum(1 for d in data if d['state'] != 'terminated')} live server(s)",
             ["server", "address", "state", "health", "weight", "created"],
-            [[d["server_id"], d["address"], d["state"], d["health"], d["weight"], ago(d["created_at"])] for d in data],
+            [
+                [d["server_id"], d["address"], d["state"], d["health"], d["weight"], ago(d["created_at"])]
+                for d in data
+            ],
         )
     )
 
@@ -353,9 +380,11 @@ def scale(
         if before is None:
             raise NotFoundError(f"pool {pool!r} (team {t}) has no running workflow: apply its spec first")
         accepted = await pool_ops.request_scale(client, t, pool, desired, reason)
-        console.print(f"{pool}: desired {accepted.previous_desired} -> {accepted.desired} (now {accepted.current} servers)")
+        console.print(
+            f"{pool}: desired {accepted.previous_desired} -> {accepted.desired} (now {accepted.current} servers)"
+        )
         if wait:
-            view = await _wait_with_progress(client, t, pool, timeout, after_seq=before.seq)
+            view = await wait_with_progress(client, t, pool, timeout, after_seq=before.seq)
             if view is not None and view.status.value == "error":
                 fail(f"pool {pool} is in error: {view.status_reason}")
 

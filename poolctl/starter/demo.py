@@ -12,6 +12,7 @@ from rich.panel import Panel
 from poolctl.settings import Settings
 from poolctl.starter import devstack, pool_ops
 from poolctl.starter.output import console, fail, table
+from poolctl.starter.progress import wait_with_progress
 from poolctl.starter.specfile import load_spec_files
 from poolctl.temporal_client import connect
 
@@ -35,15 +36,7 @@ async def _apply_and_show(settings: Settings, docs: list) -> None:  # type: igno
         console.print(f"  pool {o.team}/{o.pool}: {o.action}; workflow {o.workflow}", highlight=False)
     for doc in docs:
         for spec in doc.pools:
-            seen: list[str] = []
-
-            def progress(view, name=spec.name) -> None:  # type: ignore[no-untyped-def]
-                line = f"  {name}: {view.current}/{view.desired} servers ({view.status.value})"
-                if not seen or seen[-1] != line:
-                    seen.append(line)
-                    console.print(line, highlight=False)
-
-            view = await pool_ops.wait_settled(client, doc.team, spec.name, timeout=120, on_progress=progress)
+            view = await wait_with_progress(client, doc.team, spec.name, 120)
             if view is None or view.status.value == "error":
                 fail(f"pool {spec.name} did not come up: {view.status_reason if view else 'no workflow'}")
             console.rule(f"[bold]3. {spec.name}: every server is a real process answering HTTP")
@@ -63,7 +56,7 @@ async def _apply_and_show(settings: Settings, docs: list) -> None:  # type: igno
     _explain_autoscaling(docs[0].pools[0], team, ui)
     console.print(
         Panel.fit(
-            f"Temporal UI: [bold]{ui}[/]  (filter: PoolId = \"{team}/{pool}\")\n\n"
+            f'Temporal UI: [bold]{ui}[/]  (filter: PoolId = "{team}/{pool}")\n\n'
             "Try next (as .venv/bin/poolctl, or `source .venv/bin/activate` first):\n"
             f"  poolctl status\n"
             f"  poolctl scale {pool} --desired 5\n"
@@ -92,6 +85,6 @@ def _explain_autoscaling(spec, team: str, ui: str) -> None:  # type: ignore[no-u
         f"    watch -n 2 poolctl status {spec.name}           # servers come and go\n"
         f"    poolctl policy show {spec.name} {p.name}         # each decision: formula, clamps, reason\n"
         f"    poolctl policy pause {spec.name} {p.name}        # (resume / toggle) the policy stops acting\n\n"
-        f"  In the UI: PolicyId = \"{team}/{spec.name}/{p.name}\" shows the policy's loop.",
+        f'  In the UI: PolicyId = "{team}/{spec.name}/{p.name}" shows the policy\'s loop.',
         highlight=False,
     )

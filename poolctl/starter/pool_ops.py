@@ -34,6 +34,8 @@ def runtime_from(settings: Settings) -> PoolRuntime:
         retry_initial_interval_s=settings.retry_initial_interval_s,
         activity_timeout_s=settings.activity_timeout_s,
         history_budget=settings.history_budget,
+        health_lease_s=settings.health_lease_s,
+        health_heartbeat_timeout_s=settings.health_heartbeat_timeout_s,
     )
 
 
@@ -46,7 +48,9 @@ class ApplyOutcome:
     workflow: str  # started | updated | running
 
 
-async def start_pool_workflow(client: Client, settings: Settings, team: str, spec: PoolSpec) -> WorkflowHandle:
+async def start_pool_workflow(
+    client: Client, settings: Settings, team: str, spec: PoolSpec
+) -> WorkflowHandle:
     return await client.start_workflow(
         PoolWorkflow.run,
         PoolInput(team=team, spec=spec, runtime=runtime_from(settings)),
@@ -69,7 +73,9 @@ async def apply_documents(client: Client, settings: Settings, docs: list[SpecDoc
     from poolctl.starter import policy_ops
 
     previous = {
-        (doc.team, p.name): policy_ops.stored_policy_names(settings, doc.team, p.name) for doc in docs for p in doc.pools
+        (doc.team, p.name): policy_ops.stored_policy_names(settings, doc.team, p.name)
+        for doc in docs
+        for p in doc.pools
     }
     with session_scope(settings.resolved_database_url) as s:
         changes = [c for doc in docs for c in inventory.apply_document(s, doc)]
@@ -83,7 +89,9 @@ async def apply_documents(client: Client, settings: Settings, docs: list[SpecDoc
         if change.action == "updated" and was_running:
             await _update(handle, "apply_spec", spec)
             wf = "updated"
-        await policy_ops.sync_policies(client, settings, change.team, spec, previous[(change.team, change.pool)])
+        await policy_ops.sync_policies(
+            client, settings, change.team, spec, previous[(change.team, change.pool)]
+        )
         outcomes.append(ApplyOutcome(change.team, change.pool, change.action, change.changed_fields, wf))
     return outcomes
 
@@ -124,7 +132,10 @@ async def request_scale(client: Client, team: str, pool: str, desired: int, reas
     handle = pool_handle(client, team, pool)
     try:
         result = await _update(
-            handle, "scale", ScaleRequest(desired=desired, reason=reason, request_id=str(uuid.uuid4())), ScaleAccepted
+            handle,
+            "scale",
+            ScaleRequest(desired=desired, reason=reason, request_id=str(uuid.uuid4())),
+            ScaleAccepted,
         )
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
@@ -164,7 +175,9 @@ async def delete_pool(client: Client, settings: Settings, team: str, pool: str, 
     """Terminate the pool's servers through its workflow, wait for it to end, then remove it from the store."""
     from poolctl.starter import policy_ops
 
-    await policy_ops.stop_all_policies(client, team, pool, policy_ops.stored_policy_names(settings, team, pool))
+    await policy_ops.stop_all_policies(
+        client, team, pool, policy_ops.stored_policy_names(settings, team, pool)
+    )
     handle = pool_handle(client, team, pool)
     removed = 0
     try:

@@ -81,12 +81,16 @@ def apply_document(session: Session, doc: SpecDocument) -> list[PoolChange]:
 def _apply_pool(session: Session, team: Team, spec: PoolSpec) -> PoolChange:
     now = utcnow()
     digest = spec_hash(spec)
-    row = session.scalar(select(ServerPool).where(ServerPool.team_id == team.id, ServerPool.name == spec.name))
+    row = session.scalar(
+        select(ServerPool).where(ServerPool.team_id == team.id, ServerPool.name == spec.name)
+    )
     if row is not None and row.spec_hash == digest:
         return PoolChange(team.name, spec.name, "unchanged")
     new_spec = spec.model_dump(mode="json")
     if row is None:
-        row = ServerPool(team_id=team.id, name=spec.name, created_at=now, status="active", spec={}, spec_hash="")
+        row = ServerPool(
+            team_id=team.id, name=spec.name, created_at=now, status="active", spec={}, spec_hash=""
+        )
         session.add(row)
         action, changed = "created", []
     else:
@@ -180,7 +184,9 @@ def record_server(
     pool_row = find_pool(session, team, pool)
     server = session.get(Server, server_id)
     if server is None:
-        server = Server(id=server_id, idempotency_key=idempotency_key, created_at=created_at, health="initial")
+        server = Server(
+            id=server_id, idempotency_key=idempotency_key, created_at=created_at, health="initial"
+        )
         session.add(server)
     server.pool_id = pool_row.id if pool_row else None
     server.provider = provider
@@ -191,7 +197,9 @@ def record_server(
     if pool_row is not None and state != "terminated":
         member = session.get(PoolMember, (pool_row.id, server_id))
         if member is None:
-            session.add(PoolMember(pool_id=pool_row.id, server_id=server_id, weight=weight, joined_at=utcnow()))
+            session.add(
+                PoolMember(pool_id=pool_row.id, server_id=server_id, weight=weight, joined_at=utcnow())
+            )
         else:
             member.weight = weight
 

@@ -12,7 +12,6 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
-    Integer,
     String,
     Text,
     UniqueConstraint,
@@ -57,8 +56,12 @@ class ServerPool(Base):
     team: Mapped[Team] = relationship(back_populates="pools")
     members: Mapped[list[PoolMember]] = relationship(back_populates="pool", cascade="all, delete-orphan")
     policies: Mapped[list[ScalingPolicy]] = relationship(back_populates="pool", cascade="all, delete-orphan")
-    load_balancers: Mapped[list[LoadBalancer]] = relationship(back_populates="pool", cascade="all, delete-orphan")
-    health_checks: Mapped[list[HealthCheck]] = relationship(back_populates="pool", cascade="all, delete-orphan")
+    load_balancers: Mapped[list[LoadBalancer]] = relationship(
+        back_populates="pool", cascade="all, delete-orphan"
+    )
+    health_checks: Mapped[list[HealthCheck]] = relationship(
+        back_populates="pool", cascade="all, delete-orphan"
+    )
 
 
 class Server(Base):
@@ -67,7 +70,9 @@ class Server(Base):
     __tablename__ = "servers"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    pool_id: Mapped[int | None] = mapped_column(ForeignKey("server_pools.id", ondelete="SET NULL"), index=True)
+    pool_id: Mapped[int | None] = mapped_column(
+        ForeignKey("server_pools.id", ondelete="SET NULL"), index=True
+    )
     provider: Mapped[str] = mapped_column(String(32))
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
     host: Mapped[str] = mapped_column(String(255))
@@ -203,7 +208,9 @@ class BalancerStatsRollup(Base):
     __tablename__ = "balancer_stats_rollups"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    load_balancer_id: Mapped[int] = mapped_column(ForeignKey("load_balancers.id", ondelete="CASCADE"), index=True)
+    load_balancer_id: Mapped[int] = mapped_column(
+        ForeignKey("load_balancers.id", ondelete="CASCADE"), index=True
+    )
     collected_at: Mapped[datetime] = mapped_column(index=True)
     driver: Mapped[str] = mapped_column(String(16))
     requests: Mapped[int] = mapped_column(default=0)  # since the previous roll-up

@@ -13,8 +13,10 @@ from temporalio.exceptions import ChildWorkflowError
 with workflow.unsafe.imports_passed_through():
     from poolctl import search_attributes as sa
     from poolctl.activities.inventory import InventoryActivities
-    from poolctl.activities.messages import PoolRef, PoolStatusUpdate
+    from poolctl.activities.messages import EventFinish, EventStart, PoolRef, PoolStatusUpdate
     from poolctl.domain.capacity import Direction, clamp, pick_victims, plan_scale
+    from poolctl.domain.health import HealthState, MemberHealth, plan_healing
+    from poolctl.domain.health_messages import ServerHealthChange
     from poolctl.domain.names import pool_key, scale_workflow_id
     from poolctl.domain.pool_spec import PoolSpec, PoolStatus
     from poolctl.domain.pool_state import (
@@ -26,9 +28,16 @@ with workflow.unsafe.imports_passed_through():
         ScaleInput,
         ScaleRequest,
         ScaleResult,
+        ServerRecord,
     )
     from poolctl.domain.scaling import Direction as PolicyDirection
     from poolctl.domain.scaling import Recommendation, arbitrate
+    from poolctl.workflows.pool_members import (
+        start_health_watches,
+        stop_health_watches,
+        sync_balancers,
+        update_health_specs,
+    )
     from poolctl.workflows.scale_pool import BOOKKEEPING_RETRY, ScalePoolWorkflow, failure_text
 
 MAX_REMEMBERED_REQUESTS = 50
@@ -45,6 +54,7 @@ class PoolWorkflow:
         self._wake = True
         self._scaling = False
         self._published: tuple[str, str | None, int] | None = None
+        self._health_spec_changed = False
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -68,6 +78,7 @@ class PoolWorkflow:
                 await self._publish_status()
                 return "deleted"
             await self._reconcile()
+            await self._tend_members()
             if self._history_too_long():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(
@@ -95,9 +106,18 @@ class PoolWorkflow:
         """The reconcile interval, or sooner when a cooldown ends (a held decision is then re-arbitrated)."""
         wake = self.runtime.reconcile_interval_s
         now = workflow.now()
-        for until in (self.state.cooldowns.scale_out_blocked_until, self.state.cooldowns.scale_in_blocked_until):
+        for until in (
+            self.state.cooldowns.scale_out_blocked_until,
+            self.state.cooldowns.scale_in_blocked_until,
+        ):
             if until is not None and until > now and self.state.recommendations:
                 wake = min(wake, (until - now).total_seconds() + 0.5)
+        if self.spec.auto_healing and self.spec.heal_after_s > 0:  # re-check when a server is due for healing
+            for s in self.state.servers:
+                if s.health == "unhealthy" and s.health_changed_at is not None:
+                    due = (s.health_changed_at - now).total_seconds() + self.spec.heal_after_s
+                    if due > 0:
+                        wake = min(wake, due + 0.2)
         return max(wake, 0.5)
 
     def _active_recommendations(self) -> list[Recommendation]:
@@ -123,9 +143,7 @@ class PoolWorkflow:
             return
         self.state.last_decision = decision
         self.state.desired = decision.desired
-        winner = max(
-            (r for r in recs if r.desired == decision.desired), key=lambda r: r.policy, default=None
-        )
+        winner = max((r for r in recs if r.desired == decision.desired), key=lambda r: r.policy, default=None)
         self.state.pending_policy = winner.policy if winner else None
         self.state.pending_cause = f"policy {winner.policy if winner else '?'}: {decision.reason.value}"
         self.state.pending_decision = decision.model_dump(mode="json")
@@ -140,25 +158,101 @@ class PoolWorkflow:
         self._arbitrate_policies()
         plan = plan_scale(len(self.state.servers), self.target())
         if plan.direction is Direction.NONE:
+            await self._heal()
+            return
+        await self._run_scaling(plan.direction.value, plan.count, plan.target)
+
+    async def _heal(self) -> None:
+        """Auto-healing: replace servers that stay unhealthy, a batch at a time (launch before terminate);
+        stop and mark the pool `degraded` when more than half of it is unhealthy (a shared cause)."""
+        if not (self.spec.auto_healing and self.spec.health_check):
             self._set_status(PoolStatus.ACTIVE, None)
             return
-        await self._run_scaling(plan.direction, plan.count, plan.target, allow_below_min=False)
+        members = [
+            MemberHealth(
+                server_id=s.server_id,
+                state=HealthState(s.health),
+                unhealthy_since=s.health_changed_at if s.health == "unhealthy" else None,
+            )
+            for s in self.state.servers
+        ]
+        plan = plan_healing(
+            members,
+            pool_size=max(self.target(), len(self.state.servers)),
+            now=workflow.now(),
+            replace_after=self.spec.heal_after_s,
+        )
+        if plan.status == "degraded":
+            if self.state.status is not PoolStatus.DEGRADED:
+                self._set_status(PoolStatus.DEGRADED, plan.reason)
+                await self._record_note("heal", f"auto-healing stopped: {plan.reason}", "held")
+            return
+        self._set_status(PoolStatus.ACTIVE, None)
+        if plan.replace:
+            victims = [s for s in self.state.servers if s.server_id in set(plan.replace)]
+            self.state.pending_cause = (
+                f"auto-healing: replace unhealthy {', '.join(v.server_id for v in victims)}"
+            )
+            await self._run_scaling("replace", len(victims), len(self.state.servers), victims=victims)
+
+    async def _record_note(self, direction: str, cause: str, status: str) -> None:
+        """A scaling event for something the pool decided not to do (e.g. healing stopped)."""
+        self.state.seq += 1
+        key = f"{scale_workflow_id(self.team, self.spec.name, self.state.seq)}/{direction}"
+        n = len(self.state.servers)
+        await workflow.execute_activity_method(
+            InventoryActivities.record_event_started,
+            EventStart(
+                team=self.team,
+                pool=self.spec.name,
+                event_key=key,
+                direction=direction,
+                from_count=n,
+                to_count=n,
+                cause=cause,
+                started_at=workflow.now(),
+            ),  # fmt: skip
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=BOOKKEEPING_RETRY,
+            summary=cause[:80],
+        )
+        await workflow.execute_activity_method(
+            InventoryActivities.record_event_finished,
+            EventFinish(event_key=key, status=status, finished_at=workflow.now()),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=BOOKKEEPING_RETRY,
+        )
+
+    async def _tend_members(self) -> None:
+        """Health checks for new servers, changed check specs, and the balancers' membership."""
+        await start_health_watches(self.team, self.spec, self.state.servers, self.runtime)
+        if self._health_spec_changed:
+            self._health_spec_changed = False
+            await update_health_specs(self.team, self.spec, self.state.servers)
+        self.state.synced_members = await sync_balancers(
+            self.team, self.spec, self.state.servers, self.state.synced_members
+        )
 
     async def _remove_all_servers(self) -> None:
         self._set_status(PoolStatus.DELETING, "pool deleted")
         if self.state.servers:
             self.state.pending_cause = "pool deleted"
-            await self._run_scaling(Direction.DOWN, len(self.state.servers), 0, allow_below_min=True)
+            await self._run_scaling("down", len(self.state.servers), 0)
 
-    async def _run_scaling(self, direction: Direction, count: int, target: int, *, allow_below_min: bool) -> None:
+    async def _run_scaling(
+        self, direction: str, count: int, target: int, *, victims: list[ServerRecord] | None = None
+    ) -> None:
         self.state.seq += 1
         seq = self.state.seq
         current = len(self.state.servers)
-        victims = (
-            pick_victims(self.state.servers, count, self.spec.termination_policy) if direction is Direction.DOWN else []
-        )
+        if victims is None:
+            victims = (
+                pick_victims(self.state.servers, count, self.spec.termination_policy)
+                if direction == "down"
+                else []
+            )
         if not self.state.deleting:
-            self._set_status(PoolStatus.SCALING, f"scaling {direction.value} {current} -> {target}")
+            self._set_status(PoolStatus.SCALING, f"scaling {direction} {current} -> {target}")
         await self._publish_status()
         self._scaling = True
         inp = ScaleInput(
@@ -166,7 +260,7 @@ class PoolWorkflow:
             pool=self.spec.name,
             seq=seq,
             epoch=self.state.epoch,
-            direction=direction.value,
+            direction=direction,
             count=count,
             from_count=current,
             to_count=target,
@@ -177,6 +271,7 @@ class PoolWorkflow:
             provider_options=self.spec.provider_options,
             weight=self.spec.server_weight,
             victims=victims,
+            drain=bool(self.spec.load_balancers),
             runtime=self.runtime,
         )
         try:
@@ -184,7 +279,7 @@ class PoolWorkflow:
                 ScalePoolWorkflow.run,
                 inp,
                 id=scale_workflow_id(self.team, self.spec.name, seq),
-                static_summary=f"scale {direction.value} {current} -> {target}: {self.state.pending_cause}",
+                static_summary=f"scale {direction} {current} -> {target}: {self.state.pending_cause}",
                 search_attributes=TypedSearchAttributes(
                     [
                         SearchAttributePair(sa.POOL_ID, pool_key(self.team, self.spec.name)),
@@ -197,11 +292,15 @@ class PoolWorkflow:
         finally:
             self._scaling = False
         self._apply_result(inp, result)
+        await stop_health_watches(self.team, self.spec.name, result.removed)
 
     def _apply_result(self, inp: ScaleInput, result: ScaleResult) -> None:
         removed = set(result.removed)
         self.state.servers = [s for s in self.state.servers if s.server_id not in removed]
-        self.state.servers.extend(result.added)
+        for added in result.added:
+            if self.spec.health_check is None:  # no check: a server that answered at boot is healthy
+                added.health = "healthy"
+            self.state.servers.append(added)
         self.state.last_event = EventSummary(
             seq=inp.seq,
             direction=inp.direction,
@@ -215,7 +314,9 @@ class PoolWorkflow:
         self.state.pending_policy = None
         self.state.pending_decision = None
         if result.status != "succeeded":
-            self._set_status(PoolStatus.ERROR, f"scale {inp.direction} #{inp.seq} {result.status}: {result.error}")
+            self._set_status(
+                PoolStatus.ERROR, f"scale {inp.direction} #{inp.seq} {result.status}: {result.error}"
+            )
         elif not self.state.deleting:
             self.state.pending_cause = "reconcile"
             self._set_status(PoolStatus.ACTIVE, None)
@@ -223,7 +324,10 @@ class PoolWorkflow:
 
     def _history_too_long(self) -> bool:
         info = workflow.info()
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() > self.runtime.history_budget
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() > self.runtime.history_budget
+        )
 
     # ---- status: the store and the UI -----------------------------------------------------------
 
@@ -260,9 +364,13 @@ class PoolWorkflow:
         """Set desired servers by hand (the validator refuses out-of-range values before history)."""
         previous = self.state.desired
         if req.request_id and req.request_id in self.state.recent_request_ids:
-            return ScaleAccepted(previous_desired=previous, desired=self.state.desired, current=len(self.state.servers))
+            return ScaleAccepted(
+                previous_desired=previous, desired=self.state.desired, current=len(self.state.servers)
+            )
         if req.request_id:
-            self.state.recent_request_ids = (self.state.recent_request_ids + [req.request_id])[-MAX_REMEMBERED_REQUESTS:]
+            self.state.recent_request_ids = (self.state.recent_request_ids + [req.request_id])[
+                -MAX_REMEMBERED_REQUESTS:
+            ]
         self.state.desired = req.desired
         self.state.pending_cause = req.reason
         self.state.pending_policy = None
@@ -285,6 +393,7 @@ class PoolWorkflow:
     async def apply_spec(self, spec: PoolSpec) -> ScaleAccepted:
         """A re-applied spec: new bounds, provider options, policies; desired follows the spec when it names one."""
         previous = self.state.desired
+        self._health_spec_changed = spec.health_check != self.spec.health_check
         self.spec = spec
         if spec.desired_servers is not None:
             self.state.desired = spec.desired_servers
@@ -295,7 +404,9 @@ class PoolWorkflow:
         if self.state.status in (PoolStatus.ERROR, PoolStatus.PAUSED):
             self._set_status(PoolStatus.ACTIVE, None)
         self._wake = True
-        return ScaleAccepted(previous_desired=previous, desired=self.state.desired, current=len(self.state.servers))
+        return ScaleAccepted(
+            previous_desired=previous, desired=self.state.desired, current=len(self.state.servers)
+        )
 
     @apply_spec.validator
     def _validate_apply_spec(self, spec: PoolSpec) -> None:
@@ -316,6 +427,15 @@ class PoolWorkflow:
         """A policy's latest recommendation (PolicyWorkflow sends it when it changes)."""
         self.state.recommendations[rec.policy] = rec
         self._wake = True
+
+    @workflow.signal
+    def server_health(self, change: ServerHealthChange) -> None:
+        """A HealthCheckWorkflow saw a transition: update the member, re-balance, maybe heal."""
+        for s in self.state.servers:
+            if s.server_id == change.server_id:
+                s.health = change.state.value
+                s.health_changed_at = change.at
+                self._wake = True
 
     @workflow.signal
     def forget_policy(self, name: str) -> None:
@@ -342,4 +462,3 @@ class PoolWorkflow:
             cooldowns=self.state.cooldowns,
             last_decision=self.state.last_decision,
         )
-

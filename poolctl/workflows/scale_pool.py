@@ -11,6 +11,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from poolctl.activities.balancer_activities import BalancerActivities, DrainInput
     from poolctl.activities.inventory import InventoryActivities
     from poolctl.activities.messages import EventFinish, EventStart, ProvisionInput, TerminateInput
     from poolctl.activities.provisioning import ProvisioningActivities
@@ -64,8 +65,13 @@ class ScalePoolWorkflow:
         )
         if inp.direction == "up":
             result = await self._scale_up(inp, event_key)
-        else:
+        elif inp.direction == "down":
             result = await self._scale_down(inp)
+        else:  # replace: launch the replacements first, then drain and terminate the old servers
+            result = await self._scale_up(inp, event_key)
+            if result.status == "succeeded":
+                removed = await self._scale_down(inp)
+                result.removed, result.error, result.status = removed.removed, removed.error, removed.status
         await workflow.execute_activity_method(
             InventoryActivities.record_event_finished,
             EventFinish(
@@ -103,9 +109,20 @@ class ScalePoolWorkflow:
 
     async def _scale_down(self, inp: ScaleInput) -> ScaleResult:
         async def one(victim: ServerRecord) -> str:
+            if inp.drain:
+                await workflow.execute_activity_method(
+                    BalancerActivities.drain_server,
+                    DrainInput(team=inp.team, pool=inp.pool, server_id=victim.server_id),
+                    start_to_close_timeout=timedelta(seconds=inp.runtime.activity_timeout_s + 300),
+                    heartbeat_timeout=timedelta(seconds=15),
+                    retry_policy=BOOKKEEPING_RETRY,
+                    summary=f"drain {victim.server_id} from the balancers",
+                )
             return await workflow.execute_activity_method(
                 ProvisioningActivities.terminate_server,
-                TerminateInput(team=inp.team, pool=inp.pool, provider=inp.provider, server_id=victim.server_id),
+                TerminateInput(
+                    team=inp.team, pool=inp.pool, provider=inp.provider, server_id=victim.server_id
+                ),
                 start_to_close_timeout=timedelta(seconds=inp.runtime.activity_timeout_s),
                 retry_policy=provider_retry(inp.runtime),
                 summary=f"terminate {victim.server_id}",

@@ -40,7 +40,9 @@ class ServerInfo(BaseModel):
 
 class ProvisionRequest(BaseModel):
     pool: str
-    idempotency_key: str = Field(description="same key -> same server, never a second one (like EC2 ClientToken)")
+    idempotency_key: str = Field(
+        description="same key -> same server, never a second one (like EC2 ClientToken)"
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
 

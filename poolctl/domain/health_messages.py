@@ -1,0 +1,70 @@
+"""Messages between the HealthCheckWorkflow, its activities and the PoolWorkflow."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from poolctl.domain.health import HealthState, HealthStatus, Transition
+from poolctl.domain.health_spec import HealthCheckSpec
+from poolctl.domain.model import Message
+
+
+class HealthRuntime(Message):
+    """Tunables the worker's settings inject (tests shorten them)."""
+
+    lease_s: float = 3600.0
+    heartbeat_timeout_s: float = 30.0
+    config_error_backoff_s: float = 60.0
+    history_budget: int = 2000
+
+
+class HealthInput(Message):
+    team: str
+    pool: str
+    server_id: str
+    host: str
+    port: int
+    server_started_at: datetime
+    spec: HealthCheckSpec
+    runtime: HealthRuntime = Field(default_factory=HealthRuntime)
+    status: HealthStatus = Field(default_factory=HealthStatus)
+    next_probe_at: float | None = None
+    first_watch: bool = True
+
+
+class ServerHealthChange(Message):
+    """Signal to the pool: a server's health changed."""
+
+    server_id: str
+    state: HealthState
+    at: datetime
+    reason: str = ""
+
+
+class HealthRecord(Message):
+    """What the store keeps after a watch returns (a transition, a config error, or a lease end)."""
+
+    team: str
+    pool: str
+    server_id: str
+    check_type: str
+    spec: HealthCheckSpec
+    status: HealthStatus
+    transition: Transition | None = None
+    config_error: str | None = None
+
+
+class HealthView(Message):
+    """The HealthCheckWorkflow's `state` query."""
+
+    server_id: str
+    status: HealthStatus
+    config_error: str | None = None
+    watches: int = 0
+    transitions: int = 0
+
+    @property
+    def state(self) -> HealthState:
+        return self.status.state

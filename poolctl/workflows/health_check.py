@@ -1,0 +1,158 @@
+"""HealthCheckWorkflow: one check on one server for as long as the server lives. A long-lived,
+heartbeating activity (`watch_target`) runs the probe loop and returns only on a transition, a
+configuration error or the end of its lease; this workflow records what came back, tells the pool,
+and starts the next watch. History grows with transitions, not with probes."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, CancelledError
+
+with workflow.unsafe.imports_passed_through():
+    from poolctl import search_attributes as sa
+    from poolctl.activities.health_store import HealthStoreActivities
+    from poolctl.activities.watch import WatchOutcome, WatchParams, watch_target_activity
+    from poolctl.domain.health_messages import HealthInput, HealthRecord, HealthView, ServerHealthChange
+    from poolctl.domain.health_spec import HealthCheckSpec
+    from poolctl.domain.names import pool_workflow_id
+
+WATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+
+
+@workflow.defn
+class HealthCheckWorkflow:
+    @workflow.init
+    def __init__(self, inp: HealthInput) -> None:
+        self.inp = inp
+        self.config_error: str | None = None
+        self.watches = 0
+        self.transitions = 0
+        self._new_spec: HealthCheckSpec | None = None
+        self._published_state: str | None = None
+
+    @workflow.run
+    async def run(self, inp: HealthInput) -> str:
+        self._publish_state()
+        while True:
+            if self._new_spec is not None:
+                self.inp.spec, self._new_spec = self._new_spec, None
+            try:
+                outcome = await self._watch()
+            except ActivityError as e:
+                if isinstance(e.cause, CancelledError):
+                    return "stopped"
+                raise
+            except asyncio.CancelledError:
+                return "stopped"
+            if outcome is None:
+                continue  # the spec changed: start a watch with the new one
+            self.watches += 1
+            self.inp.status = outcome.status
+            self.inp.next_probe_at = outcome.next_probe_at
+            self.inp.first_watch = False
+            await self._handle(outcome)
+            if self.config_error:
+                await workflow.sleep(
+                    timedelta(seconds=self.inp.runtime.config_error_backoff_s),
+                    summary="config error: retry later",
+                )
+            info = workflow.info()
+            if (
+                info.is_continue_as_new_suggested()
+                or info.get_current_history_length() > self.inp.runtime.history_budget
+            ):
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(self.inp)
+
+    async def _watch(self) -> WatchOutcome | None:
+        spec = self.inp.spec
+        rt = self.inp.runtime
+        params = WatchParams(
+            check_id=workflow.info().workflow_id,
+            host=self.inp.host,
+            port=self.inp.port,
+            spec=spec,
+            status=self.inp.status,
+            server_started_at=self.inp.server_started_at,
+            lease_s=rt.lease_s,
+            heartbeat_every_s=max(1.0, min(10.0, rt.heartbeat_timeout_s / 3)),
+            next_probe_at=self.inp.next_probe_at,
+            first_probe_delay=0.0 if self.inp.first_watch else None,
+        )
+        handle = workflow.start_activity(
+            watch_target_activity,
+            params,
+            start_to_close_timeout=timedelta(seconds=rt.lease_s + spec.interval + spec.timeout + 60),
+            heartbeat_timeout=timedelta(
+                seconds=max(rt.heartbeat_timeout_s, 2 * params.heartbeat_every_s + spec.timeout)
+            ),
+            retry_policy=WATCH_RETRY,
+            summary=f"watch {self.inp.server_id} ({spec.type}, every {spec.interval:g}s)",
+        )
+        await workflow.wait_condition(lambda: handle.done() or self._new_spec is not None)
+        if handle.done():
+            return await handle
+        handle.cancel()
+        try:
+            await handle
+        except (ActivityError, asyncio.CancelledError):
+            pass
+        return None
+
+    async def _handle(self, outcome: WatchOutcome) -> None:
+        self.config_error = outcome.config_error if outcome.reason == "config_error" else None
+        await workflow.execute_activity_method(
+            HealthStoreActivities.record_health,
+            HealthRecord(
+                team=self.inp.team,
+                pool=self.inp.pool,
+                server_id=self.inp.server_id,
+                check_type=self.inp.spec.type,
+                spec=self.inp.spec,
+                status=outcome.status,
+                transition=outcome.transition,
+                config_error=self.config_error,
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RECORD_RETRY,
+            summary=f"record {outcome.reason}",
+        )
+        t = outcome.transition
+        if t is None:
+            return
+        self.transitions += 1
+        self._publish_state()
+        pool = workflow.get_external_workflow_handle(pool_workflow_id(self.inp.team, self.inp.pool))
+        try:
+            await pool.signal(
+                "server_health",
+                ServerHealthChange(server_id=self.inp.server_id, state=t.to_state, at=t.at, reason=t.reason),
+            )
+        except Exception as e:  # noqa: BLE001 - the pool may be gone (deleted): nothing to tell
+            workflow.logger.warning("could not signal pool: %s", e)
+
+    def _publish_state(self) -> None:
+        state = self.inp.status.state.value
+        if state != self._published_state:
+            workflow.upsert_search_attributes([sa.HEALTH_STATE.value_set(state)])
+            self._published_state = state
+
+    @workflow.signal
+    def update_spec(self, spec: HealthCheckSpec) -> None:
+        """A changed check spec takes effect at the next watch (the current one is not interrupted)."""
+        self._new_spec = spec
+
+    @workflow.query
+    def state(self) -> HealthView:
+        return HealthView(
+            server_id=self.inp.server_id,
+            status=self.inp.status,
+            config_error=self.config_error,
+            watches=self.watches,
+            transitions=self.transitions,
+        )
