@@ -9,6 +9,7 @@ from temporalio.client import Client
 
 from poolctl.domain.names import health_workflow_id
 from poolctl.settings import Settings
+from poolctl.starter.health_cli import health_report
 from poolctl.store import inventory
 from poolctl.store.db import session_scope
 from poolctl.store.models import HealthCheck, Server
@@ -83,6 +84,13 @@ async def test_unhealthy_after_exactly_threshold_failures_and_healthy_after_thre
     assert (last["from_state"], last["to_state"], last["consecutive"]) == ("healthy", "unhealthy", 3)
     with session_scope(settings.resolved_database_url) as s:
         assert s.get(Server, victim.server_id).health == "unhealthy"
+
+    report = health_report(settings.team, "web", 3600, settings=settings)
+    assert report["summary"] == {"healthy": 1, "unhealthy": 1, "initial": 0}
+    row = {r["server_id"]: r for r in report["servers"]}[victim.server_id]
+    assert row["state"] == "unhealthy" and row["consecutive_failures"] >= 3
+    assert row["uptime_percent"] is not None and 0 < row["uptime_percent"] < 100
+    assert "503" in (row["last_error"] or "")
 
     await set_health(victim, True)
     await all_healthy(client, settings, 2)

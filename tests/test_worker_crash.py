@@ -95,3 +95,99 @@ async def test_sigkill_worker_mid_scale_out_ends_with_exact_servers_and_no_orpha
 
 async def _count_pids(settings: Settings) -> int:
     return len(local_server_pids(settings))
+
+
+async def test_sigkill_worker_during_probe_loop_resumes_the_counters(client: Client, settings: Settings, tmp_path):
+    """The probe loop heartbeats its counters; the retried activity on a new worker continues them, so the
+    server turns unhealthy at exactly `unhealthy_threshold` failures counted across both workers."""
+    import httpx
+    from temporalio.api.enums.v1 import EventType
+
+    from poolctl.activities.watch import WatchOutcome
+    from poolctl.domain.names import health_workflow_id
+    from poolctl.starter.health_cli import live_progress, live_statuses
+
+    migrate(settings.resolved_database_url)
+    settings.health_heartbeat_timeout_s = 3.0
+    threshold = 8
+    spec = f"""
+pools:
+  - name: web
+    min_servers: 1
+    max_servers: 2
+    desired_servers: 1
+    auto_healing: false
+    health_check: {{type: http, interval: 1, timeout: 0.5, jitter: 0, healthy_threshold: 1, unhealthy_threshold: {threshold}}}
+"""
+    proc = start_worker_process(settings, tmp_path / "worker1.log")
+    try:
+        await apply_yaml(client, settings, spec)
+        view = await eventually(
+            lambda: pool_view(client, settings, "web"),
+            lambda v: v is not None and v.current == 1 and v.servers[0].health == "healthy",
+            timeout=90,
+        )
+        server = view.servers[0]
+        import os as _os
+
+        _os.environ["POOLCTL_TEMPORAL_ADDRESS"] = settings.temporal_address
+        from poolctl.settings import get_settings
+
+        get_settings.cache_clear()
+        try:
+            # let the current watch make a few (successful) probes first, so its probe count tells
+            # a resumed watch (count goes on) from one restarted from scratch (count starts at 0)
+            await eventually(
+                lambda: live_progress(settings.team, "web", [server.server_id]),
+                lambda p: server.server_id in p and p[server.server_id].probes >= 3,
+                timeout=30,
+            )
+            async with httpx.AsyncClient() as http:
+                r = await http.post(f"http://{server.host}:{server.port}/admin/health", json={"healthy": False})
+                r.raise_for_status()
+            live = await eventually(
+                lambda: live_statuses(settings.team, "web", [server.server_id]),
+                lambda st: server.server_id in st and st[server.server_id].consecutive_failures >= 3,
+                timeout=30,
+            )
+        finally:
+            del _os.environ["POOLCTL_TEMPORAL_ADDRESS"]
+            get_settings.cache_clear()
+        assert live[server.server_id].consecutive_failures < threshold
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc2 = start_worker_process(settings, tmp_path / "worker2.log")
+    try:
+        await eventually(
+            lambda: pool_view(client, settings, "web"),
+            lambda v: v is not None and v.servers[0].health == "unhealthy",
+            timeout=60,
+        )
+        handle = client.get_workflow_handle(health_workflow_id(settings.team, "web", server.server_id))
+        history = await handle.fetch_history()
+        attempts = [
+            e.activity_task_started_event_attributes.attempt
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        ]
+        outcomes = []
+        for e in history.events:
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                payloads = e.activity_task_completed_event_attributes.result.payloads
+                [raw] = await client.data_converter.decode(payloads, [dict])
+                if isinstance(raw, dict) and raw.get("reason") == "transition":
+                    outcomes.append(WatchOutcome.model_validate(raw))
+        unhealthy = [o for o in outcomes if o.transition and o.transition.to_state.value == "unhealthy"]
+        assert len(unhealthy) == 1
+        out = unhealthy[0]
+        assert out.transition.consecutive == threshold
+        assert max(attempts) >= 2, "the probe loop must have been retried on the new worker"
+        # resumed: the watch's probe count includes the probes made before the kill (a watch restarted
+        # from zero would have made exactly `threshold` probes to reach the threshold)
+        assert out.probes > threshold
+    finally:
+        proc2.send_signal(signal.SIGTERM)
+        proc2.wait(timeout=30)

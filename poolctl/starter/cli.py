@@ -11,7 +11,7 @@ import typer
 
 from poolctl.domain.errors import NotFoundError, SpecError
 from poolctl.settings import Settings, get_settings
-from poolctl.starter import devstack, policy_cli, pool_ops
+from poolctl.starter import devstack, health_cli, policy_cli, pool_ops
 from poolctl.starter.balancer_cli import balancer_app
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
 from poolctl.starter.progress import wait_with_progress
@@ -39,6 +39,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(policy_cli.policy_app, name="policy")
 app.command()(policy_cli.simulate)
 app.command()(policy_cli.load)
+app.command()(health_cli.health)
 app.add_typer(balancer_app, name="balancer")
 app.add_typer(balancer_app, name="lb")
 
