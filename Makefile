@@ -20,7 +20,7 @@ system-deps:
 	@bash scripts/install-system-deps.sh
 
 demo: $(STAMP)
-	$(BIN)/poolctl demo
+	$(BIN)/poolctl demo --with-load
 
 down: $(STAMP)
 	$(BIN)/poolctl dev down

@@ -118,3 +118,6 @@ async def worker(client: Client, settings: Settings) -> AsyncIterator[None]:
     migrate(settings.resolved_database_url)
     async with build_worker(client, settings):
         yield
+    from poolctl.activities.probes import close_shared_prober
+
+    await close_shared_prober()  # as run_worker does: the probe loops' aiohttp session

@@ -38,7 +38,6 @@ from poolctl.activities.balancers.base import (
 from poolctl.balancer.credentials import balancer_token
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import BalancerStats, Member, SyncResult
-from poolctl.domain.errors import NotFoundError
 from poolctl.domain.model import Message
 from poolctl.settings import Settings
 from poolctl.store import balancer_stats as store
@@ -138,14 +137,7 @@ class BalancerActivities:
 
     def _store_members(self, team: str, pool: str) -> list[Member]:
         with session_scope(self._url) as s:
-            try:
-                from poolctl.store.inventory import get_pool
-
-                row = get_pool(s, team, pool)
-                require_healthy = bool((row.spec or {}).get("health_check"))
-            except NotFoundError:
-                return []
-            return store.desired_members(s, team, pool, require_healthy=require_healthy)
+            return store.pool_members(s, team, pool)
 
     @activity.defn(name="sync_pool_balancers")
     async def sync_pool_balancers(self, inp: SyncBalancersInput) -> list[BalancerSyncReport]:

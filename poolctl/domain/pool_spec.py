@@ -83,6 +83,24 @@ class PoolSpec(StrictModel):
         return self
 
     @property
+    def effective_health_check(self) -> HealthCheckSpec | None:
+        """The pool's own `health_check`, else one derived from its first load balancer's
+        `health_check_*` settings (the original system configured checks on the balancer)."""
+        if self.health_check is not None:
+            return self.health_check
+        for lb in self.load_balancers:
+            if lb.status == "active" and lb.health_check_enabled:
+                return HealthCheckSpec(
+                    type="http",
+                    path=lb.health_check_path,
+                    interval=lb.health_check_interval,
+                    timeout=min(5.0, lb.health_check_interval / 2),
+                    healthy_threshold=lb.healthy_threshold,
+                    unhealthy_threshold=lb.unhealthy_threshold,
+                )
+        return None
+
+    @property
     def initial_desired(self) -> int:
         return self.min_servers if self.desired_servers is None else self.desired_servers
 

@@ -80,10 +80,7 @@ def serve(
         spec = b.spec
         if not members:
             with session_scope(settings.resolved_database_url) as s:
-                from poolctl.store.inventory import get_pool
-
-                require_healthy = bool(get_pool(s, b.team, b.pool).spec.get("health_check"))
-                members = store.desired_members(s, b.team, b.pool, require_healthy=require_healthy)
+                members = store.pool_members(s, b.team, b.pool)
     else:
         fail("give --name (and --pool) of a stored balancer, or --file", EXIT_BAD_INPUT)
     if spec.driver != "builtin":

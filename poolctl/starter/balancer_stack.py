@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from poolctl.settings import Settings
 from poolctl.starter.devstack import Component, _read_pid, _spawn, _stop, pid_alive, port_open
@@ -144,3 +145,16 @@ def ensure_schedule(settings: Settings) -> None:
         await ensure_stats_schedule(await connect(settings), settings)
 
     asyncio.run(go())
+
+
+async def after_apply(client: Any, settings: Settings, *, say=print) -> None:  # type: ignore[no-untyped-def]
+    """After specs are applied: keep the stats Schedule in place; with the dev stack running, start the
+    newly declared built-in balancers (the pools' membership syncs retry until they answer)."""
+    import asyncio
+
+    from poolctl.starter import devstack
+    from poolctl.starter.balancer_schedule import ensure_stats_schedule
+
+    await ensure_stats_schedule(client, settings)
+    if any(c.name == "worker" and c.alive for c in devstack.status(settings)):
+        await asyncio.to_thread(up, settings, say=say)

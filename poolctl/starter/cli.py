@@ -11,7 +11,7 @@ import typer
 
 from poolctl.domain.errors import NotFoundError, SpecError
 from poolctl.settings import Settings, get_settings
-from poolctl.starter import devstack, health_cli, policy_cli, pool_ops
+from poolctl.starter import balancer_stack, devstack, health_cli, local_cli, policy_cli, pool_ops
 from poolctl.starter.balancer_cli import balancer_app
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
 from poolctl.starter.progress import wait_with_progress
@@ -40,6 +40,7 @@ app.add_typer(policy_cli.policy_app, name="policy")
 app.command()(policy_cli.simulate)
 app.command()(policy_cli.load)
 app.command()(health_cli.health)
+app.add_typer(local_cli.local_app, name="local")
 app.add_typer(balancer_app, name="balancer")
 app.add_typer(balancer_app, name="lb")
 
@@ -160,7 +161,7 @@ def apply(
     async def go() -> list[pool_ops.ApplyOutcome]:
         client = await _client()  # reach Temporal before writing anything
         outcomes = await pool_ops.apply_documents(client, _settings(), docs)
-        await _after_apply_balancers(client)
+        await balancer_stack.after_apply(client, _settings(), say=lambda m: console.print(m, highlight=False))
         if not as_json:
             for o in outcomes:
                 what = {
@@ -182,17 +183,6 @@ def apply(
     outcomes = run(go)
     if as_json:
         print_json([o.__dict__ for o in outcomes])
-
-
-async def _after_apply_balancers(client: Any) -> None:
-    """Balancers: keep the stats Schedule in place; with the dev stack running, start newly declared ones."""
-    from poolctl.starter import balancer_stack
-    from poolctl.starter.balancer_schedule import ensure_stats_schedule
-
-    s = _settings()
-    await ensure_stats_schedule(client, s)
-    if any(c.name == "worker" and c.alive for c in devstack.status(s)):
-        await asyncio.to_thread(balancer_stack.up, s, say=lambda m: console.print(m, highlight=False))
 
 
 # ---- reading ----------------------------------------------------------------------------------------
@@ -350,7 +340,8 @@ def events(
                     d["event"].rsplit("/", 1)[-1],
                     ago(d["started_at"]),
                     f"{d['direction']} {d['from']}->{d['to']}",
-                    d["cause"] + (f" (policy {d['policy']})" if d["policy"] else ""),
+                    d["cause"]
+                    + (f" (policy {d['policy']})" if d["policy"] and d["policy"] not in d["cause"] else ""),
                     d["status"],
                     d["error"] or "",
                 ]
@@ -422,11 +413,17 @@ def db_upgrade() -> None:
 
 
 @app.command()
-def demo() -> None:
-    """The guided first run: start the stack, apply examples/demo.yaml, show the pool come up."""
+def demo(
+    with_load: Annotated[
+        bool,
+        typer.Option("--with-load", help="Also load the pool and show the policy scale out and back in."),
+    ] = False,
+) -> None:
+    """The guided first run: start the stack, apply examples/demo.yaml, send traffic through the
+    balancer, break a server to show auto-healing, explain (or, with --with-load, show) autoscaling."""
     from poolctl.starter.demo import run_demo
 
-    run_demo(_settings())
+    run_demo(_settings(), with_load=with_load)
 
 
 @app.command()

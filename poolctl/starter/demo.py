@@ -1,90 +1,235 @@
-"""`poolctl demo`: the guided first run — bring the stack up, apply the demo pool, show it reach its size
-with every server answering HTTP, then point at the UI and the next commands."""
+"""`poolctl demo`: the guided first run. It brings the stack up, applies examples/demo.yaml (a pool of real
+HTTP servers behind a built-in balancer, health-checked, with a CPU policy), sends traffic through the
+balancer, breaks a server to show auto-healing, and (with --with-load) shows the policy scale out and in."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.panel import Panel
+from temporalio.client import Client
 
+from poolctl.domain.pool_spec import PoolSpec, SpecDocument
 from poolctl.settings import Settings
-from poolctl.starter import devstack, pool_ops
+from poolctl.starter import balancer_stack, devstack, pool_ops
 from poolctl.starter.output import console, fail, table
 from poolctl.starter.progress import wait_with_progress
 from poolctl.starter.specfile import load_spec_files
+from poolctl.store import inventory
+from poolctl.store.db import session_scope
 from poolctl.temporal_client import connect
 
 DEMO_SPEC = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 
 
-def run_demo(settings: Settings, spec_path: Path = DEMO_SPEC) -> None:
+def say(message: str) -> None:
+    console.print(message, highlight=False)
+
+
+def run_demo(settings: Settings, spec_path: Path = DEMO_SPEC, *, with_load: bool = False) -> None:
     console.rule("[bold]1. the embedded stack: Temporal dev server + poolctl worker")
     try:
-        devstack.up(settings, say=lambda m: console.print("  " + m, highlight=False))
+        devstack.up(settings, say=lambda m: say("  " + m))
     except RuntimeError as e:
         fail(str(e))
-    console.rule(f"[bold]2. apply {spec_path}")
     docs = load_spec_files([spec_path])
-    asyncio.run(_apply_and_show(settings, docs))
+    asyncio.run(_story(settings, spec_path, docs[0], with_load))
 
 
-async def _apply_and_show(settings: Settings, docs: list) -> None:  # type: ignore[type-arg]
+async def _story(settings: Settings, spec_path: Path, doc: SpecDocument, with_load: bool) -> None:
     client = await connect(settings)
-    for o in await pool_ops.apply_documents(client, settings, docs):
-        console.print(f"  pool {o.team}/{o.pool}: {o.action}; workflow {o.workflow}", highlight=False)
-    for doc in docs:
-        for spec in doc.pools:
-            view = await wait_with_progress(client, doc.team, spec.name, 120)
-            if view is None or view.status.value == "error":
-                fail(f"pool {spec.name} did not come up: {view.status_reason if view else 'no workflow'}")
-            console.rule(f"[bold]3. {spec.name}: every server is a real process answering HTTP")
-            rows = []
-            async with httpx.AsyncClient(timeout=5) as http:
-                for s in view.servers:
-                    try:
-                        r = await http.get(f"http://{s.host}:{s.port}/")
-                        answer = f"{r.status_code} {r.text.strip()[:40]}"
-                    except httpx.HTTPError as e:
-                        answer = f"no answer ({type(e).__name__})"
-                    rows.append([s.server_id, f"http://{s.host}:{s.port}/", answer])
-            console.print(table(None, ["server", "url", "GET / answered"], rows))
+    spec = doc.pools[0]
+    console.rule(f"[bold]2. apply {spec_path.name}: pool {spec.name}")
+    for o in await pool_ops.apply_documents(client, settings, [doc]):
+        say(f"  pool {o.team}/{o.pool}: {o.action}; workflow {o.workflow}")
+    await balancer_stack.after_apply(client, settings, say=lambda m: say("  " + m))
+    view = await wait_with_progress(client, doc.team, spec.name, 120)
+    if view is None or view.status.value == "error":
+        fail(f"pool {spec.name} did not come up: {view.status_reason if view else 'no workflow'}")
+    view = await _wait_all_healthy(client, doc.team, spec.name, 60)
+    await _show_servers(view)
+    lb_url = await _show_balancer(spec)
+    await _show_healing(client, settings, doc.team, spec)
+    _explain_autoscaling(spec, doc.team, lb_url)
+    if with_load and spec.policies:
+        await _run_load(client, doc.team, spec, lb_url)
     ui = devstack.ui_url(settings)
-    team = docs[0].team
-    pool = docs[0].pools[0].name
-    _explain_autoscaling(docs[0].pools[0], team, ui)
     console.print(
         Panel.fit(
-            f'Temporal UI: [bold]{ui}[/]  (filter: PoolId = "{team}/{pool}")\n\n'
-            "Try next (as .venv/bin/poolctl, or `source .venv/bin/activate` first):\n"
-            f"  poolctl status\n"
-            f"  poolctl scale {pool} --desired 5\n"
-            f"  poolctl scale {pool} --desired 2\n"
-            f"  poolctl events {pool}\n"
-            f"  poolctl servers {pool}\n"
-            f"  poolctl scale {pool} --desired 50      # refused: outside min..max\n"
-            "  poolctl dev down                        # stop the stack (add --purge to remove everything)",
+            f'Temporal UI: [bold]{ui}[/]  (filter: PoolId = "{doc.team}/{spec.name}")\n'
+            + (f"Balancer:    [bold]{lb_url}/[/]\n" if lb_url else "")
+            + "\nTry next (as .venv/bin/poolctl, or `source .venv/bin/activate` first):\n"
+            + _commands(spec.name),
             title="poolctl demo is up",
         )
     )
 
 
-def _explain_autoscaling(spec, team: str, ui: str) -> None:  # type: ignore[no-untyped-def]
-    """Step 4: the pool's scaling policy, and the load command that makes it act."""
+def _commands(pool: str) -> str:
+    rows = [
+        ("poolctl status", "pools: size, state, last action"),
+        (f"poolctl health {pool}", "servers' health, counters, uptime"),
+        (f"poolctl scale {pool} --desired 5", "by hand (a policy may move it again)"),
+        (f"poolctl events {pool}", "every action with its cause and result"),
+        (f"poolctl local unhealthy {pool}", "break a server: watch it get replaced"),
+        ("poolctl lb stats demo-lb", "requests, success rate, per-server share"),
+        (f"poolctl scale {pool} --desired 50", "refused: outside min..max"),
+        ("poolctl dev down", "stop the stack (--purge removes everything)"),
+    ]
+    width = max(len(c) for c, _ in rows) + 2
+    return "\n".join(f"  {c.ljust(width)}# {why}" for c, why in rows)
+
+
+async def _wait_all_healthy(client: Client, team: str, pool: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    view = await pool_ops.query_status(client, team, pool)
+    while time.monotonic() < deadline:
+        view = await pool_ops.query_status(client, team, pool)
+        if view is not None and view.servers and all(s.health == "healthy" for s in view.servers):
+            say(f"  all {len(view.servers)} servers passed their health check")
+            return view
+        await asyncio.sleep(0.5)
+    return view
+
+
+async def _show_servers(view: Any) -> None:
+    console.rule(f"[bold]3. {view.pool}: every server is a real process answering HTTP")
+    rows = []
+    async with httpx.AsyncClient(timeout=5) as http:
+        for s in view.servers:
+            try:
+                r = await http.get(f"http://{s.host}:{s.port}/")
+                answer = f"{r.status_code} {r.text.strip()[:40]}"
+            except httpx.HTTPError as e:
+                answer = f"no answer ({type(e).__name__})"
+            rows.append([s.server_id, f"http://{s.host}:{s.port}/", s.health, answer])
+    console.print(table(None, ["server", "url", "health", "GET / answered"], rows))
+
+
+async def _show_balancer(spec: PoolSpec) -> str | None:
+    if not spec.load_balancers:
+        return None
+    lb = spec.load_balancers[0]
+    url = f"http://{lb.ip_address}:{lb.port}"
+    console.rule(f"[bold]4. traffic through balancer {lb.name} ({lb.algorithm}) at {url}/")
+    counts: collections.Counter[str] = collections.Counter()
+    async with httpx.AsyncClient(timeout=5) as http:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the balancer was just started: wait for its members
+            try:
+                if (await http.get(url + "/")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.5)
+        results = await asyncio.gather(*(http.get(url + "/") for _ in range(60)), return_exceptions=True)
+    for r in results:
+        counts[
+            r.text.strip()[:40] if isinstance(r, httpx.Response) and r.status_code == 200 else "error"
+        ] += 1
+    console.print(table(None, ["answered by", "requests"], [[k, v] for k, v in sorted(counts.items())]))
+    return url
+
+
+async def _show_healing(client: Client, settings: Settings, team: str, spec: PoolSpec) -> None:
+    if not (spec.auto_healing and spec.effective_health_check):
+        return
+    check = spec.effective_health_check
+    view = await pool_ops.query_status(client, team, spec.name)
+    assert view is not None
+    victim = view.servers[0]
+    console.rule(f"[bold]5. auto-healing: {victim.server_id} starts failing its health check")
+    say(f"  poolctl local unhealthy {spec.name} {victim.server_id}   (its /health now answers 503)")
+    async with httpx.AsyncClient(timeout=5) as http:
+        await http.post(f"http://{victim.host}:{victim.port}/admin/health", json={"healthy": False})
+    say(
+        f"  the check probes every {check.interval:g}s; after {check.unhealthy_threshold} failures in a row the "
+        "server leaves the balancer, a replacement is launched, then the old one is drained and terminated"
+    )
+    seen: set[str] = set()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        view = await pool_ops.query_status(client, team, spec.name)
+        if view is None:
+            break
+        ids = {s.server_id: s for s in view.servers}
+        line = ""
+        if victim.server_id in ids and ids[victim.server_id].health == "unhealthy":
+            line = f"  {victim.server_id} is unhealthy: out of rotation"
+        elif view.status.value == "scaling":
+            line = f"  replacing: {view.status_reason}"
+        elif victim.server_id not in ids and all(s.health == "healthy" for s in view.servers):
+            say(f"  {victim.server_id} replaced; the pool has {len(view.servers)} healthy servers again")
+            break
+        if line and line not in seen:
+            seen.add(line)
+            say(line)
+        await asyncio.sleep(0.5)
+    with session_scope(settings.resolved_database_url) as s:
+        events = inventory.list_events(s, team, spec.name, 3)
+        rows = [[e.direction, f"{e.from_count}->{e.to_count}", e.cause, e.status] for e in events]
+    console.print(table("latest scaling events", ["action", "size", "cause", "result"], rows))
+
+
+def _explain_autoscaling(spec: PoolSpec, team: str, lb_url: str | None) -> None:
     if not spec.policies:
         return
     p = spec.policies[0]
-    console.rule(f"[bold]4. autoscaling: policy {p.name} on {spec.name}")
-    what = f"target {p.metric} {p.target:g} %" if p.target is not None else p.strategy or p.type
-    console.print(
+    console.rule(f"[bold]6. autoscaling: policy {p.name} on {spec.name}")
+    what = f"target {p.metric} {p.target:g} %" if p.target is not None else (p.strategy or p.type)
+    via = f" --url {lb_url}" if lb_url else ""
+    say(
         f"  {p.name} ({p.type}, {p.strategy}) evaluates every {p.evaluation_interval:g}s: {what}; "
         f"scale-in waits a {p.stabilization_window_s:g}s window.\n"
-        "  Load the pool in another terminal and watch it scale out, then back in after the load stops:\n\n"
-        f"    poolctl load {spec.name} --rps 60 --duration 90\n"
-        f"    watch -n 2 poolctl status {spec.name}           # servers come and go\n"
+        "  Load the pool and watch it scale out, then back in after the load stops "
+        "(`make demo` does it now; to do it yourself):\n\n"
+        f"    poolctl load {spec.name} --rps 60 --duration 90{via}\n"
+        f"    watch -n 2 poolctl status {spec.name}\n"
         f"    poolctl policy show {spec.name} {p.name}         # each decision: formula, clamps, reason\n"
         f"    poolctl policy pause {spec.name} {p.name}        # (resume / toggle) the policy stops acting\n\n"
-        f'  In the UI: PolicyId = "{team}/{spec.name}/{p.name}" shows the policy\'s loop.',
-        highlight=False,
+        f'  In the UI: PolicyId = "{team}/{spec.name}/{p.name}" shows the policy\'s loop.'
     )
+
+
+async def _run_load(client: Client, team: str, spec: PoolSpec, lb_url: str | None) -> None:
+    from poolctl.starter.policy_cli import _pool_urls, generate_load
+
+    def urls() -> list[str]:
+        return [lb_url] if lb_url else _pool_urls(team, spec.name)
+
+    start = await pool_ops.query_status(client, team, spec.name)
+    assert start is not None
+    say(
+        f"\n  sending 60 req/s for 75 s{' through the balancer' if lb_url else ''}; the pool has {start.current}"
+    )
+    load = asyncio.create_task(generate_load(urls, 60, 75))
+    peak = start.current
+    last = ""
+    while not load.done():
+        view = await pool_ops.query_status(client, team, spec.name)
+        if view is not None:
+            peak = max(peak, view.current)
+            line = f"  {view.current} servers (desired {view.desired}) {view.status.value}"
+            if line != last:
+                say(line)
+                last = line
+        await asyncio.sleep(1)
+    result = await load
+    say(f"  load done: {result['ok']} ok, {result['failed']} failed; peak {peak} servers")
+    say("  now idle: the policy scales in after its stabilization window")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        view = await pool_ops.query_status(client, team, spec.name)
+        if view is not None:
+            line = f"  {view.current} servers (desired {view.desired}) {view.status.value}"
+            if line != last:
+                say(line)
+                last = line
+            if view.current <= start.current and not view.scaling:
+                break
+        await asyncio.sleep(1)

@@ -15,6 +15,7 @@ from poolctl.activities.watch import WatchProgress
 from poolctl.domain.errors import NotFoundError
 from poolctl.domain.health import HealthState, HealthStatus, Transition, summarize, uptime_percent
 from poolctl.domain.names import health_workflow_id
+from poolctl.domain.pool_spec import PoolSpec
 from poolctl.settings import Settings, get_settings
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
 from poolctl.store import inventory
@@ -73,7 +74,7 @@ def health_report(
         checks = {
             c.server_id: c for c in s.scalars(select(HealthCheck).where(HealthCheck.pool_id == pool_row.id))
         }
-        has_check = bool((pool_row.spec or {}).get("health_check"))
+        has_check = PoolSpec.model_validate(pool_row.spec).effective_health_check is not None
         rows = []
         for srv in servers:
             c = checks.get(srv.id)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import LATENCY_BUCKETS_S, BalancerStats, Member, members_for
 from poolctl.domain.errors import NotFoundError
+from poolctl.domain.pool_spec import PoolSpec
 from poolctl.store.models import BalancerStatsRollup, LoadBalancer, PoolMember, Server, ServerPool, Team
 
 
@@ -70,6 +71,25 @@ def desired_members(session: Session, team: str, pool: str, *, require_healthy: 
     rows = list(session.execute(q))
     return members_for(
         [r[0] for r in rows], weights={r[0].id: r[1] for r in rows}, require_healthy=require_healthy
+    )
+
+
+def pool_members(session: Session, team: str, pool: str) -> list[Member]:
+    """What the pool's balancers should hold now, as the PoolWorkflow computes it: with a health check in
+    the pool's spec only healthy servers are in rotation. Empty when the pool is not in the store. This is
+    what a (re)started balancer begins with (`poolctl balancer serve`) and what a sync without members sends."""
+    row = session.scalar(
+        select(ServerPool)
+        .join(Team, ServerPool.team_id == Team.id)
+        .where(Team.name == team, ServerPool.name == pool)
+    )
+    if row is None:
+        return []
+    return desired_members(
+        session,
+        team,
+        pool,
+        require_healthy=PoolSpec.model_validate(row.spec).effective_health_check is not None,
     )
 
 

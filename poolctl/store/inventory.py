@@ -108,6 +108,9 @@ def _apply_pool(session: Session, team: Team, spec: PoolSpec) -> PoolChange:
     row.updated_at = now
     session.flush()
     _sync_children(session, row, spec, now)
+    if "server_weight" in changed:  # every member's balancer weight follows the spec (as the workflow's)
+        for member in row.members:
+            member.weight = spec.server_weight
     return PoolChange(team.name, spec.name, action, changed)
 
 

@@ -165,7 +165,7 @@ class PoolWorkflow:
     async def _heal(self) -> None:
         """Auto-healing: replace servers that stay unhealthy, a batch at a time (launch before terminate);
         stop and mark the pool `degraded` when more than half of it is unhealthy (a shared cause)."""
-        if not (self.spec.auto_healing and self.spec.health_check):
+        if not (self.spec.auto_healing and self.spec.effective_health_check):
             self._set_status(PoolStatus.ACTIVE, None)
             return
         members = [
@@ -298,7 +298,9 @@ class PoolWorkflow:
         removed = set(result.removed)
         self.state.servers = [s for s in self.state.servers if s.server_id not in removed]
         for added in result.added:
-            if self.spec.health_check is None:  # no check: a server that answered at boot is healthy
+            if (
+                self.spec.effective_health_check is None
+            ):  # no check: a server that answered at boot is healthy
                 added.health = "healthy"
             self.state.servers.append(added)
         self.state.last_event = EventSummary(
@@ -393,7 +395,7 @@ class PoolWorkflow:
     async def apply_spec(self, spec: PoolSpec) -> ScaleAccepted:
         """A re-applied spec: new bounds, provider options, policies; desired follows the spec when it names one."""
         previous = self.state.desired
-        self._health_spec_changed = spec.health_check != self.spec.health_check
+        self._health_spec_changed = spec.effective_health_check != self.spec.effective_health_check
         self.spec = spec
         if spec.desired_servers is not None:
             self.state.desired = spec.desired_servers

@@ -37,7 +37,7 @@ async def start_health_watches(
 ) -> None:
     """Start a HealthCheckWorkflow for every server that has none (abandoned children: they outlive the
     pool's runs across continue-as-new and end when the pool cancels them)."""
-    check = spec.health_check
+    check = spec.effective_health_check
     if check is None:
         return
     for server in servers:
@@ -86,7 +86,7 @@ async def stop_health_watches(team: str, pool: str, server_ids: list[str]) -> No
 
 async def update_health_specs(team: str, spec: PoolSpec, servers: list[ServerRecord]) -> None:
     """Tell running checks about a changed check spec."""
-    if spec.health_check is None:
+    if spec.effective_health_check is None:
         return
     for server in servers:
         if server.watched:
@@ -94,14 +94,14 @@ async def update_health_specs(team: str, spec: PoolSpec, servers: list[ServerRec
                 health_workflow_id(team, spec.name, server.server_id)
             )
             try:
-                await handle.signal(HealthCheckWorkflow.update_spec, spec.health_check)
+                await handle.signal(HealthCheckWorkflow.update_spec, spec.effective_health_check)
             except Exception as e:  # noqa: BLE001
                 workflow.logger.info("health workflow of %s not updated: %s", server.server_id, e)
 
 
 def members_fingerprint(spec: PoolSpec, servers: list[ServerRecord]) -> str:
     members = members_for(
-        servers, default_weight=spec.server_weight, require_healthy=spec.health_check is not None
+        servers, default_weight=spec.server_weight, require_healthy=spec.effective_health_check is not None
     )
     text = "|".join(f"{m.server_id}@{m.address}:{m.weight}:{m.state.value}" for m in members)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -118,7 +118,7 @@ async def sync_balancers(
     if fp == last:
         return last
     members = members_for(
-        servers, default_weight=spec.server_weight, require_healthy=spec.health_check is not None
+        servers, default_weight=spec.server_weight, require_healthy=spec.effective_health_check is not None
     )
     await workflow.execute_activity_method(
         BalancerActivities.sync_pool_balancers,
