@@ -155,3 +155,61 @@ async def test_most_of_the_pool_unhealthy_stops_healing_and_marks_degraded(
         await set_health(v, True)
     await settled(client, settings, "web", 3)
     await all_healthy(client, settings, 3)
+
+
+async def test_flapping_under_the_thresholds_never_transitions(client: Client, settings: Settings, worker):
+    await apply_yaml(client, settings, spec(1, auto_healing=True, unhealthy_threshold=3))
+    view = await all_healthy(client, settings, 1)
+    server = view.servers[0]
+    before = len(health_row(settings, server.server_id).transitions["items"])
+    # fail for ~1.4 s (at most 2 probes at a 1 s interval), pass for ~1.6 s, five times over
+    import asyncio
+
+    for _ in range(5):
+        await set_health(server, False)
+        await asyncio.sleep(1.4)  # the flapping pattern itself, not synchronisation
+        await set_health(server, True)
+        await asyncio.sleep(1.6)
+    view = await pool_view(client, settings, "web")
+    assert view is not None and [s.server_id for s in view.servers] == [server.server_id]
+    assert view.servers[0].health == "healthy"
+    assert len(health_row(settings, server.server_id).transitions["items"]) == before
+    with session_scope(settings.resolved_database_url) as s:
+        assert [e.direction for e in inventory.list_events(s, settings.team, "web")] == ["up"]
+
+
+async def test_grace_period_holds_for_a_new_server(client: Client, settings: Settings, worker):
+    grace = 6.0
+    text = spec(1, auto_healing=False, unhealthy_threshold=2).replace(
+        "      jitter: 0\n", f"      jitter: 0\n      grace_period: {grace}\n"
+    )
+    await apply_yaml(client, settings, text)
+
+    def first_server():
+        with session_scope(settings.resolved_database_url) as s:
+            from sqlalchemy import select
+
+            return s.scalar(select(Server).where(Server.state == "running"))
+
+    async def probe_server():
+        return first_server()
+
+    server = await eventually(probe_server, lambda srv: srv is not None, interval=0.05)
+    async with httpx.AsyncClient() as http:  # broken from its first probe on
+        r = await http.post(f"http://{server.host}:{server.port}/admin/health", json={"healthy": False})
+        r.raise_for_status()
+    await eventually(
+        lambda: pool_view(client, settings, "web"),
+        lambda v: v is not None and v.servers and v.servers[0].health == "unhealthy",
+        timeout=30,
+    )
+    row = health_row(settings, server.id)
+    [t] = [t for t in row.transitions["items"] if t["to_state"] == "unhealthy"]
+    from datetime import UTC, datetime, timedelta
+
+    created = server.created_at if server.created_at.tzinfo else server.created_at.replace(tzinfo=UTC)
+    assert t["from_state"] == "initial"
+    assert datetime.fromisoformat(t["at"]) >= created + timedelta(seconds=grace), (
+        "marked unhealthy inside the grace period"
+    )
+    assert t["consecutive"] > 2, "failures inside the grace period were counted, not acted on"

@@ -59,7 +59,7 @@ def serve(
     member: Annotated[
         list[str] | None, typer.Option(help="Initial member id=host:port[@weight] (with -f).")
     ] = None,
-    no_uvloop: Annotated[bool, typer.Option(help="Use the default asyncio loop.")] = False,
+    no_uvloop: Annotated[bool, typer.Option("--no-uvloop", help="Use the default asyncio loop.")] = False,
 ) -> None:
     """Run one built-in balancer in the foreground, from the stored spec (--pool/--name) or a spec file.
 
