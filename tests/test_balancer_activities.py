@@ -30,6 +30,7 @@ from poolctl.starter.balancer_schedule import ensure_stats_schedule, schedule_id
 from poolctl.store import balancer_stats as store
 from poolctl.store import inventory
 from poolctl.store.db import session_scope
+from poolctl.store.models import Server
 from tests.test_builtin_proxy import Backend, who
 
 
@@ -53,8 +54,10 @@ async def backends() -> AsyncIterator[list[Backend]]:
 def store_pool(settings: Settings, backends: list[Backend], **lb: object) -> LoadBalancerSpec:
     """A pool `web` with one builtin balancer `front`, and the backends recorded as its servers."""
     spec = LoadBalancerSpec.model_validate(
-        {"name": "front", "port": free_port(), "admin_port": free_port(), "drain_timeout_s": 5, **lb}
-    )
+        {"name": "front", "port": free_port(), "admin_port": free_port(), "drain_timeout_s": 5,
+         # the fake servers are never probed: no health check derived from the balancer's settings
+         "health_check_enabled": False, **lb}
+    )  # fmt: skip
     doc = SpecDocument(
         team=settings.team, pools=[PoolSpec(name="web", provider="fake", load_balancers=[spec])]
     )
@@ -272,3 +275,38 @@ async def test_stats_schedule_rolls_up_on_trigger(
         await handle.delete()
     finally:
         await proxy.stop()
+
+
+def test_store_members_in_rotation_only_when_healthy_if_the_pool_is_checked(settings: Settings) -> None:
+    """`pool_members` (what `balancer serve` starts with and a sync without members sends) agrees with the
+    workflow: a check (the pool's own, or one derived from its balancer's health_check_* settings) keeps
+    servers out until healthy; weights follow a re-applied server_weight."""
+
+    def doc(**lb: object) -> SpecDocument:
+        spec = LoadBalancerSpec.model_validate({"name": "front", "port": 18080, **lb})
+        return SpecDocument(
+            team=settings.team,
+            pools=[PoolSpec(name="web", provider="fake", server_weight=2, load_balancers=[spec])],
+        )
+
+    url = settings.resolved_database_url
+    with session_scope(url) as s:
+        inventory.apply_document(s, doc())  # health_check_enabled (default): a derived check
+        for i, health in enumerate(["initial", "healthy", "unhealthy"]):
+            inventory.record_server(
+                s, team=settings.team, pool="web", server_id=f"s{i}", provider="fake", idempotency_key=f"k{i}",
+                host="127.0.0.1", port=9000 + i, state="running", created_at=datetime.now(UTC), weight=2,
+            )  # fmt: skip
+            s.get(Server, f"s{i}").health = health
+    with session_scope(url) as s:
+        got = {m.server_id: (m.state, m.weight) for m in store.pool_members(s, settings.team, "web")}
+    assert got == {"s0": (MemberState.OUT, 2), "s1": (MemberState.IN_ROTATION, 2), "s2": (MemberState.OUT, 2)}
+    with session_scope(url) as s:
+        changed = doc(health_check_enabled=False)
+        changed.pools[0].server_weight = 4
+        inventory.apply_document(s, changed)
+    with session_scope(url) as s:
+        got = {m.server_id: (m.state, m.weight) for m in store.pool_members(s, settings.team, "web")}
+        assert store.pool_members(s, settings.team, "nope") == []
+    assert got == {"s0": (MemberState.IN_ROTATION, 4), "s1": (MemberState.IN_ROTATION, 4),
+                   "s2": (MemberState.OUT, 4)}  # fmt: skip

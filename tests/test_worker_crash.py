@@ -97,7 +97,9 @@ async def _count_pids(settings: Settings) -> int:
     return len(local_server_pids(settings))
 
 
-async def test_sigkill_worker_during_probe_loop_resumes_the_counters(client: Client, settings: Settings, tmp_path):
+async def test_sigkill_worker_during_probe_loop_resumes_the_counters(
+    client: Client, settings: Settings, tmp_path
+):
     """The probe loop heartbeats its counters; the retried activity on a new worker continues them, so the
     server turns unhealthy at exactly `unhealthy_threshold` failures counted across both workers."""
     import httpx
@@ -143,7 +145,9 @@ pools:
                 timeout=30,
             )
             async with httpx.AsyncClient() as http:
-                r = await http.post(f"http://{server.host}:{server.port}/admin/health", json={"healthy": False})
+                r = await http.post(
+                    f"http://{server.host}:{server.port}/admin/health", json={"healthy": False}
+                )
                 r.raise_for_status()
             live = await eventually(
                 lambda: live_statuses(settings.team, "web", [server.server_id]),

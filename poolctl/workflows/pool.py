@@ -71,7 +71,9 @@ class PoolWorkflow:
                     timeout_summary="reconcile",
                 )
             except TimeoutError:
-                pass
+                # a quiet period: re-push balancer membership anyway (idempotent), so a balancer that
+                # restarted empty (HAProxy's dynamic servers vanish on reload) is rebuilt
+                self.state.synced_members = None
             self._wake = False
             if self.state.deleting:
                 await self._remove_all_servers()
@@ -298,9 +300,8 @@ class PoolWorkflow:
         removed = set(result.removed)
         self.state.servers = [s for s in self.state.servers if s.server_id not in removed]
         for added in result.added:
-            if (
-                self.spec.effective_health_check is None
-            ):  # no check: a server that answered at boot is healthy
+            # without a check, a server that answered at boot counts as healthy
+            if self.spec.effective_health_check is None:
                 added.health = "healthy"
             self.state.servers.append(added)
         self.state.last_event = EventSummary(
