@@ -163,3 +163,25 @@ async def test_pool_workflows_are_filterable_by_pool_id(client: Client, settings
     scale_id = f"scale/{settings.team}/web/1"
     all_ids = await eventually(lambda: listed(f'PoolId = "{key}"'), lambda ids: scale_id in ids)
     assert all_ids == sorted([pool_id, scale_id])
+
+
+async def test_pool_lifecycle_on_postgresql(client: Client, settings: Settings, pg_schema_url: str):
+    """The same apply/scale/events path with the store on PostgreSQL (the rest of the suite uses SQLite)."""
+    from poolctl.store.db import migrate
+    from poolctl.worker import build_worker
+
+    settings.database_url = pg_schema_url
+    migrate(pg_schema_url)
+    async with build_worker(client, settings):
+        await apply_yaml(client, settings, POOL)
+        await settled(client, settings, "web", 2)
+        await pool_ops.request_scale(client, settings.team, "web", 3, "on postgres")
+        view = await settled(client, settings, "web", 3)
+        with session_scope(pg_schema_url) as s:
+            live = {r.id for r in inventory.list_servers(s, settings.team, "web")}
+            events = inventory.list_events(s, settings.team, "web")
+        assert live == {srv.server_id for srv in view.servers}
+        assert [(e.direction, e.to_count, e.status) for e in events] == [
+            ("up", 3, "succeeded"),
+            ("up", 2, "succeeded"),
+        ]
