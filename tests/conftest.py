@@ -121,3 +121,17 @@ async def worker(client: Client, settings: Settings) -> AsyncIterator[None]:
     from poolctl.activities.probes import close_shared_prober
 
     await close_shared_prober()  # as run_worker does: the probe loops' aiohttp session
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[list]:
+    """Three tiny HTTP backends (tests/backends.py) that answer with their own id."""
+    from tests.backends import Backend
+
+    bs = [Backend(f"s{i}") for i in range(3)]
+    for b in bs:
+        await b.start()
+    yield bs
+    for b in bs:
+        b.release.set()
+        await b.stop()

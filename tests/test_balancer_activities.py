@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
@@ -31,24 +29,7 @@ from poolctl.store import balancer_stats as store
 from poolctl.store import inventory
 from poolctl.store.db import session_scope
 from poolctl.store.models import Server
-from tests.test_builtin_proxy import Backend, who
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-async def backends() -> AsyncIterator[list[Backend]]:
-    bs = [Backend(f"s{i}") for i in range(3)]
-    for b in bs:
-        await b.start()
-    yield bs
-    for b in bs:
-        b.release.set()
-        await b.stop()
+from tests.backends import Backend, free_port, who
 
 
 def store_pool(settings: Settings, backends: list[Backend], **lb: object) -> LoadBalancerSpec:

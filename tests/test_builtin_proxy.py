@@ -13,73 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiohttp import web
 
 from poolctl.activities.balancers.base import BalancerAuthError, UnknownMemberError
 from poolctl.activities.balancers.builtin import BuiltinBalancerDriver
 from poolctl.balancer.proxy import BalancerProxy, ProxyConfig
 from poolctl.domain.balancing import Member, MemberState
+from tests.backends import Backend, who
 
 TOKEN = "test-token"
-
-
-class Backend:
-    """A tiny HTTP server that answers with its own id; `/slow` waits until `release` is set."""
-
-    def __init__(self, server_id: str) -> None:
-        self.server_id = server_id
-        self.release = asyncio.Event()
-        self.slow_started = asyncio.Event()
-        self.seen_headers: list[dict[str, str]] = []
-        self.runner: web.AppRunner | None = None
-        self.port = 0
-
-    async def _any(self, request: web.Request) -> web.Response:
-        self.seen_headers.append(dict(request.headers))
-        body = await request.read()
-        return web.Response(text=f"{self.server_id} {request.method} {request.path_qs} {len(body)}")
-
-    async def _slow(self, request: web.Request) -> web.Response:
-        self.slow_started.set()
-        await self.release.wait()
-        return web.Response(text=f"{self.server_id} slow done")
-
-    async def _big(self, request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()  # chunked, no Content-Length
-        await resp.prepare(request)
-        for i in range(48):
-            await resp.write(bytes([65 + i % 26]) * 65536)
-        await resp.write_eof()
-        return resp
-
-    async def start(self) -> None:
-        app = web.Application(client_max_size=16 << 20)
-        app.router.add_get("/slow", self._slow)
-        app.router.add_get("/big", self._big)
-        app.router.add_route("*", "/{tail:.*}", self._any)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        if self.runner:
-            await self.runner.cleanup()
-
-    def member(self, weight: int = 1, state: MemberState = MemberState.IN_ROTATION) -> Member:
-        return Member(server_id=self.server_id, address=f"127.0.0.1:{self.port}", weight=weight, state=state)
-
-
-@pytest.fixture
-async def backends() -> AsyncIterator[list[Backend]]:
-    bs = [Backend(f"s{i}") for i in range(3)]
-    for b in bs:
-        await b.start()
-    yield bs
-    for b in bs:
-        b.release.set()
-        await b.stop()
 
 
 async def start_proxy(members: list[Member], **kw: object) -> BalancerProxy:
@@ -88,15 +29,6 @@ async def start_proxy(members: list[Member], **kw: object) -> BalancerProxy:
     )
     await proxy.start()
     return proxy
-
-
-async def who(client: httpx.AsyncClient, url: str, n: int) -> list[str]:
-    out = []
-    for _ in range(n):
-        r = await client.get(url + "/hello")
-        assert r.status_code == 200, r.text
-        out.append(r.text.split()[0])
-    return out
 
 
 async def test_round_robin_and_forwarding(backends: list[Backend]) -> None:

@@ -4,10 +4,8 @@ run on loopback by the test: the same membership tests as the built-in proxy."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -26,7 +24,7 @@ from poolctl.activities.balancers.haproxy import (
 )
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import MemberState
-from tests.test_builtin_proxy import Backend, who
+from tests.backends import Backend, free_port, who
 
 HAPROXY = haproxy_binary()
 needs_haproxy = pytest.mark.skipif(
@@ -34,12 +32,6 @@ needs_haproxy = pytest.mark.skipif(
     reason="!!! HAProxy is NOT installed: the real-HAProxy tests are SKIPPED. "
     "Run `make system-deps` (scripts/install-system-deps.sh) to install Debian's haproxy package !!!",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_spec(**kw: object) -> LoadBalancerSpec:
@@ -53,17 +45,6 @@ def make_spec(**kw: object) -> LoadBalancerSpec:
     }
     base.update(kw)
     return LoadBalancerSpec.model_validate(base)
-
-
-@pytest.fixture
-async def backends() -> AsyncIterator[list[Backend]]:
-    bs = [Backend(f"s{i}") for i in range(3)]
-    for b in bs:
-        await b.start()
-    yield bs
-    for b in bs:
-        b.release.set()
-        await b.stop()
 
 
 async def run_haproxy(spec: LoadBalancerSpec) -> HAProxyProcess:

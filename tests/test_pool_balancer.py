@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 import time
 from collections import Counter
@@ -42,6 +41,7 @@ from poolctl.starter import pool_ops
 from poolctl.store import inventory
 from poolctl.store.db import session_scope
 from poolctl.store.models import HealthCheck, Server
+from tests.backends import free_port
 from tests.helpers import apply_yaml, eventually, pool_view, settled
 
 pytestmark = pytest.mark.temporal
@@ -50,12 +50,6 @@ INTERVAL = 1.0
 UNHEALTHY_THRESHOLD = 2
 SLOW_MS = 3000
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def spec_yaml(lb_port: int, admin_port: int, *, desired: int, weight: int) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 from poolctl.activities.metrics import read_metric
 from poolctl.domain.policy_spec import PolicySpec, PrometheusSource
 from poolctl.domain.scaling import PolicyState, evaluate_policy
+from tests.backends import free_port
 from tests.helpers import eventually
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -28,12 +28,6 @@ pytestmark = [
         not Path(PROMETHEUS).exists(), reason="prometheus is not installed (make system-deps)"
     ),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _wait_for(path: Path, limit_s: float = 20) -> dict:
@@ -58,7 +52,7 @@ async def test_prometheus_source_reads_a_real_prometheus_scraping_local_servers(
         async with httpx.AsyncClient() as http:
             r = await http.post(f"http://{target}/admin/load", json={"cpu_percent": 73})
             assert r.status_code == 200
-            port = _free_port()
+            port = free_port()
             config = tmp_path / "prometheus.yml"
             config.write_text(
                 "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from typing import Any
 
@@ -58,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    from poolctl.balancer.proxy import BalancerProxy, ProxyConfig
+    from poolctl.balancer.proxy import ProxyConfig, serve_until_signalled
 
     config = ProxyConfig(
         name=args.name,
@@ -75,18 +74,7 @@ async def _main(args: argparse.Namespace) -> None:
         members=args.member,
         allow_remote_admin=args.allow_remote_admin,
     )
-    proxy = BalancerProxy(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await proxy.start()
-    # one line on stdout so a parent process can learn the bound ports (port 0 = any free port)
-    print(f"listening {proxy.url} admin {proxy.admin_url}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await proxy.stop()
+    await serve_until_signalled(config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -375,3 +375,21 @@ async def run_proxy(config: ProxyConfig, stop: asyncio.Event | None = None) -> N
             await stop.wait()
     finally:
         await proxy.stop()
+
+
+async def serve_until_signalled(config: ProxyConfig, banner_extra: str = "") -> None:
+    """Run one proxy until SIGINT/SIGTERM. Prints one line on stdout first, `listening <url> admin <url>`,
+    so a parent process can learn the bound ports (port 0 = any free port)."""
+    import signal
+
+    proxy = BalancerProxy(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await proxy.start()
+    print(f"listening {proxy.url} admin {proxy.admin_url}{banner_extra}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await proxy.stop()

@@ -66,7 +66,7 @@ def serve(
     With a stored spec it starts with the pool's live servers from the store; the worker keeps the
     membership in line afterwards through the admin endpoint (token: see poolctl.balancer.credentials)."""
     from poolctl.balancer.credentials import balancer_token
-    from poolctl.balancer.proxy import BalancerProxy, ProxyConfig
+    from poolctl.balancer.proxy import ProxyConfig, serve_until_signalled
 
     settings = get_settings()
     members: list[Member] = [_member(m) for m in member or []]
@@ -90,19 +90,7 @@ def serve(
     config = ProxyConfig.from_spec(spec, balancer_token(settings), members)
 
     async def main() -> None:
-        import signal
-
-        proxy = BalancerProxy(config)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await proxy.start()
-        print(f"listening {proxy.url} admin {proxy.admin_url} members {len(members)}", flush=True)
-        try:
-            await stop.wait()
-        finally:
-            await proxy.stop()
+        await serve_until_signalled(config, f" members {len(members)}")
 
     runner: Any = asyncio.run
     if not no_uvloop:

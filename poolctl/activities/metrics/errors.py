@@ -1,6 +1,8 @@
-"""The one error a metric read raises: the value could not be had, and why."""
+"""The one error a metric read raises (the value could not be had, and why), and the HTTP GET that raises it."""
 
 from __future__ import annotations
+
+import httpx
 
 from poolctl.domain.errors import PoolctlError
 
@@ -15,3 +17,14 @@ class MetricUnavailableError(PoolctlError):
         self.source = source
         self.message = message
         super().__init__(f"{source}: {message}")
+
+
+async def get_ok(client: httpx.AsyncClient, url: str, label: str, timeout_s: float) -> httpx.Response:
+    """GET `url`; a transport error or a status other than 200 is a MetricUnavailableError named `label`."""
+    try:
+        resp = await client.get(url, timeout=timeout_s)
+    except httpx.HTTPError as e:
+        raise MetricUnavailableError(label, f"request failed: {type(e).__name__}: {e}") from e
+    if resp.status_code != 200:
+        raise MetricUnavailableError(label, f"HTTP {resp.status_code}")
+    return resp

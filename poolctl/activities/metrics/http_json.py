@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from poolctl.activities.metrics.errors import MetricUnavailableError
+from poolctl.activities.metrics.errors import MetricUnavailableError, get_ok
 
 
 def value_at_path(doc: Any, path: str) -> float:
@@ -32,12 +32,7 @@ def value_at_path(doc: Any, path: str) -> float:
 
 async def read_http_json(url: str, path: str, client: httpx.AsyncClient, *, timeout_s: float = 5.0) -> float:
     label = f"http_json {url} {path}"
-    try:
-        resp = await client.get(url, timeout=timeout_s)
-    except httpx.HTTPError as e:
-        raise MetricUnavailableError(label, f"request failed: {type(e).__name__}: {e}") from e
-    if resp.status_code != 200:
-        raise MetricUnavailableError(label, f"HTTP {resp.status_code}")
+    resp = await get_ok(client, url, label, timeout_s)
     try:
         return value_at_path(resp.json(), path)
     except KeyError as e:

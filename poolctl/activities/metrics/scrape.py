@@ -8,7 +8,7 @@ import re
 
 import httpx
 
-from poolctl.activities.metrics.errors import MetricUnavailableError
+from poolctl.activities.metrics.errors import MetricUnavailableError, get_ok
 
 # name, optional {labels}, value, optional timestamp
 _SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)(?:\s+\S+)?\s*$")
@@ -47,12 +47,7 @@ def aggregate(values: list[float], how: str) -> float:
 async def scrape_one(client: httpx.AsyncClient, url: str, metric: str, timeout_s: float) -> float:
     """`metric` as server `url` reports it at that moment."""
     label = f"scrape {url}"
-    try:
-        resp = await client.get(url, timeout=timeout_s)
-    except httpx.HTTPError as e:
-        raise MetricUnavailableError(label, f"request failed: {type(e).__name__}: {e}") from e
-    if resp.status_code != 200:
-        raise MetricUnavailableError(label, f"HTTP {resp.status_code}")
+    resp = await get_ok(client, url, label, timeout_s)
     value = parse_prometheus_text(resp.text, metric)
     if value is None:
         raise MetricUnavailableError(label, f"no sample of {metric!r} in the answer")
