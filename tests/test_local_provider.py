@@ -285,3 +285,28 @@ async def test_registry(tmp_path: Path) -> None:
     with pytest.raises(ProviderConfigError, match="unknown provider"):
         get_provider("ec3", tmp_path)
     clear_provider_cache()
+
+
+async def test_process_spawned_by_a_worker_killed_before_recording_it_is_adopted(
+    provider: LocalProvider, tmp_path: Path, client: httpx.AsyncClient
+):
+    """The window between spawning a server and saving its pid: a retried provision must adopt the
+    process the dead worker left behind, not start a second one."""
+    from poolctl.activities.providers.local import find_server_process
+
+    key = "scale/t/web/1/e/0"
+    sid = server_id_for(key)
+    intent = {
+        "server_id": sid, "provider": "local", "pool": "team/web", "idempotency_key": key, "status": "pending",
+        "host": "127.0.0.1", "port": 0, "pid": None, "created_at": "2026-01-01T00:00:00+00:00", "restarts": 0,
+    }  # fmt: skip
+    provider._save(dict(intent))  # what the dead worker had written: intent, no pid
+    spawned = dict(intent)
+    provider._spawn(spawned, {})  # ...and the process it started, never recorded
+    orphan = spawned["pid"]
+
+    info = await provider.provision(req(key))
+    assert info.pid == orphan
+    assert await answers(client, info) == sid
+    assert find_server_process(sid, tmp_path) == orphan
+    assert live_pids(tmp_path) == {orphan}

@@ -109,6 +109,23 @@ def _proc_state(pid: int) -> str | None:
     return stat[stat.rfind(")") + 2 :].split()[0]
 
 
+def find_server_process(server_id: str, state_dir: Path) -> int | None:
+    """The pid of a live local-server process started for `server_id` under `state_dir`, found through
+    /proc. A worker killed between spawning a server and recording its pid leaves such a process behind;
+    the retried provision adopts it instead of starting a second one."""
+    wanted = [b"poolctl.localserver", b"--server-id\0" + server_id.encode() + b"\0", str(state_dir).encode()]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if all(w in cmdline for w in wanted) and pid_alive(int(entry)):
+            return int(entry)
+    return None
+
+
 def reap(pid: int) -> None:
     """Collect the exit status of `pid` if it is our child and has exited (no zombie left behind)."""
     with _children_lock:
@@ -346,6 +363,12 @@ class LocalProvider:
                     return rec, True
                 if self._alive(rec):
                     return rec, rec["status"] == "running"
+                orphan = find_server_process(sid, self.state_dir)
+                if orphan is not None:  # spawned by a worker that died before recording it: adopt
+                    rec.update(pid=orphan, pgid=os.getpgid(orphan), proc_start=proc_start_time(orphan))
+                    rec["status"] = "pending"
+                    self._save(rec)
+                    return rec, False
                 # crashed (or intent recorded by a worker that died before spawning): (re)start it
                 if rec.get("pid"):
                     rec["restarts"] = rec.get("restarts", 0) + 1
