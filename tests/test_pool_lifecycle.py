@@ -185,3 +185,22 @@ async def test_pool_lifecycle_on_postgresql(client: Client, settings: Settings, 
             ("up", 3, "succeeded"),
             ("up", 2, "succeeded"),
         ]
+
+
+async def test_switching_provider_of_a_pool_with_servers_is_refused_and_changes_nothing(
+    client: Client, settings: Settings, worker
+):
+    from poolctl.domain.errors import SpecError
+
+    fake = POOL.replace("provider: local", "provider: fake")
+    await apply_yaml(client, settings, fake)
+    await settled(client, settings, "web", 2)
+    with pytest.raises(
+        SpecError, match=r"provider: cannot change provider from 'fake' to 'local' while the pool has 2"
+    ):
+        await apply_yaml(client, settings, POOL.replace("desired_servers: 2", "desired_servers: 3"))
+    with session_scope(settings.resolved_database_url) as s:
+        row = inventory.get_pool(s, settings.team, "web")
+        assert (row.provider, row.desired_servers) == ("fake", 2)
+    view = await settled(client, settings, "web", 2)
+    assert view.seq == 1

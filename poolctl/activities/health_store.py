@@ -58,7 +58,10 @@ class HealthStoreActivities:
             row.last_transition_at = st.last_transition_at
             if rec.transition is not None:
                 items = list((row.transitions or {}).get("items", []))
-                items.append(rec.transition.model_dump(mode="json"))
+                new = rec.transition.model_dump(mode="json")
+                if items and (items[-1].get("at"), items[-1].get("to_state")) == (new["at"], new["to_state"]):
+                    return  # a retry of an attempt whose commit went through: recorded already
+                items.append(new)
                 row.transitions = {"items": items[-MAX_STORED_TRANSITIONS:]}
                 server = s.get(Server, rec.server_id)
                 if server is not None:

@@ -118,3 +118,12 @@ class SpecDocument(StrictModel):
         if dupes:
             raise ValueError(f"pool name(s) used twice: {', '.join(dupes)}")
         return self
+
+
+def provider_change_refusal(old: str, new: str, servers: int) -> str:
+    """Why a spec may not switch a pool with live servers to another provider (they could not be
+    terminated through the new one)."""
+    return (
+        f"cannot change provider from {old!r} to {new!r} while the pool has {servers} server(s): "
+        "scale it to 0 first (min_servers: 0, desired_servers: 0) or delete the pool and create it again"
+    )

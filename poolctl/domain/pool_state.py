@@ -69,6 +69,7 @@ class PoolState(Message):
     cooldowns: CooldownState = Field(default_factory=CooldownState)
     last_decision: Decision | None = None
     synced_members: str | None = Field(default=None, description="fingerprint of the last balancer sync")
+    health_spec_changed: bool = Field(default=False, description="running checks still need the new spec")
     epoch: str = Field(
         default="", description="first run of this pool's workflow chain; part of idempotency keys"
     )
@@ -136,6 +137,7 @@ class ScaleInput(Message):
     drain: bool = Field(
         default=False, description="drain victims from the pool's balancers before terminating"
     )
+    drain_timeout_s: float = Field(default=30.0, description="longest wait for a victim's connections to end")
     runtime: PoolRuntime = Field(default_factory=PoolRuntime)
 
 

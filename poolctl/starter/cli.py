@@ -337,7 +337,7 @@ def events(
             ["#", "when", "action", "cause", "result", "error"],
             [
                 [
-                    d["event"].rsplit("/", 1)[-1],
+                    d["event"].split("/")[3].split("@")[0],
                     ago(d["started_at"]),
                     f"{d['direction']} {d['from']}->{d['to']}",
                     d["cause"]

@@ -7,15 +7,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from poolctl import search_attributes as sa
-from poolctl.domain.errors import NotFoundError, PoolctlError
-from poolctl.domain.names import pool_key, pool_workflow_id
-from poolctl.domain.pool_spec import PoolSpec, SpecDocument
+from poolctl.domain.errors import NotFoundError, PoolctlError, SpecError
+from poolctl.domain.names import health_workflow_id, pool_key, pool_workflow_id
+from poolctl.domain.pool_spec import PoolSpec, SpecDocument, provider_change_refusal
 from poolctl.domain.pool_state import PoolInput, PoolRuntime, PoolStatusView, ScaleAccepted, ScaleRequest
 from poolctl.settings import Settings
 from poolctl.store import inventory
@@ -78,6 +79,7 @@ async def apply_documents(client: Client, settings: Settings, docs: list[SpecDoc
         for p in doc.pools
     }
     with session_scope(settings.resolved_database_url) as s:
+        refuse_provider_changes(s, docs)
         changes = [c for doc in docs for c in inventory.apply_document(s, doc)]
     specs = {(doc.team, p.name): p for doc in docs for p in doc.pools}
     outcomes = []
@@ -186,19 +188,45 @@ async def delete_pool(client: Client, settings: Settings, team: str, pool: str, 
     except RPCError as e:
         if e.status != RPCStatusCode.NOT_FOUND:
             raise
-        removed = await _terminate_orphans(settings, team, pool)
+        removed = await _terminate_orphans(client, settings, team, pool)
     with session_scope(settings.resolved_database_url) as s:
         inventory.delete_pool(s, team, pool)
     return removed
 
 
-async def _terminate_orphans(settings: Settings, team: str, pool: str) -> int:
-    """No workflow runs for the pool: terminate whatever servers the store still lists, directly."""
+def refuse_provider_changes(session: Any, docs: list[SpecDocument]) -> None:
+    """A pool with live servers cannot switch provider (its servers could not be terminated through the
+    new one): refuse the whole apply before anything is written."""
+    problems = []
+    for doc in docs:
+        for i, spec in enumerate(doc.pools):
+            row = inventory.find_pool(session, doc.team, spec.name)
+            if row is None or row.provider == spec.provider:
+                continue
+            live = inventory.list_servers(session, doc.team, spec.name)
+            if live:
+                problems.append(
+                    (
+                        f"pools[{i}] ({spec.name}).provider",
+                        provider_change_refusal(row.provider, spec.provider, len(live)),
+                    )
+                )
+    if problems:
+        raise SpecError("", problems)
+
+
+async def _terminate_orphans(client: Client, settings: Settings, team: str, pool: str) -> int:
+    """No workflow runs for the pool: terminate whatever servers the store still lists, directly, and
+    stop their health checks (abandoned children of the pool's workflow)."""
     from poolctl.activities.providers.registry import get_provider
 
     with session_scope(settings.resolved_database_url) as s:
         rows = [(r.id, r.provider) for r in inventory.list_servers(s, team, pool)]
     for server_id, provider in rows:
+        try:
+            await client.get_workflow_handle(health_workflow_id(team, pool, server_id)).cancel()
+        except RPCError:
+            pass  # never started, or already ended
         await get_provider(provider, settings.state_dir).terminate(server_id)
         with session_scope(settings.resolved_database_url) as s:
             inventory.mark_server_terminated(s, server_id)

@@ -67,6 +67,8 @@ class HealthCheckWorkflow:
                 or info.get_current_history_length() > self.inp.runtime.history_budget
             ):
                 await workflow.wait_condition(workflow.all_handlers_finished)
+                if self._new_spec is not None:
+                    self.inp.spec = self._new_spec
                 workflow.continue_as_new(self.inp)
 
     async def _watch(self) -> WatchOutcome | None:
@@ -94,15 +96,20 @@ class HealthCheckWorkflow:
             retry_policy=WATCH_RETRY,
             summary=f"watch {self.inp.server_id} ({spec.type}, every {spec.interval:g}s)",
         )
-        await workflow.wait_condition(lambda: handle.done() or self._new_spec is not None)
+        try:
+            await workflow.wait_condition(lambda: handle.done() or self._new_spec is not None)
+        except asyncio.CancelledError:
+            handle.cancel()  # the check is being stopped: stop probing now, not at the next heartbeat
+            raise
         if handle.done():
             return await handle
-        handle.cancel()
+        handle.cancel()  # the spec changed: restart the watch with it
         try:
-            await handle
-        except (ActivityError, asyncio.CancelledError):
-            pass
-        return None
+            return await handle  # it may have completed (e.g. with a transition) just before the cancel
+        except ActivityError as e:
+            if isinstance(e.cause, CancelledError):
+                return None
+            raise
 
     async def _handle(self, outcome: WatchOutcome) -> None:
         self.config_error = outcome.config_error if outcome.reason == "config_error" else None
@@ -144,7 +151,7 @@ class HealthCheckWorkflow:
 
     @workflow.signal
     def update_spec(self, spec: HealthCheckSpec) -> None:
-        """A changed check spec takes effect at the next watch (the current one is not interrupted)."""
+        """A changed check spec: the running watch is stopped and a new one starts with it (counters kept)."""
         self._new_spec = spec
 
     @workflow.query

@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from poolctl.domain.schedule import schedule_window_active
 
 READ_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=2)
+RESEND_AFTER = timedelta(minutes=5)
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 
 
@@ -52,6 +53,7 @@ class PolicyWorkflow:
         self.history_budget = inp.history_budget
         self._wake = False
         self._next_at: datetime | None = None
+        self._last_sent_at: datetime | None = None  # not carried: after continue-as-new, one refresh
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -129,9 +131,14 @@ class PolicyWorkflow:
             state=self.pstate,
         )
         rec = decision.as_recommendation()
-        if scaling.same_recommendation(self.last_sent, rec):
+        changed = not scaling.same_recommendation(self.last_sent, rec)
+        # re-send an unchanged recommendation now and then: a pool whose workflow chain was re-created
+        # starts with no recommendations and would otherwise ignore this policy until it changes its mind
+        stale = self._last_sent_at is None or workflow.now() - self._last_sent_at >= RESEND_AFTER
+        if not changed and not stale:
             return
-        await self._send(rec)
+        if not await self._send(rec) or not changed:
+            return  # not delivered (tried again next evaluation), or only a refresh: no new decision
         self.decisions = (self.decisions + [decision])[-MAX_DECISIONS:]
         await workflow.execute_activity_method(
             PolicyMetricActivities.record_policy_decision,
@@ -141,15 +148,17 @@ class PolicyWorkflow:
             summary=f"record decision {decision.current}->{decision.desired} {decision.reason.value}",
         )
 
-    async def _send(self, rec: Recommendation) -> None:
+    async def _send(self, rec: Recommendation) -> bool:
         handle = workflow.get_external_workflow_handle(pool_workflow_id(self.team, self.pool))
         try:
             await handle.signal("recommend", rec)
         except FailureError as e:
             # the pool is not running (deleted or not started yet): try again at the next evaluation
             self.last_error = f"could not signal pool: {e}"
-            return
+            return False
         self.last_sent = rec
+        self._last_sent_at = workflow.now()
+        return True
 
     # ---- search attributes ------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from poolctl.domain.health import HealthState, MemberHealth, plan_healing
     from poolctl.domain.health_messages import ServerHealthChange
     from poolctl.domain.names import pool_key, scale_workflow_id
-    from poolctl.domain.pool_spec import PoolSpec, PoolStatus
+    from poolctl.domain.pool_spec import PoolSpec, PoolStatus, provider_change_refusal
     from poolctl.domain.pool_state import (
         EventSummary,
         PoolInput,
@@ -54,7 +54,6 @@ class PoolWorkflow:
         self._wake = True
         self._scaling = False
         self._published: tuple[str, str | None, int] | None = None
-        self._health_spec_changed = False
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -77,6 +76,9 @@ class PoolWorkflow:
             self._wake = False
             if self.state.deleting:
                 await self._remove_all_servers()
+                if self.state.servers:  # some could not be terminated yet: try again, never leak them
+                    self._wake = False
+                    continue
                 await self._publish_status()
                 return "deleted"
             await self._reconcile()
@@ -200,7 +202,7 @@ class PoolWorkflow:
     async def _record_note(self, direction: str, cause: str, status: str) -> None:
         """A scaling event for something the pool decided not to do (e.g. healing stopped)."""
         self.state.seq += 1
-        key = f"{scale_workflow_id(self.team, self.spec.name, self.state.seq)}/{direction}"
+        key = f"{scale_workflow_id(self.team, self.spec.name, self.state.seq)}@{self.state.epoch}/{direction}"
         n = len(self.state.servers)
         await workflow.execute_activity_method(
             InventoryActivities.record_event_started,
@@ -227,9 +229,11 @@ class PoolWorkflow:
 
     async def _tend_members(self) -> None:
         """Health checks for new servers, changed check specs, and the balancers' membership."""
+        if self.state.deleting:
+            return
         await start_health_watches(self.team, self.spec, self.state.servers, self.runtime)
-        if self._health_spec_changed:
-            self._health_spec_changed = False
+        if self.state.health_spec_changed:
+            self.state.health_spec_changed = False
             await update_health_specs(self.team, self.spec, self.state.servers)
         self.state.synced_members = await sync_balancers(
             self.team, self.spec, self.state.servers, self.state.synced_members
@@ -274,6 +278,7 @@ class PoolWorkflow:
             weight=self.spec.server_weight,
             victims=victims,
             drain=bool(self.spec.load_balancers),
+            drain_timeout_s=max((lb.drain_timeout_s for lb in self.spec.load_balancers), default=0.0),
             runtime=self.runtime,
         )
         try:
@@ -377,6 +382,7 @@ class PoolWorkflow:
         self.state.desired = req.desired
         self.state.pending_cause = req.reason
         self.state.pending_policy = None
+        self.state.pending_decision = None
         if self.state.status is PoolStatus.ERROR:
             self._set_status(PoolStatus.ACTIVE, None)
         self._wake = True
@@ -396,7 +402,7 @@ class PoolWorkflow:
     async def apply_spec(self, spec: PoolSpec) -> ScaleAccepted:
         """A re-applied spec: new bounds, provider options, policies; desired follows the spec when it names one."""
         previous = self.state.desired
-        self._health_spec_changed = spec.effective_health_check != self.spec.effective_health_check
+        self.state.health_spec_changed |= spec.effective_health_check != self.spec.effective_health_check
         self.spec = spec
         if spec.desired_servers is not None:
             self.state.desired = spec.desired_servers
@@ -417,6 +423,10 @@ class PoolWorkflow:
             raise ValueError(f"spec for pool {spec.name!r} sent to pool {self.spec.name!r}")
         if self.state.deleting:
             raise ValueError(f"pool {self.spec.name} is being deleted")
+        if spec.provider != self.spec.provider and self.state.servers:
+            raise ValueError(
+                provider_change_refusal(self.spec.provider, spec.provider, len(self.state.servers))
+            )
 
     @workflow.update
     async def delete(self) -> int:

@@ -7,8 +7,8 @@ import hashlib
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -20,7 +20,11 @@ with workflow.unsafe.imports_passed_through():
     from poolctl.domain.pool_spec import PoolSpec
     from poolctl.domain.pool_state import PoolRuntime, ServerRecord
     from poolctl.workflows.health_check import HealthCheckWorkflow
-    from poolctl.workflows.scale_pool import BOOKKEEPING_RETRY
+
+
+SYNC_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5), maximum_attempts=4
+)
 
 
 def health_runtime(rt: PoolRuntime) -> HealthRuntime:
@@ -85,8 +89,13 @@ async def stop_health_watches(team: str, pool: str, server_ids: list[str]) -> No
 
 
 async def update_health_specs(team: str, spec: PoolSpec, servers: list[ServerRecord]) -> None:
-    """Tell running checks about a changed check spec."""
+    """Tell running checks about a changed check spec; a removed check stops them (servers then count as
+    healthy, as in a pool that never had a check)."""
     if spec.effective_health_check is None:
+        await stop_health_watches(team, spec.name, [s.server_id for s in servers if s.watched])
+        for server in servers:
+            server.watched = False
+            server.health = "healthy"
         return
     for server in servers:
         if server.watched:
@@ -120,11 +129,16 @@ async def sync_balancers(
     members = members_for(
         servers, default_weight=spec.server_weight, require_healthy=spec.effective_health_check is not None
     )
-    await workflow.execute_activity_method(
-        BalancerActivities.sync_pool_balancers,
-        SyncBalancersInput(team=team, pool=spec.name, members=members),
-        start_to_close_timeout=timedelta(seconds=30),
-        retry_policy=BOOKKEEPING_RETRY,
-        summary=f"balancers: {sum(1 for m in members if m.state.value == 'in_rotation')} in rotation",
-    )
+    try:
+        await workflow.execute_activity_method(
+            BalancerActivities.sync_pool_balancers,
+            SyncBalancersInput(team=team, pool=spec.name, members=members),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=SYNC_RETRY,
+            summary=f"balancers: {sum(1 for m in members if m.state.value == 'in_rotation')} in rotation",
+        )
+    except ActivityError as e:
+        # an unreachable balancer must not stall the pool: the next reconcile tries again
+        workflow.logger.warning("balancer sync of %s/%s failed: %s", team, spec.name, e.cause or e)
+        return None
     return fp

@@ -44,7 +44,8 @@ def failure_text(err: BaseException) -> str:
 class ScalePoolWorkflow:
     @workflow.run
     async def run(self, inp: ScaleInput) -> ScaleResult:
-        event_key = workflow.info().workflow_id
+        # the event key carries the pool chain's epoch: a re-created pool workflow restarts `seq` at 1
+        event_key = f"{workflow.info().workflow_id}@{inp.epoch}"
         await workflow.execute_activity_method(
             InventoryActivities.record_event_started,
             EventStart(
@@ -64,11 +65,11 @@ class ScalePoolWorkflow:
             summary=f"record start of scale {inp.direction} {inp.from_count}->{inp.to_count}",
         )
         if inp.direction == "up":
-            result = await self._scale_up(inp, event_key)
+            result = await self._scale_up(inp)
         elif inp.direction == "down":
             result = await self._scale_down(inp)
         else:  # replace: launch the replacements first, then drain and terminate the old servers
-            result = await self._scale_up(inp, event_key)
+            result = await self._scale_up(inp)
             if result.status == "succeeded":
                 removed = await self._scale_down(inp)
                 result.removed, result.error, result.status = removed.removed, removed.error, removed.status
@@ -87,7 +88,9 @@ class ScalePoolWorkflow:
         )
         return result
 
-    async def _scale_up(self, inp: ScaleInput, event_key: str) -> ScaleResult:
+    async def _scale_up(self, inp: ScaleInput) -> ScaleResult:
+        wf_id = workflow.info().workflow_id
+
         async def one(i: int) -> ServerRecord:
             return await workflow.execute_activity_method(
                 ProvisioningActivities.provision_server,
@@ -96,7 +99,7 @@ class ScalePoolWorkflow:
                     pool=inp.pool,
                     provider=inp.provider,
                     options=inp.provider_options,
-                    idempotency_key=f"{event_key}/{inp.epoch}/{i}",
+                    idempotency_key=f"{wf_id}/{inp.epoch}/{i}",
                     weight=inp.weight,
                 ),
                 start_to_close_timeout=timedelta(seconds=inp.runtime.activity_timeout_s),
@@ -110,14 +113,7 @@ class ScalePoolWorkflow:
     async def _scale_down(self, inp: ScaleInput) -> ScaleResult:
         async def one(victim: ServerRecord) -> str:
             if inp.drain:
-                await workflow.execute_activity_method(
-                    BalancerActivities.drain_server,
-                    DrainInput(team=inp.team, pool=inp.pool, server_id=victim.server_id),
-                    start_to_close_timeout=timedelta(seconds=inp.runtime.activity_timeout_s + 300),
-                    heartbeat_timeout=timedelta(seconds=15),
-                    retry_policy=BOOKKEEPING_RETRY,
-                    summary=f"drain {victim.server_id} from the balancers",
-                )
+                await _drain_best_effort(inp, victim)
             return await workflow.execute_activity_method(
                 ProvisioningActivities.terminate_server,
                 TerminateInput(
@@ -130,6 +126,26 @@ class ScalePoolWorkflow:
 
         outcomes = await asyncio.gather(*(one(v) for v in inp.victims), return_exceptions=True)
         return _collect(outcomes, added=False)
+
+
+async def _drain_best_effort(inp: ScaleInput, victim: ServerRecord) -> None:
+    """Drain a victim from the pool's balancers before it is terminated. Best effort: a balancer that
+    cannot be reached (or a drain that outlasts its timeout) must not keep the server alive forever."""
+    try:
+        await workflow.execute_activity_method(
+            BalancerActivities.drain_server,
+            DrainInput(
+                team=inp.team, pool=inp.pool, server_id=victim.server_id, timeout_s=inp.drain_timeout_s
+            ),
+            start_to_close_timeout=timedelta(seconds=inp.drain_timeout_s + 60),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
+            summary=f"drain {victim.server_id} from the balancers",
+        )
+    except ActivityError as e:
+        workflow.logger.warning(
+            "drain of %s failed, terminating anyway: %s", victim.server_id, failure_text(e)
+        )
 
 
 def _collect(outcomes: Sequence[object], *, added: bool) -> ScaleResult:
