@@ -398,7 +398,10 @@ def delete_pool(
         with session_scope(_settings().resolved_database_url) as db:
             inventory.get_pool(db, t, pool)
         client = await _client()
-        return await pool_ops.delete_pool(client, _settings(), t, pool)
+        n = await pool_ops.delete_pool(client, _settings(), t, pool)
+        # with the dev stack running, its balancers are stopped too (they are no longer declared)
+        await balancer_stack.after_apply(client, _settings(), say=lambda m: console.print(m, highlight=False))
+        return n
 
     n = run(go)
     console.print(f"pool {t}/{pool} deleted ({n} server(s) terminated)")
