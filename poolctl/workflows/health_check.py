@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from poolctl.domain.health_messages import HealthInput, HealthRecord, HealthView, ServerHealthChange
     from poolctl.domain.health_spec import HealthCheckSpec
     from poolctl.domain.names import pool_workflow_id
+    from poolctl.workflows.history import history_too_long
 
 WATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
@@ -61,11 +62,7 @@ class HealthCheckWorkflow:
                     timedelta(seconds=self.inp.runtime.config_error_backoff_s),
                     summary="config error: retry later",
                 )
-            info = workflow.info()
-            if (
-                info.is_continue_as_new_suggested()
-                or info.get_current_history_length() > self.inp.runtime.history_budget
-            ):
+            if history_too_long(self.inp.runtime.history_budget):
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if self._new_spec is not None:
                     self.inp.spec = self._new_spec

@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from poolctl.domain.scaling import Decision, Direction, PolicyState, Recommendation
     from poolctl.domain.schedule import schedule_window_active
+    from poolctl.workflows.history import history_too_long
 
 READ_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=2)
 RESEND_AFTER = timedelta(minutes=5)
@@ -63,7 +64,7 @@ class PolicyWorkflow:
         while True:
             self._wake = False  # a signal arriving while we evaluate wakes the next wait at once
             await self._evaluate()
-            if self._history_too_long():
+            if history_too_long(self.history_budget):
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(self._carry())
             wait_s = self._next_wait_s()
@@ -87,10 +88,6 @@ class PolicyWorkflow:
             last_error=self.last_error,
             history_budget=self.history_budget,
         )
-
-    def _history_too_long(self) -> bool:
-        info = workflow.info()
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() > self.history_budget
 
     def _next_wait_s(self) -> float:
         """The evaluation interval; for a schedule, no later than the next window opening or closing."""

@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from poolctl.domain.scaling import Direction as PolicyDirection
     from poolctl.domain.scaling import Recommendation, arbitrate
+    from poolctl.workflows.history import history_too_long
     from poolctl.workflows.pool_members import (
         start_health_watches,
         stop_health_watches,
@@ -83,7 +84,7 @@ class PoolWorkflow:
                 return "deleted"
             await self._reconcile()
             await self._tend_members()
-            if self._history_too_long():
+            if history_too_long(self.runtime.history_budget):
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(
                     PoolInput(team=self.team, spec=self.spec, runtime=self.runtime, state=self.state)
@@ -329,13 +330,6 @@ class PoolWorkflow:
             self.state.pending_cause = "reconcile"
             self._set_status(PoolStatus.ACTIVE, None)
             self._wake = True  # re-check at once: the target may have moved while we scaled
-
-    def _history_too_long(self) -> bool:
-        info = workflow.info()
-        return (
-            info.is_continue_as_new_suggested()
-            or info.get_current_history_length() > self.runtime.history_budget
-        )
 
     # ---- status: the store and the UI -----------------------------------------------------------
 
