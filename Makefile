@@ -26,9 +26,11 @@ down: $(STAMP)
 	$(BIN)/poolctl dev down
 
 lint: $(STAMP)
-	$(BIN)/ruff check poolctl tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
+	@mkdir -p $(VENV)/mypy-path && ln -sfn ../.. $(VENV)/mypy-path/poolctl
 	$(BIN)/mypy
 
 test: $(STAMP) system-deps lint typecheck

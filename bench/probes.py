@@ -17,7 +17,7 @@ start minus its scheduled time (p50/p99/max), probe latency, CPU use, transition
 estimated Temporal history events per target per hour.
 
 --client httpx swaps in an httpx.AsyncClient prober (same semantics) to compare: that is how
-the choice of aiohttp for the hot path in poolctl/activities/probes.py was measured.
+the choice of aiohttp for the hot path in activities/probes.py was measured.
 """
 
 from __future__ import annotations
