@@ -20,6 +20,21 @@ class HealthRuntime(Message):
     history_budget: int = 2000
 
 
+class HealthCheckState(Message):
+    """Everything a HealthCheckWorkflow carries through continue-as-new, in one place: the check's
+    counters (inside `status`), where the probe schedule stands, and the workflow's totals."""
+
+    status: HealthStatus = Field(default_factory=HealthStatus)
+    next_probe_at: float | None = Field(default=None, description="epoch seconds of the next probe")
+    first_watch: bool = Field(default=True, description="no watch has returned yet: probe at once")
+    watches: int = Field(default=0, description="watch activities that returned, in all runs")
+    transitions: int = Field(default=0, description="healthy/unhealthy transitions, in all runs")
+    config_error: str | None = None
+    pending_spec: HealthCheckSpec | None = Field(
+        default=None, description="a spec received by `update_spec` that no watch runs with yet"
+    )
+
+
 class HealthInput(Message):
     team: str
     pool: str
@@ -29,9 +44,7 @@ class HealthInput(Message):
     server_started_at: datetime
     spec: HealthCheckSpec
     runtime: HealthRuntime = Field(default_factory=HealthRuntime)
-    status: HealthStatus = Field(default_factory=HealthStatus)
-    next_probe_at: float | None = None
-    first_watch: bool = True
+    state: HealthCheckState = Field(default_factory=HealthCheckState)
 
 
 class ServerHealthChange(Message):

@@ -146,10 +146,16 @@ async def test_most_of_the_pool_unhealthy_stops_healing_and_marks_degraded(
     )
     assert "2 of 3 servers are unhealthy" in (degraded.status_reason or "")
     assert {s.server_id for s in degraded.servers} == {s.server_id for s in view.servers}
-    with session_scope(settings.resolved_database_url) as s:
-        notes = [e for e in inventory.list_events(s, settings.team, "web") if e.direction == "heal"]
-        assert len(notes) == 1 and notes[0].status == "held" and "auto-healing stopped" in notes[0].cause
-        assert not [e for e in inventory.list_events(s, settings.team, "web") if e.direction == "replace"]
+
+    async def events() -> list[tuple[str, str, str]]:
+        with session_scope(settings.resolved_database_url) as s:
+            return [(e.direction, e.status, e.cause) for e in inventory.list_events(s, settings.team, "web")]
+
+    # the status and the held event are written by separate activities: wait for the event to finish
+    evs = await eventually(events, lambda es: any(d == "heal" and st == "held" for d, st, _ in es))
+    notes = [e for e in evs if e[0] == "heal"]
+    assert len(notes) == 1 and "auto-healing stopped" in notes[0][2]
+    assert not [e for e in evs if e[0] == "replace"]
     # health recovers -> the pool is active again, with the same servers
     for v in view.servers[:2]:
         await set_health(v, True)

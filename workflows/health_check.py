@@ -16,7 +16,13 @@ with workflow.unsafe.imports_passed_through():
     from poolctl import search_attributes as sa
     from poolctl.activities.health_store import HealthStoreActivities
     from poolctl.activities.watch import WatchOutcome, WatchParams, watch_target_activity
-    from poolctl.domain.health_messages import HealthInput, HealthRecord, HealthView, ServerHealthChange
+    from poolctl.domain.health_messages import (
+        HealthCheckState,
+        HealthInput,
+        HealthRecord,
+        HealthView,
+        ServerHealthChange,
+    )
     from poolctl.domain.health_spec import HealthCheckSpec
     from poolctl.domain.names import pool_workflow_id
     from poolctl.workflows.history import history_too_long
@@ -30,18 +36,15 @@ class HealthCheckWorkflow:
     @workflow.init
     def __init__(self, inp: HealthInput) -> None:
         self.inp = inp
-        self.config_error: str | None = None
-        self.watches = 0
-        self.transitions = 0
-        self._new_spec: HealthCheckSpec | None = None
+        self.state: HealthCheckState = inp.state  # all that survives continue-as-new
         self._published_state: str | None = None
 
     @workflow.run
     async def run(self, inp: HealthInput) -> str:
         self._publish_state()
         while True:
-            if self._new_spec is not None:
-                self.inp.spec, self._new_spec = self._new_spec, None
+            if self.state.pending_spec is not None:
+                self.inp.spec, self.state.pending_spec = self.state.pending_spec, None
             try:
                 outcome = await self._watch()
             except ActivityError as e:
@@ -52,21 +55,21 @@ class HealthCheckWorkflow:
                 return "stopped"
             if outcome is None:
                 continue  # the spec changed: start a watch with the new one
-            self.watches += 1
-            self.inp.status = outcome.status
-            self.inp.next_probe_at = outcome.next_probe_at
-            self.inp.first_watch = False
+            self.state.watches += 1
+            self.state.status = outcome.status
+            self.state.next_probe_at = outcome.next_probe_at
+            self.state.first_watch = False
+            if outcome.transition is not None:  # counted with the state it led to: a query sees both
+                self.state.transitions += 1
             await self._handle(outcome)
-            if self.config_error:
+            if self.state.config_error:
                 await workflow.sleep(
                     timedelta(seconds=self.inp.runtime.config_error_backoff_s),
                     summary="config error: retry later",
                 )
             if history_too_long(self.inp.runtime.history_budget):
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                if self._new_spec is not None:
-                    self.inp.spec = self._new_spec
-                workflow.continue_as_new(self.inp)
+                workflow.continue_as_new(self.inp.model_copy(update={"state": self.state}))
 
     async def _watch(self) -> WatchOutcome | None:
         spec = self.inp.spec
@@ -76,12 +79,12 @@ class HealthCheckWorkflow:
             host=self.inp.host,
             port=self.inp.port,
             spec=spec,
-            status=self.inp.status,
+            status=self.state.status,
             server_started_at=self.inp.server_started_at,
             lease_s=rt.lease_s,
             heartbeat_every_s=max(1.0, min(10.0, rt.heartbeat_timeout_s / 3)),
-            next_probe_at=self.inp.next_probe_at,
-            first_probe_delay=0.0 if self.inp.first_watch else None,
+            next_probe_at=self.state.next_probe_at,
+            first_probe_delay=0.0 if self.state.first_watch else None,
         )
         handle = workflow.start_activity(
             watch_target_activity,
@@ -94,7 +97,7 @@ class HealthCheckWorkflow:
             summary=f"watch {self.inp.server_id} ({spec.type}, every {spec.interval:g}s)",
         )
         try:
-            await workflow.wait_condition(lambda: handle.done() or self._new_spec is not None)
+            await workflow.wait_condition(lambda: handle.done() or self.state.pending_spec is not None)
         except asyncio.CancelledError:
             handle.cancel()  # the check is being stopped: stop probing now, not at the next heartbeat
             raise
@@ -109,7 +112,7 @@ class HealthCheckWorkflow:
             raise
 
     async def _handle(self, outcome: WatchOutcome) -> None:
-        self.config_error = outcome.config_error if outcome.reason == "config_error" else None
+        self.state.config_error = outcome.config_error if outcome.reason == "config_error" else None
         await workflow.execute_activity_method(
             HealthStoreActivities.record_health,
             HealthRecord(
@@ -120,7 +123,7 @@ class HealthCheckWorkflow:
                 spec=self.inp.spec,
                 status=outcome.status,
                 transition=outcome.transition,
-                config_error=self.config_error,
+                config_error=self.state.config_error,
             ),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RECORD_RETRY,
@@ -129,7 +132,6 @@ class HealthCheckWorkflow:
         t = outcome.transition
         if t is None:
             return
-        self.transitions += 1
         self._publish_state()
         pool = workflow.get_external_workflow_handle(pool_workflow_id(self.inp.team, self.inp.pool))
         try:
@@ -141,7 +143,7 @@ class HealthCheckWorkflow:
             workflow.logger.warning("could not signal pool: %s", e)
 
     def _publish_state(self) -> None:
-        state = self.inp.status.state.value
+        state = self.state.status.state.value
         if state != self._published_state:
             workflow.upsert_search_attributes([sa.HEALTH_STATE.value_set(state)])
             self._published_state = state
@@ -149,14 +151,14 @@ class HealthCheckWorkflow:
     @workflow.signal
     def update_spec(self, spec: HealthCheckSpec) -> None:
         """A changed check spec: the running watch is stopped and a new one starts with it (counters kept)."""
-        self._new_spec = spec
+        self.state.pending_spec = spec
 
     @workflow.query
     def state(self) -> HealthView:
         return HealthView(
             server_id=self.inp.server_id,
-            status=self.inp.status,
-            config_error=self.config_error,
-            watches=self.watches,
-            transitions=self.transitions,
+            status=self.state.status,
+            config_error=self.state.config_error,
+            watches=self.state.watches,
+            transitions=self.state.transitions,
         )
