@@ -36,15 +36,15 @@ class HealthCheckWorkflow:
     @workflow.init
     def __init__(self, inp: HealthInput) -> None:
         self.inp = inp
-        self.state: HealthCheckState = inp.state  # all that survives continue-as-new
+        self.check_state: HealthCheckState = inp.state  # all that survives continue-as-new
         self._published_state: str | None = None
 
     @workflow.run
     async def run(self, inp: HealthInput) -> str:
         self._publish_state()
         while True:
-            if self.state.pending_spec is not None:
-                self.inp.spec, self.state.pending_spec = self.state.pending_spec, None
+            if self.check_state.pending_spec is not None:
+                self.inp.spec, self.check_state.pending_spec = self.check_state.pending_spec, None
             try:
                 outcome = await self._watch()
             except ActivityError as e:
@@ -55,21 +55,21 @@ class HealthCheckWorkflow:
                 return "stopped"
             if outcome is None:
                 continue  # the spec changed: start a watch with the new one
-            self.state.watches += 1
-            self.state.status = outcome.status
-            self.state.next_probe_at = outcome.next_probe_at
-            self.state.first_watch = False
+            self.check_state.watches += 1
+            self.check_state.status = outcome.status
+            self.check_state.next_probe_at = outcome.next_probe_at
+            self.check_state.first_watch = False
             if outcome.transition is not None:  # counted with the state it led to: a query sees both
-                self.state.transitions += 1
+                self.check_state.transitions += 1
             await self._handle(outcome)
-            if self.state.config_error:
+            if self.check_state.config_error:
                 await workflow.sleep(
                     timedelta(seconds=self.inp.runtime.config_error_backoff_s),
                     summary="config error: retry later",
                 )
             if history_too_long(self.inp.runtime.history_budget):
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(self.inp.model_copy(update={"state": self.state}))
+                workflow.continue_as_new(self.inp.model_copy(update={"state": self.check_state}))
 
     async def _watch(self) -> WatchOutcome | None:
         spec = self.inp.spec
@@ -79,12 +79,12 @@ class HealthCheckWorkflow:
             host=self.inp.host,
             port=self.inp.port,
             spec=spec,
-            status=self.state.status,
+            status=self.check_state.status,
             server_started_at=self.inp.server_started_at,
             lease_s=rt.lease_s,
             heartbeat_every_s=max(1.0, min(10.0, rt.heartbeat_timeout_s / 3)),
-            next_probe_at=self.state.next_probe_at,
-            first_probe_delay=0.0 if self.state.first_watch else None,
+            next_probe_at=self.check_state.next_probe_at,
+            first_probe_delay=0.0 if self.check_state.first_watch else None,
         )
         handle = workflow.start_activity(
             watch_target_activity,
@@ -97,7 +97,7 @@ class HealthCheckWorkflow:
             summary=f"watch {self.inp.server_id} ({spec.type}, every {spec.interval:g}s)",
         )
         try:
-            await workflow.wait_condition(lambda: handle.done() or self.state.pending_spec is not None)
+            await workflow.wait_condition(lambda: handle.done() or self.check_state.pending_spec is not None)
         except asyncio.CancelledError:
             handle.cancel()  # the check is being stopped: stop probing now, not at the next heartbeat
             raise
@@ -112,7 +112,7 @@ class HealthCheckWorkflow:
             raise
 
     async def _handle(self, outcome: WatchOutcome) -> None:
-        self.state.config_error = outcome.config_error if outcome.reason == "config_error" else None
+        self.check_state.config_error = outcome.config_error if outcome.reason == "config_error" else None
         await workflow.execute_activity_method(
             HealthStoreActivities.record_health,
             HealthRecord(
@@ -123,7 +123,7 @@ class HealthCheckWorkflow:
                 spec=self.inp.spec,
                 status=outcome.status,
                 transition=outcome.transition,
-                config_error=self.state.config_error,
+                config_error=self.check_state.config_error,
             ),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RECORD_RETRY,
@@ -143,7 +143,7 @@ class HealthCheckWorkflow:
             workflow.logger.warning("could not signal pool: %s", e)
 
     def _publish_state(self) -> None:
-        state = self.state.status.state.value
+        state = self.check_state.status.state.value
         if state != self._published_state:
             workflow.upsert_search_attributes([sa.HEALTH_STATE.value_set(state)])
             self._published_state = state
@@ -151,14 +151,14 @@ class HealthCheckWorkflow:
     @workflow.signal
     def update_spec(self, spec: HealthCheckSpec) -> None:
         """A changed check spec: the running watch is stopped and a new one starts with it (counters kept)."""
-        self.state.pending_spec = spec
+        self.check_state.pending_spec = spec
 
     @workflow.query
     def state(self) -> HealthView:
         return HealthView(
             server_id=self.inp.server_id,
-            status=self.state.status,
-            config_error=self.state.config_error,
-            watches=self.state.watches,
-            transitions=self.state.transitions,
+            status=self.check_state.status,
+            config_error=self.check_state.config_error,
+            watches=self.check_state.watches,
+            transitions=self.check_state.transitions,
         )
