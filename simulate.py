@@ -22,15 +22,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from poolctl.domain.arbitration import CooldownState, arbitrate
+from poolctl.domain.decision import Decision, Direction
+from poolctl.domain.evaluation import PolicyState, evaluate_policy
 from poolctl.domain.policy_spec import PolicySpec
-from poolctl.domain.scaling import (
-    CooldownState,
-    Decision,
-    Direction,
-    PolicyState,
-    arbitrate,
-    evaluate_policy,
-)
 
 
 class SimStep(BaseModel):

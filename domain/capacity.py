@@ -5,16 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Protocol, TypeVar
 
+from poolctl.domain.decision import Direction
 from poolctl.domain.pool_spec import TerminationPolicy
-
-
-class Direction(StrEnum):
-    UP = "up"
-    DOWN = "down"
-    NONE = "none"
 
 
 @dataclass(frozen=True)

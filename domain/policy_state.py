@@ -8,9 +8,10 @@ from typing import Any
 
 from pydantic import Field
 
+from poolctl.domain.decision import Decision, Recommendation
+from poolctl.domain.evaluation import PolicyState
 from poolctl.domain.model import Message
 from poolctl.domain.policy_spec import MetricSource, PolicySpec
-from poolctl.domain.scaling import Decision, PolicyState, Recommendation
 
 # Decisions that changed the recommendation, kept in the workflow for `poolctl policy show`.
 MAX_DECISIONS = 20

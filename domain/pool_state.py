@@ -7,9 +7,10 @@ from typing import Any
 
 from pydantic import Field
 
+from poolctl.domain.arbitration import CooldownState
+from poolctl.domain.decision import Decision, Recommendation
 from poolctl.domain.model import Message
 from poolctl.domain.pool_spec import PoolSpec, PoolStatus
-from poolctl.domain.scaling import CooldownState, Decision, Recommendation
 
 
 class ServerRecord(Message):

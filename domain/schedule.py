@@ -15,16 +15,12 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from poolctl.domain.decision import require_aware
 from poolctl.domain.policy_spec import PolicySpec, ScheduleSpec
 
 # Longer than any UTC offset change (DST shifts are at most two hours).
 _FOLD_MARGIN = timedelta(hours=3)
 _MAX_ITERATIONS = 100_000
-
-
-def _require_aware(at: datetime, name: str) -> None:
-    if at.tzinfo is None or at.utcoffset() is None:
-        raise ValueError(f"{name} must be a timezone-aware datetime, got {at!r}")
 
 
 def _schedule_of(spec: ScheduleSpec | PolicySpec) -> ScheduleSpec:
@@ -91,14 +87,14 @@ def _cron_prev(expr: str, tz: ZoneInfo, at: datetime) -> datetime | None:
 
 def next_fire(spec: ScheduleSpec | PolicySpec, after: datetime) -> datetime:
     """The first time (UTC) the schedule's `cron` fires strictly after `after`."""
-    _require_aware(after, "after")
+    require_aware(after, "after")
     sched = _schedule_of(spec)
     return _cron_next(sched.cron, sched.zone, after.astimezone(UTC))
 
 
 def window_end(spec: ScheduleSpec | PolicySpec, start: datetime) -> datetime:
     """When the window that opened at `start` closes: `duration_s` of elapsed time, or the next `end_cron`."""
-    _require_aware(start, "start")
+    require_aware(start, "start")
     sched = _schedule_of(spec)
     if sched.duration_s is not None:
         end = start.astimezone(UTC) + timedelta(seconds=sched.duration_s)
@@ -116,7 +112,7 @@ def schedule_window_active(
     The window containing `now` is the one opened by the last fire at or before `now`; a later fire
     always closes no earlier than an earlier one, so overlapping windows need no special case.
     """
-    _require_aware(now, "now")
+    require_aware(now, "now")
     sched = _schedule_of(spec)
     tz = sched.zone
     now_utc = now.astimezone(UTC)

@@ -16,8 +16,8 @@ import httpx
 import typer
 from rich.markup import escape
 
+from poolctl.domain.decision import Decision, same_recommendation
 from poolctl.domain.errors import NotFoundError, SpecError
-from poolctl.domain.scaling import Decision, same_recommendation
 from poolctl.settings import get_settings
 from poolctl.starter import policy_ops, pool_ops
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
@@ -210,7 +210,7 @@ def show(
 
         now = datetime.now(UTC)
         cd = pview.cooldowns
-        from poolctl.domain.scaling import Direction
+        from poolctl.domain.decision import Direction
 
         console.print(
             f"  pool:        {pview.current}/{pview.desired} servers; cooldown left: scale-out "

@@ -11,11 +11,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from poolctl import search_attributes as sa
 from poolctl.domain.errors import NotFoundError
+from poolctl.domain.evaluation import PolicyState
 from poolctl.domain.names import policy_workflow_id, pool_key, pool_workflow_id
 from poolctl.domain.policy_spec import PolicySpec
 from poolctl.domain.policy_state import PolicyInput, PolicyStateView, policy_status
 from poolctl.domain.pool_spec import PoolSpec
-from poolctl.domain.scaling import PolicyState
 from poolctl.settings import Settings
 from poolctl.store import inventory
 from poolctl.store.db import session_scope

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from poolctl.activities.metrics import read_metric
+from poolctl.domain.evaluation import PolicyState, evaluate_policy
 from poolctl.domain.policy_spec import PolicySpec, PrometheusSource
-from poolctl.domain.scaling import PolicyState, evaluate_policy
 from tests.backends import free_port
 from tests.helpers import eventually
 

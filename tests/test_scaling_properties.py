@@ -9,21 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from poolctl.domain.arbitration import CooldownState, arbitrate
+from poolctl.domain.decision import Direction, ReasonCode, Recommendation
+from poolctl.domain.evaluation import MAX_HISTORY, PolicyState, evaluate_policy, pause, resume
 from poolctl.domain.policy_spec import PolicySpec
-from poolctl.domain.scaling import (
-    MAX_HISTORY,
-    CooldownState,
-    Direction,
-    PolicyState,
-    ReasonCode,
-    Recommendation,
-    arbitrate,
-    evaluate_policy,
-    find_step,
-    pause,
-    percent_change,
-    resume,
-)
+from poolctl.domain.strategies import find_step, percent_change
 
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from poolctl.domain.arbitration import CooldownState, arbitrate
+from poolctl.domain.decision import ReasonCode
+from poolctl.domain.evaluation import PolicyState, evaluate_policy
 from poolctl.domain.policy_spec import PolicySpec, ScheduleSpec
-from poolctl.domain.scaling import CooldownState, PolicyState, ReasonCode, arbitrate, evaluate_policy
 from poolctl.domain.schedule import next_fire, schedule_window_active
 
 

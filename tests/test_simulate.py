@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from poolctl.domain.decision import ReasonCode
 from poolctl.domain.policy_spec import PolicySpec
-from poolctl.domain.scaling import ReasonCode
 from poolctl.simulate import format_timeline, load_trace_csv, plot, simulate
 
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)

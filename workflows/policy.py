@@ -2,7 +2,7 @@
 
 Every `evaluation_interval` (sooner when a signal or update arrives, or when a schedule window opens or
 closes): read the metric and the pool's size (a local activity), evaluate the policy with the pure code in
-`domain.scaling`, and signal the pool's `recommend` only when the recommendation differs from the last one
+`domain.evaluation`, and signal the pool's `recommend` only when the recommendation differs from the last one
 sent. A decision that changes the recommendation is kept (the last MAX_DECISIONS) and written to the store.
 Continues-as-new with its state; the pool owns the cooldowns (they are durable there).
 """
@@ -18,7 +18,9 @@ from temporalio.exceptions import ActivityError, FailureError
 with workflow.unsafe.imports_passed_through():
     from poolctl import search_attributes as sa
     from poolctl.activities.policy_metrics import PolicyMetricActivities
-    from poolctl.domain import scaling
+    from poolctl.domain import evaluation
+    from poolctl.domain.decision import Decision, Direction, Recommendation, same_recommendation
+    from poolctl.domain.evaluation import PolicyState
     from poolctl.domain.names import pool_key, pool_workflow_id
     from poolctl.domain.policy_spec import PolicySpec
     from poolctl.domain.policy_state import (
@@ -30,7 +32,6 @@ with workflow.unsafe.imports_passed_through():
         PolicyStateView,
         policy_status,
     )
-    from poolctl.domain.scaling import Decision, Direction, PolicyState, Recommendation
     from poolctl.domain.schedule import schedule_window_active
     from poolctl.workflows.history import history_too_long
 
@@ -120,7 +121,7 @@ class PolicyWorkflow:
         reading = await self._read()
         self.current = reading.current
         self.last_error = reading.error
-        decision, self.pstate = scaling.evaluate_policy(
+        decision, self.pstate = evaluation.evaluate_policy(
             self.spec,
             current=reading.current,
             metric=reading.value,
@@ -128,7 +129,7 @@ class PolicyWorkflow:
             state=self.pstate,
         )
         rec = decision.as_recommendation()
-        changed = not scaling.same_recommendation(self.last_sent, rec)
+        changed = not same_recommendation(self.last_sent, rec)
         # re-send an unchanged recommendation now and then: a pool whose workflow chain was re-created
         # starts with no recommendations and would otherwise ignore this policy until it changes its mind
         stale = self._last_sent_at is None or workflow.now() - self._last_sent_at >= RESEND_AFTER
@@ -184,28 +185,28 @@ class PolicyWorkflow:
     @workflow.signal
     def pause(self) -> None:
         """Stop acting: the policy tells the pool it abstains until `resume`."""
-        self.pstate = scaling.pause(self.pstate)
+        self.pstate = evaluation.pause(self.pstate)
         self._changed()
 
     @workflow.signal
     def resume(self) -> None:
         """Act again (every pause flag cleared; scale-in waits a full stabilization window)."""
-        self.pstate = scaling.resume(self.pstate)
+        self.pstate = evaluation.resume(self.pstate)
         self._changed()
 
     @workflow.signal
     def toggle(self) -> None:
-        self.pstate = scaling.toggle(self.pstate)
+        self.pstate = evaluation.toggle(self.pstate)
         self._changed()
 
     @workflow.signal
     def pause_scale_in(self) -> None:
-        self.pstate = scaling.pause(self.pstate, scale_in=True, scale_out=False)
+        self.pstate = evaluation.pause(self.pstate, scale_in=True, scale_out=False)
         self._changed()
 
     @workflow.signal
     def pause_scale_out(self) -> None:
-        self.pstate = scaling.pause(self.pstate, scale_in=False, scale_out=True)
+        self.pstate = evaluation.pause(self.pstate, scale_in=False, scale_out=True)
         self._changed()
 
     @workflow.update

@@ -14,7 +14,9 @@ with workflow.unsafe.imports_passed_through():
     from poolctl import search_attributes as sa
     from poolctl.activities.inventory import InventoryActivities
     from poolctl.activities.messages import EventFinish, EventStart, PoolRef, PoolStatusUpdate
-    from poolctl.domain.capacity import Direction, clamp, pick_victims, plan_scale
+    from poolctl.domain.arbitration import arbitrate
+    from poolctl.domain.capacity import clamp, pick_victims, plan_scale
+    from poolctl.domain.decision import Direction, Recommendation
     from poolctl.domain.health import HealthState, MemberHealth, plan_healing
     from poolctl.domain.health_messages import ServerHealthChange
     from poolctl.domain.names import pool_key, scale_workflow_id
@@ -30,8 +32,6 @@ with workflow.unsafe.imports_passed_through():
         ScaleResult,
         ServerRecord,
     )
-    from poolctl.domain.scaling import Direction as PolicyDirection
-    from poolctl.domain.scaling import Recommendation, arbitrate
     from poolctl.workflows.history import history_too_long
     from poolctl.workflows.pool_members import (
         start_health_watches,
@@ -130,7 +130,7 @@ class PoolWorkflow:
         return [r for name, r in sorted(self.state.recommendations.items()) if name in active]
 
     def _arbitrate_policies(self) -> None:
-        """Let the policies' latest recommendations move `desired` (domain.scaling.arbitrate decides)."""
+        """Let the policies' latest recommendations move `desired` (domain.arbitration.arbitrate decides)."""
         recs = self._active_recommendations()
         if not recs:
             return
@@ -142,7 +142,7 @@ class PoolWorkflow:
             now=workflow.now(),
             cooldowns=self.state.cooldowns,
         )
-        if decision.direction is PolicyDirection.NONE or decision.desired == self.state.desired:
+        if decision.direction is Direction.NONE or decision.desired == self.state.desired:
             if self.state.last_decision is None or self.state.last_decision.reason != decision.reason:
                 self.state.last_decision = decision
             return
