@@ -6,7 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     temporal_namespace: str = Field(default="default")
     temporal_ui_port: int = Field(default=8233, description="Web UI port of the embedded dev server.")
     temporal_api_key: str | None = Field(
-        default=None, description="API key for Temporal Cloud (enables TLS)."
+        default=None, repr=False, description="API key for Temporal Cloud (enables TLS)."
     )
     temporal_tls: bool = Field(default=False)
     task_queue: str = Field(default="poolctl")
@@ -64,8 +64,18 @@ class Settings(BaseSettings):
     )
     balancer_token: str = Field(
         default="",
+        repr=False,
         description="Bearer token of the built-in balancers' admin endpoints; default: generated once into "
         "<state_dir>/balancer.token (see poolctl.balancer.credentials).",
+    )
+    payload_key: SecretStr | None = Field(
+        default=None,
+        description="Key (32 random bytes, base64) that encrypts every Temporal payload (AES-256-GCM); default: "
+        "generated once into <state_dir>/payload.key when Temporal is local (see poolctl.payload_codec).",
+    )
+    payload_keys_old: SecretStr | None = Field(
+        default=None,
+        description="Earlier payload keys (comma- or space-separated): they still decrypt, never encrypt.",
     )
     balancer_stats_interval_s: float = Field(
         default=600.0, ge=1, description="How often the Schedule rolls balancer statistics up into the store."

@@ -10,11 +10,11 @@ Admin URLs need no configuration: the admin endpoint listens on 127.0.0.1 at the
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
 from poolctl.settings import Settings
+from poolctl.state_secrets import read_or_create_secret_file
 
 TOKEN_FILE = "balancer.token"
 
@@ -27,17 +27,4 @@ def balancer_token(settings: Settings) -> str:
     """The admin bearer token (created on first use when no setting gives one)."""
     if settings.balancer_token:
         return settings.balancer_token
-    path = token_path(settings)
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    settings.ensure_state_dir()
-    token = secrets.token_urlsafe(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process won the race: use its token
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
+    return read_or_create_secret_file(token_path(settings), lambda: secrets.token_urlsafe(32))

@@ -42,7 +42,7 @@ class PoolSpec(StrictModel):
     provider: Literal["local", "fake"] = Field(
         default="local", description="provider driver that runs the servers"
     )
-    provider_options: dict[str, Any] = Field(default_factory=dict)
+    provider_options: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold credentials
     min_servers: int = Field(default=1, ge=0, le=10_000)
     max_servers: int = Field(default=10, ge=1, le=10_000)
     desired_servers: int | None = Field(default=None, ge=0, le=10_000, description="defaults to min_servers")

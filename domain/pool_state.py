@@ -132,7 +132,7 @@ class ScaleInput(Message):
     policy_name: str | None = None
     decision: dict[str, Any] | None = None
     provider: str
-    provider_options: dict[str, Any] = Field(default_factory=dict)
+    provider_options: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold credentials
     weight: int = 1
     victims: list[ServerRecord] = Field(default_factory=list)
     drain: bool = Field(

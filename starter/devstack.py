@@ -140,6 +140,10 @@ def up(settings: Settings, *, say=print) -> None:  # type: ignore[no-untyped-def
     """Start Temporal (if not running) and the worker (if not running). Idempotent."""
     p = _paths(settings)
     host, port = _host_port(settings.temporal_address)
+    if settings.payload_key is None:  # the client and the worker must share one key: make it before either
+        from poolctl.payload_codec import ensure_dev_key
+
+        say(f"payload encryption key: {ensure_dev_key(settings)} (set POOLCTL_PAYLOAD_KEY to use your own)")
     tpid = _read_pid(p["temporal_pid"])
     if pid_alive(tpid):
         say(f"Temporal dev server already running (pid {tpid})")

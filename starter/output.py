@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from poolctl.domain.redaction import redact
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -24,7 +26,8 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
 
 
 def print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=_default, sort_keys=False))
+    """`data` as JSON for scripts, with every secret masked (`poolctl.domain.redaction.redact`)."""
+    typer.echo(json.dumps(redact(data), indent=2, default=_default, sort_keys=False))
 
 
 def _default(o: Any) -> Any:

@@ -15,10 +15,14 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from poolctl import search_attributes
+from poolctl.payload_codec import new_key_text
 from poolctl.settings import Settings
 from poolctl.temporal_client import DATA_CONVERTER
 
 VENV_BIN = Path(sys.executable).parent
+# One payload key for the whole session (the session's Temporal client, in-process and subprocess workers,
+# CLI runs): each test's own state dir would otherwise generate its own key (poolctl.payload_codec).
+os.environ.setdefault("POOLCTL_PAYLOAD_KEY", new_key_text())
 PG_URL = os.environ.get("POOLCTL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

@@ -16,7 +16,7 @@ from poolctl.activities.providers.base import (
     ServerState,
 )
 
-KNOWN_OPTIONS = {"fail_provision", "fail_terminate", "quota", "fail_times", "delay_s"}
+KNOWN_OPTIONS = {"fail_provision", "fail_terminate", "quota", "fail_times", "delay_s", "api_token"}
 
 
 class FakeProvider:
@@ -33,6 +33,9 @@ class FakeProvider:
     - ``fail_terminate: true`` — terminating a server provisioned with it raises ``ProviderError``.
     - ``quota: N`` — at most N running servers in the pool, else ``ProviderQuotaError``.
     - ``delay_s: X`` — each provision takes X seconds (to test timeouts/cancellation).
+    - ``api_token: S`` — a stand-in for a cloud credential: required by nothing, kept (in memory only) in
+      ``api_tokens`` by pool, so tests can check that a secret reached the driver intact while it
+      never appeared in workflow history.
 
     ``calls`` counts calls by kind (``provision``, ``terminate``) for assertions.
     """
@@ -44,6 +47,7 @@ class FakeProvider:
         self.calls: dict[str, int] = {"provision": 0, "terminate": 0}
         self._failures: dict[str, int] = {}
         self._fail_terminate: set[str] = set()
+        self.api_tokens: dict[str, str] = {}
 
     @staticmethod
     def server_id_for(idempotency_key: str) -> str:
@@ -53,6 +57,7 @@ class FakeProvider:
         self.servers.clear()
         self._failures.clear()
         self._fail_terminate.clear()
+        self.api_tokens.clear()
         self.calls = {"provision": 0, "terminate": 0}
 
     async def provision(self, request: ProvisionRequest) -> ServerInfo:
@@ -61,6 +66,8 @@ class FakeProvider:
         unknown = set(opts) - KNOWN_OPTIONS
         if unknown:
             raise ProviderConfigError(f"fake provider: unknown option(s) {', '.join(sorted(unknown))}")
+        if "api_token" in opts:
+            self.api_tokens[request.pool] = str(opts["api_token"])
         if opts.get("delay_s"):
             await asyncio.sleep(float(opts["delay_s"]))
         if opts.get("fail_provision"):
