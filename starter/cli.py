@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from poolctl.domain.errors import NotFoundError, SpecError
+from poolctl.payload_codec import PayloadKeyError
 from poolctl.settings import Settings, get_settings
 from poolctl.starter import balancer_stack, devstack, health_cli, local_cli, policy_cli, pool_ops
 from poolctl.starter.balancer_cli import balancer_app
@@ -71,6 +72,8 @@ def run(make: Callable[[], Awaitable[T]]) -> T:
         fail(f"refused: {e}", EXIT_BAD_INPUT)
     except NotFoundError as e:
         fail(str(e), EXIT_BAD_INPUT)
+    except PayloadKeyError as e:  # a missing or wrong payload key (docs/security.md#secrets)
+        fail(str(e))
 
 
 async def _client() -> Any:
