@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         description="Bearer token of the built-in balancers' admin endpoints; default: generated once into "
         "<state_dir>/balancer.token (see poolctl.balancer.credentials).",
     )
+    worker_max_cached_workflows: int = Field(
+        default=10_000, ge=1, description="Workflows a worker keeps in memory (>= its live entity workflows)."
+    )
+    worker_max_concurrent_activities: int = Field(
+        default=10_000,
+        ge=1,
+        description="Activities one worker runs at once; each health check holds one (its probe loop).",
+    )
     payload_key: SecretStr | None = Field(
         default=None,
         description="Key (32 random bytes, base64) that encrypts every Temporal payload (AES-256-GCM); default: "

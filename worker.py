@@ -65,8 +65,8 @@ def build_worker(client: Client, settings: Settings) -> Worker:
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
         activities=activities_for(settings),
-        max_cached_workflows=5000,
-        max_concurrent_activities=4000,
+        max_cached_workflows=settings.worker_max_cached_workflows,
+        max_concurrent_activities=settings.worker_max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
 

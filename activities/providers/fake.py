@@ -16,7 +16,7 @@ from poolctl.activities.providers.base import (
     ServerState,
 )
 
-KNOWN_OPTIONS = {"fail_provision", "fail_terminate", "quota", "fail_times", "delay_s", "api_token"}
+KNOWN_OPTIONS = {"fail_provision", "fail_terminate", "quota", "fail_times", "delay_s", "api_token", "ports"}
 
 
 class FakeProvider:
@@ -33,6 +33,9 @@ class FakeProvider:
     - ``fail_terminate: true`` — terminating a server provisioned with it raises ``ProviderError``.
     - ``quota: N`` — at most N running servers in the pool, else ``ProviderQuotaError``.
     - ``delay_s: X`` — each provision takes X seconds (to test timeouts/cancellation).
+    - ``ports: [P, ...]`` — servers get host 127.0.0.1 and the first of these ports that no running server
+      of the pool has (benches point them at one process listening on many ports); when every port is
+      taken, ``ProviderQuotaError``. Without it a server's port is 0 (it serves nothing).
     - ``api_token: S`` — a stand-in for a cloud credential: required by nothing, kept (in memory only) in
       ``api_tokens`` by pool, so tests can check that a secret reached the driver intact while it
       never appeared in workflow history.
@@ -94,7 +97,7 @@ class FakeProvider:
             pool=request.pool,
             idempotency_key=key,
             host="127.0.0.1",
-            port=0,
+            port=self._free_port(request.pool, opts.get("ports")),
             state=ServerState.RUNNING,
             created_at=datetime.now(UTC),
             details={"fake": True},
@@ -103,6 +106,15 @@ class FakeProvider:
         if opts.get("fail_terminate"):
             self._fail_terminate.add(sid)
         return info
+
+    def _free_port(self, pool: str, ports: Any) -> int:
+        if not ports:
+            return 0
+        taken = {s.port for s in self.servers.values() if s.pool == pool and s.state == ServerState.RUNNING}
+        for port in ports:
+            if int(port) not in taken:
+                return int(port)
+        raise ProviderQuotaError(f"fake provider: every one of the {len(ports)} ports of {pool} is in use")
 
     async def terminate(self, server_id: str) -> ServerInfo | None:
         self.calls["terminate"] += 1
