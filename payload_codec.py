@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import ipaddress
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
+from poolctl.domain.addresses import is_loopback_host
 from poolctl.settings import Settings
 from poolctl.state_secrets import read_or_create_secret_file
 
@@ -78,13 +78,7 @@ class Keyring:
 
 
 def _loopback(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]") or "127.0.0.1"
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(address.rpartition(":")[0] or "127.0.0.1")
 
 
 def key_file(settings: Settings) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import ipaddress
 import logging
 import socket
 import ssl
@@ -21,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from poolctl.balancer.http1 import ClientConn, UpstreamPool
+from poolctl.domain.addresses import is_loopback_host
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import (
     LATENCY_BUCKETS_S,
@@ -141,15 +141,6 @@ class ProxyStats:
         )
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -170,7 +161,7 @@ class BalancerProxy:
         if config.admin_port is not None:
             if not config.token:
                 raise ValueError("an admin listener needs a token (--token or POOLCTL_BALANCER_TOKEN)")
-            if not config.allow_remote_admin and not _is_loopback(config.admin_host):
+            if not config.allow_remote_admin and not is_loopback_host(config.admin_host):
                 raise ValueError(
                     f"the admin listener must bind a loopback address, not {config.admin_host!r}"
                 )

@@ -57,6 +57,8 @@ def serve(n_ports: int) -> None:
     (every probe's arrival time, by port). Prints {"control": port, "ports": [...]} on its first line."""
     from aiohttp import web
 
+    from bench.probes import listen_on_loopback
+
     failing: set[int] = set()
     arrivals: dict[int, list[float]] = {}
 
@@ -78,33 +80,16 @@ def serve(n_ports: int) -> None:
     async def probes(request: web.Request) -> web.Response:
         return web.json_response({str(p): ts for p, ts in arrivals.items()})
 
-    def listen() -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", 0))
-        s.listen(1024)
-        s.setblocking(False)
-        return s
-
     async def main() -> None:
         targets = web.Application()
         targets.router.add_get("/health", health)
-        runner = web.AppRunner(targets, access_log=None)
-        await runner.setup()
-        ports = []
-        for _ in range(n_ports):
-            s = listen()
-            ports.append(s.getsockname()[1])
-            await web.SockSite(runner, s, backlog=1024).start()
+        ports = await listen_on_loopback(targets, n_ports, backlog=1024)
         control = web.Application()
         control.router.add_post("/fail/{port}", fail)
         control.router.add_post("/ok/{port}", ok)
         control.router.add_get("/probes", probes)
-        crunner = web.AppRunner(control, access_log=None)
-        await crunner.setup()
-        cs = listen()
-        await web.SockSite(crunner, cs).start()
-        print(json.dumps({"control": cs.getsockname()[1], "ports": ports}), flush=True)
+        [control_port] = await listen_on_loopback(control, 1, backlog=128)
+        print(json.dumps({"control": control_port, "ports": ports}), flush=True)
         await asyncio.Event().wait()
 
     asyncio.run(main())

@@ -50,10 +50,28 @@ EVENTS_PER_PROBE_NAIVE = 11
 # ------------------------------------------------------------------------------ target server
 
 
-def serve(n_ports: int, flap_every: int, flap_period: float) -> None:
-    """The target subprocess: one aiohttp app on n_ports ports; prints the ports as JSON."""
+async def listen_on_loopback(app, n_ports: int, backlog: int) -> list[int]:  # type: ignore[no-untyped-def]
+    """Serve an aiohttp application on `n_ports` fresh 127.0.0.1 ports (chosen by the kernel); their numbers."""
     import socket
 
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    ports = []
+    for _ in range(n_ports):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        s.listen(backlog)
+        s.setblocking(False)
+        ports.append(s.getsockname()[1])
+        await web.SockSite(runner, s, backlog=backlog).start()
+    return ports
+
+
+def serve(n_ports: int, flap_every: int, flap_period: float) -> None:
+    """The target subprocess: one aiohttp app on n_ports ports; prints the ports as JSON."""
     from aiohttp import web
 
     try:
@@ -72,17 +90,7 @@ def serve(n_ports: int, flap_every: int, flap_period: float) -> None:
     async def main() -> None:
         app = web.Application()
         app.router.add_get("/health/{i}", health)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        ports = []
-        for _ in range(n_ports):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", 0))
-            s.listen(4096)
-            s.setblocking(False)
-            ports.append(s.getsockname()[1])
-            await web.SockSite(runner, s, backlog=4096).start()
+        ports = await listen_on_loopback(app, n_ports, backlog=4096)
         print(json.dumps(ports), flush=True)
         await asyncio.Event().wait()
 
