@@ -89,6 +89,23 @@ class Settings(BaseSettings):
         default=600.0, ge=1, description="How often the Schedule rolls balancer statistics up into the store."
     )
 
+    retention_days: float = Field(
+        default=90.0,
+        gt=0,
+        le=36_500,
+        description="Scaling events, decision records, health transitions and balancer roll-ups older than "
+        "this are removed by the weekly housekeeping Schedule.",
+    )
+    housekeeping_interval_s: float = Field(
+        default=7 * 86_400.0, ge=60, description="How often the housekeeping Schedule runs (weekly)."
+    )
+    worker_metrics_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65_535,
+        description="Port of the worker's Prometheus endpoint on 127.0.0.1 (0: no endpoint).",
+    )
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -8,6 +8,7 @@ import dataclasses
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.runtime import Runtime
 
 from poolctl.payload_codec import EncryptionCodec, cached_keyring
 from poolctl.settings import Settings, get_settings
@@ -33,9 +34,11 @@ def data_converter(settings: Settings | None = None) -> DataConverter:
 DATA_CONVERTER = data_converter()
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, *, runtime: Runtime | None = None) -> Client:
+    """A client with poolctl's converter; `runtime` (the worker's, exporting SDK metrics) or the default."""
     return await Client.connect(
         settings.temporal_address,
+        runtime=runtime,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
         api_key=settings.temporal_api_key,

@@ -12,15 +12,18 @@ from temporalio.worker import Worker
 
 from poolctl.activities.balancer_activities import BalancerActivities
 from poolctl.activities.health_store import HealthStoreActivities
+from poolctl.activities.housekeeping import HousekeepingActivities
 from poolctl.activities.inventory import InventoryActivities
 from poolctl.activities.policy_metrics import PolicyMetricActivities
 from poolctl.activities.provisioning import ProvisioningActivities
 from poolctl.activities.watch import watch_target_activity
 from poolctl.settings import Settings, get_settings
 from poolctl.store.db import migrate
+from poolctl.telemetry import WorkerMetrics
 from poolctl.temporal_client import connect
 from poolctl.workflows.balancer_stats import BalancerStatsWorkflow
 from poolctl.workflows.health_check import HealthCheckWorkflow
+from poolctl.workflows.housekeeping import HousekeepingWorkflow
 from poolctl.workflows.policy import PolicyWorkflow
 from poolctl.workflows.pool import PoolWorkflow
 from poolctl.workflows.scale_pool import ScalePoolWorkflow
@@ -33,6 +36,7 @@ WORKFLOWS: list[type] = [
     PolicyWorkflow,
     HealthCheckWorkflow,
     BalancerStatsWorkflow,
+    HousekeepingWorkflow,
 ]
 
 
@@ -42,6 +46,7 @@ def activities_for(settings: Settings) -> list[object]:
     balancers = BalancerActivities(settings)
     policy_metrics = PolicyMetricActivities(settings)
     health_store = HealthStoreActivities(settings)
+    housekeeping = HousekeepingActivities(settings)
     return [
         watch_target_activity,
         health_store.record_health,
@@ -56,6 +61,7 @@ def activities_for(settings: Settings) -> list[object]:
         balancers.rollup_balancer_stats,
         policy_metrics.read_policy_metric,
         policy_metrics.record_policy_decision,
+        housekeeping.clean_up_store,
     ]
 
 
@@ -74,8 +80,12 @@ def build_worker(client: Client, settings: Settings) -> Worker:
 async def run_worker(settings: Settings) -> None:
     settings.ensure_state_dir()
     migrate(settings.resolved_database_url)
-    client = await connect(settings)
+    metrics = WorkerMetrics(settings.worker_metrics_port)
+    client = await connect(settings, runtime=metrics.runtime)
     worker = build_worker(client, settings)
+    await metrics.start()
+    if metrics.port:
+        log.info("worker metrics (Prometheus text) at %s", metrics.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -87,6 +97,7 @@ async def run_worker(settings: Settings) -> None:
     from poolctl.activities.probes import close_shared_prober
 
     await close_shared_prober()
+    await metrics.stop()
     log.info("worker stopped")
 
 

@@ -13,6 +13,7 @@ from poolctl.domain.pool_state import ServerRecord
 from poolctl.settings import Settings
 from poolctl.store import inventory
 from poolctl.store.db import session_scope
+from poolctl.telemetry import SCALING_ACTIONS
 
 
 class InventoryActivities:
@@ -43,6 +44,7 @@ class InventoryActivities:
     def _record_event_finished(self, ev: EventFinish) -> None:
         with session_scope(self._url) as s:
             inventory.finish_scaling_event(s, **ev.model_dump())
+        SCALING_ACTIONS.labels(ev.status).inc()
 
     @activity.defn(name="update_pool_status")
     async def update_pool_status(self, upd: PoolStatusUpdate) -> None:

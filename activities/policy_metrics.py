@@ -20,6 +20,7 @@ from poolctl.settings import Settings
 from poolctl.store import inventory
 from poolctl.store.db import session_scope
 from poolctl.store.policy_decisions import record_policy_decision
+from poolctl.telemetry import POLICY_DECISIONS, POLICY_EVALUATIONS
 
 # Servers that count in the pool's size; of those, a scrape reads the running ones not known unhealthy.
 _COUNTED_STATES = ("pending", "running")
@@ -49,6 +50,7 @@ class PolicyMetricActivities:
     @activity.defn(name="read_policy_metric")
     async def read_policy_metric(self, req: MetricReadRequest) -> MetricReading:
         """The pool's current size from the store and, when `source` is given, the metric's value."""
+        POLICY_EVALUATIONS.inc()
         try:
             current, urls = await asyncio.to_thread(self._servers, req.team, req.pool)
         except NotFoundError as e:
@@ -83,6 +85,7 @@ class PolicyMetricActivities:
     def _record(self, rec: DecisionRecord) -> bool:
         d = rec.decision
         key = f"{policy_workflow_id(rec.team, rec.pool, rec.policy)}@{d.at.isoformat()}"
+        POLICY_DECISIONS.labels(d.reason.value).inc()
         with session_scope(self._url) as s:
             return record_policy_decision(
                 s,

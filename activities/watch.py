@@ -33,6 +33,7 @@ from temporalio import activity
 from poolctl.domain.health import HealthState, HealthStatus, ProbeResult, Transition, observe
 from poolctl.domain.health_spec import HealthCheckSpec
 from poolctl.domain.model import Message
+from poolctl.telemetry import PROBES
 
 ProbeFn = Callable[[HealthCheckSpec, str, int | None], Awaitable[ProbeResult]]
 HeartbeatFn = Callable[["WatchProgress"], Any]
@@ -236,8 +237,14 @@ async def watch_target_activity(params: WatchParams) -> WatchOutcome:
         activity.heartbeat(progress.model_dump(mode="json"))
 
     prober = get_prober()
+
+    async def counted_probe(spec: HealthCheckSpec, host: str, port: int | None) -> ProbeResult:
+        result = await prober.probe(spec, host, port)
+        PROBES.labels("success" if result.ok else "failure").inc()
+        return result
+
     try:
-        return await watch_target(params, heartbeat=beat, resume_from=resume, probe=prober.probe)
+        return await watch_target(params, heartbeat=beat, resume_from=resume, probe=counted_probe)
     except asyncio.CancelledError:
         if last:
             activity.heartbeat(last[0].model_dump(mode="json"))

@@ -135,26 +135,26 @@ def status(settings: Settings) -> list[Component]:
 
 
 def ensure_schedule(settings: Settings) -> None:
-    """Create (or update) the balancer statistics Schedule; called by `poolctl dev up`."""
+    """Create (or update) poolctl's Schedules (statistics roll-up, housekeeping); called by `poolctl dev up`."""
     import asyncio
 
-    from poolctl.starter.balancer_schedule import ensure_stats_schedule
+    from poolctl.starter.schedules import ensure_schedules
     from poolctl.temporal_client import connect
 
     async def go() -> None:
-        await ensure_stats_schedule(await connect(settings), settings)
+        await ensure_schedules(await connect(settings), settings)
 
     asyncio.run(go())
 
 
 async def after_apply(client: Any, settings: Settings, *, say=print) -> None:  # type: ignore[no-untyped-def]
-    """After specs are applied: keep the stats Schedule in place; with the dev stack running, start the
+    """After specs are applied: keep poolctl's Schedules in place; with the dev stack running, start the
     newly declared built-in balancers (the pools' membership syncs retry until they answer)."""
     import asyncio
 
     from poolctl.starter import devstack
-    from poolctl.starter.balancer_schedule import ensure_stats_schedule
+    from poolctl.starter.schedules import ensure_schedules
 
-    await ensure_stats_schedule(client, settings)
+    await ensure_schedules(client, settings)
     if any(c.name == "worker" and c.alive for c in devstack.status(settings)):
         await asyncio.to_thread(up, settings, say=say)

@@ -12,7 +12,15 @@ import typer
 from poolctl.domain.errors import NotFoundError, SpecError
 from poolctl.payload_codec import PayloadKeyError
 from poolctl.settings import Settings, get_settings
-from poolctl.starter import balancer_stack, devstack, health_cli, local_cli, policy_cli, pool_ops
+from poolctl.starter import (
+    balancer_stack,
+    devstack,
+    health_cli,
+    local_cli,
+    policy_cli,
+    pool_ops,
+    schedules_cli,
+)
 from poolctl.starter.balancer_cli import balancer_app
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
 from poolctl.starter.progress import wait_with_progress
@@ -41,6 +49,7 @@ app.add_typer(policy_cli.policy_app, name="policy")
 app.command()(policy_cli.simulate)
 app.command()(policy_cli.load)
 app.command()(health_cli.health)
+app.command()(schedules_cli.schedules)
 app.add_typer(local_cli.local_app, name="local")
 app.add_typer(balancer_app, name="balancer")
 app.add_typer(balancer_app, name="lb")

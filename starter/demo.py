@@ -31,12 +31,21 @@ def say(message: str) -> None:
     console.print(message, highlight=False)
 
 
+def _metrics_line(settings: Settings) -> str:
+    """Where the worker's Prometheus endpoint is (poolctl's counters and the SDK's metrics)."""
+    if not settings.worker_metrics_port:
+        return ""
+    return f"Metrics:     [bold]http://127.0.0.1:{settings.worker_metrics_port}/metrics[/] (worker)\n"
+
+
 def run_demo(settings: Settings, spec_path: Path = DEMO_SPEC, *, with_load: bool = False) -> None:
     console.rule("[bold]1. the embedded stack: Temporal dev server + poolctl worker")
     try:
         devstack.up(settings, say=lambda m: say("  " + m))
     except RuntimeError as e:
         fail(str(e))
+    if settings.worker_metrics_port:
+        say(f"  worker metrics: curl http://127.0.0.1:{settings.worker_metrics_port}/metrics | grep poolctl_")
     docs = load_spec_files([spec_path])
     asyncio.run(_story(settings, spec_path, docs[0], with_load))
 
@@ -63,6 +72,7 @@ async def _story(settings: Settings, spec_path: Path, doc: SpecDocument, with_lo
         Panel.fit(
             f'Temporal UI: [bold]{ui}[/]  (filter: PoolId = "{doc.team}/{spec.name}")\n'
             + (f"Balancer:    [bold]{lb_url}/[/]\n" if lb_url else "")
+            + _metrics_line(settings)
             + "\nTry next (as .venv/bin/poolctl, or `source .venv/bin/activate` first):\n"
             + _commands(spec.name),
             title="poolctl demo is up",

@@ -24,7 +24,7 @@ from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import MemberState, members_for
 from poolctl.domain.pool_spec import PoolSpec, SpecDocument
 from poolctl.settings import Settings
-from poolctl.starter.balancer_schedule import ensure_stats_schedule, schedule_id
+from poolctl.starter.schedules import ensure_stats_schedule, schedule_id
 from poolctl.store import balancer_stats as store
 from poolctl.store import inventory
 from poolctl.store.db import session_scope

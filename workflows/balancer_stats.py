@@ -1,5 +1,5 @@
 """BalancerStatsWorkflow: one statistics roll-up of every balancer into the store. A Temporal Schedule
-(`poolctl.starter.balancer_schedule`) starts it every `balancer_stats_interval_s` (10 minutes by default)
+(`poolctl.starter.schedules`) starts it every `balancer_stats_interval_s` (10 minutes by default)
 with overlap policy SKIP, so runs never pile up."""
 
 from __future__ import annotations
