@@ -39,6 +39,8 @@ Admin endpoints (for tests; never delayed, never counted)
 ---------------------------------------------------------
 ``POST /admin/health`` ``{"healthy": false, "mode": "503" | "500" | "hang"}``
     Turn unhealthy (``mode`` optional, default ``"503"``) or ``{"healthy": true}`` healthy again.
+    ``{"healthy": true, "fail_probes": 2}``: answer the next 2 ``/health`` requests with 503, then
+    healthy again (flapping measured in probes, not in time).
 ``POST /admin/slow`` ``{"delay_ms": 800}``
     Delay every non-admin response (``/``, ``/health``, ``/metrics``) by that much; 0 = off.
 ``POST /admin/load`` ``{"cpu_percent": 90, "memory_percent": 70}``
@@ -124,6 +126,8 @@ class SimServer:
     cpu_override: float | None = None
     memory_override: float | None = None
     requests_total: int = 0
+    health_probes: int = 0  # /health requests answered
+    fail_probes: int = 0  # the next this many /health requests answer 503 whatever `healthy` says
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     load: LoadModel = field(default_factory=LoadModel)
     # set while healthy; "hang" health requests wait on it
@@ -161,6 +165,8 @@ class SimServer:
             "memory_percent": round(self.memory_percent(), 3),
             "request_rate": round(self.load.rate, 4),
             "requests_total": self.requests_total,
+            "health_probes": self.health_probes,
+            "fail_probes": self.fail_probes,
             "started_at": self.started_at,
         }
 
@@ -218,7 +224,11 @@ async def _delay(srv: SimServer) -> None:
 async def handle_health(request: web.Request) -> web.StreamResponse:
     srv = _server_for(request)
     srv.requests_total += 1
+    srv.health_probes += 1
     await _delay(srv)
+    if srv.fail_probes > 0:
+        srv.fail_probes -= 1
+        return web.Response(status=503, text="unhealthy (failing a set number of probes)")
     if srv.healthy:
         return web.Response(text="ok")
     if srv.health_mode == "hang":
@@ -259,7 +269,11 @@ async def admin_health(request: web.Request) -> web.StreamResponse:
         mode = str(mode)
         if mode not in HEALTH_MODES:
             raise web.HTTPBadRequest(text=f"mode must be one of {', '.join(HEALTH_MODES)}")
+    fail_probes = body.get("fail_probes", 0)
+    if not isinstance(fail_probes, int) or isinstance(fail_probes, bool) or not 0 <= fail_probes <= 1000:
+        raise web.HTTPBadRequest(text="fail_probes must be a whole number from 0 to 1000")
     srv.set_health(healthy, mode)
+    srv.fail_probes = fail_probes
     return web.json_response(srv.state())
 
 

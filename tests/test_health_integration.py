@@ -168,14 +168,20 @@ async def test_flapping_under_the_thresholds_never_transitions(client: Client, s
     view = await all_healthy(client, settings, 1)
     server = view.servers[0]
     before = len(health_row(settings, server.server_id).transitions["items"])
-    # fail for ~1.4 s (at most 2 probes at a 1 s interval), pass for ~1.6 s, five times over
-    import asyncio
+    # flap in probes, not in seconds: 2 failing probes (under the threshold of 3), then 2 passing ones,
+    # five times over; the server counts its own /health requests
+    async with httpx.AsyncClient() as http:
 
-    for _ in range(5):
-        await set_health(server, False)
-        await asyncio.sleep(1.4)  # the flapping pattern itself, not synchronisation
-        await set_health(server, True)
-        await asyncio.sleep(1.6)
+        async def server_state() -> dict:
+            r = await http.get(f"http://{server.host}:{server.port}/admin/state")
+            return r.json()
+
+        for _ in range(5):
+            r = await http.post(
+                f"http://{server.host}:{server.port}/admin/health", json={"healthy": True, "fail_probes": 2}
+            )
+            start = r.json()["health_probes"]
+            await eventually(server_state, lambda st, n=start: st["health_probes"] >= n + 4, timeout=60)
     view = await pool_view(client, settings, "web")
     assert view is not None and [s.server_id for s in view.servers] == [server.server_id]
     assert view.servers[0].health == "healthy"

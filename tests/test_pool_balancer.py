@@ -196,7 +196,6 @@ async def front(settings: Settings) -> AsyncIterator[BalancerProxy]:
 
 
 async def test_pool_drives_its_balancer(client: Client, settings: Settings, worker, front: BalancerProxy):
-    t_start = time.monotonic()
     lb_port, admin_port = front.port, front.admin_port
     assert admin_port is not None
     members = Membership(front)
@@ -268,14 +267,13 @@ async def test_pool_drives_its_balancer(client: Client, settings: Settings, work
                     return None
                 return {m["server_id"]: (m["state"], m["weight"]) for m in r.json()["members"]}
 
-            got = await eventually(restarted, lambda m: m is not None, timeout=30)
+            got = await eventually(restarted, lambda m: m is not None, timeout=120)  # a process start
             assert got == {s.server_id: ("in_rotation", 5) for s in view.servers}
             seen = await Traffic(front.url, http).spread(40, until=set(got))
             assert seen == set(got)
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
-    assert time.monotonic() - t_start < 90
 
 
 async def _scenario(
