@@ -13,19 +13,36 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
 
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
-from poolctl.domain.balancing import LATENCY_BUCKETS_S, Member, MemberState
-
-if TYPE_CHECKING:
-    from poolctl.balancer.proxy import BalancerProxy
+from poolctl.domain.balancing import LATENCY_BUCKETS_S, BalancerStats, Member, MemberState, SyncResult
 
 _MEMBERS = TypeAdapter(list[Member])
-PROXY_KEY: web.AppKey[BalancerProxy] = web.AppKey("proxy")
+
+
+class UnknownMemberError(KeyError):
+    """The named server is not a member of this balancer."""
+
+
+class AdminTarget(Protocol):
+    """What the admin endpoint drives: `proxy.BalancerProxy`."""
+
+    config: Any  # proxy.ProxyConfig: name, algorithm, sticky, token
+
+    def members(self) -> list[Member]: ...
+    def set_members(self, desired: Iterable[Member]) -> SyncResult: ...
+    def set_member_state(
+        self, server_id: str, state: MemberState | None = None, weight: int | None = None
+    ) -> Member: ...
+    def drain(self, server_id: str) -> Member: ...
+    def snapshot(self) -> BalancerStats: ...
+
+
+PROXY_KEY: web.AppKey[AdminTarget] = web.AppKey("proxy")
 PUBLIC_PATHS = frozenset({"/metrics", "/healthz"})
 
 
@@ -45,7 +62,8 @@ def _token_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         if request.path not in PUBLIC_PATHS:
-            given = request.headers.get("Authorization", "").encode()
+            # a header that is not ASCII cannot be the token: 401, never an encoding error (500)
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, expected):
                 return web.json_response(
                     {"error": "missing or wrong bearer token"},
@@ -89,8 +107,6 @@ async def _put_members(request: web.Request) -> web.Response:
 
 
 async def _patch_member(request: web.Request) -> web.Response:
-    from poolctl.balancer.proxy import UnknownMemberError
-
     proxy = request.app[PROXY_KEY]
     sid = request.match_info["server_id"]
     try:
@@ -110,8 +126,6 @@ async def _patch_member(request: web.Request) -> web.Response:
 
 
 async def _drain_member(request: web.Request) -> web.Response:
-    from poolctl.balancer.proxy import UnknownMemberError
-
     proxy = request.app[PROXY_KEY]
     sid = request.match_info["server_id"]
     try:
@@ -129,7 +143,7 @@ def _label(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render_metrics(proxy: BalancerProxy) -> str:
+def render_metrics(proxy: AdminTarget) -> str:
     """The balancer's statistics in Prometheus text exposition format 0.0.4."""
     snap = proxy.snapshot()
     lb = _label(snap.balancer)
@@ -213,7 +227,7 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-def make_admin_app(proxy: BalancerProxy) -> web.Application:
+def make_admin_app(proxy: AdminTarget) -> web.Application:
     app = web.Application(middlewares=[_token_middleware(proxy.config.token)])
     app[PROXY_KEY] = proxy
     app.router.add_get("/admin/members", _get_members)

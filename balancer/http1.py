@@ -1,35 +1,48 @@
-"""The built-in balancer's hot path: a raw asyncio `Protocol` HTTP/1.1 reverse proxy.
+"""The built-in balancer's hot path: an asyncio HTTP/1.1 reverse proxy framed by llhttp (`httptools`).
 
-One `ClientConn` per client connection (keep-alive, pipelined requests answered in order) and one
-`UpstreamConn` per connection to a member, kept in a per-address pool of idle keep-alive connections.
-Parsing is deliberately minimal: the request line and headers (up to `MAX_HEAD` bytes) are split once,
-the few headers the proxy cares about are looked up in a dict, all others are forwarded as the very
-bytes the client sent. Bodies (Content-Length or chunked, both ways) are streamed through unchanged;
-chunked ones are only scanned to find where the message ends. Flow control follows the transports'
-pause/resume_writing callbacks, so a slow reader on one side pauses reading on the other.
+One `ClientConn` per client connection (keep-alive; pipelined requests queue and are answered in order)
+and one `UpstreamConn` per connection to a member, kept in a per-address pool of idle keep-alive
+connections (`UpstreamPool`). llhttp, the parser of Node.js, parses every request and every response in
+its strict mode; this module refuses on top of it what llhttp lets through (the list, with the test proving
+each, is `docs/security.md`, section "Built-in balancer"). Heads are rebuilt from the parsed fields, never
+forwarded as received; bodies stream through with their Content-Length, or re-chunked from llhttp's decoded
+chunk data, so no byte the parser did not frame reaches the other side. Flow control follows the
+transports' pause/resume_writing callbacks: a slow reader on one side pauses reading on the other.
 
-Every pick goes through `Balancing.pick` and every request through `ProxyStats.begin/end` (the objects
-the admin endpoint reads), exactly as the aiohttp-based data path did.
+Every pick goes through `Balancing.pick` and every request through the host's `stats.begin/end`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import posixpath
 import socket
 import time
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import Any, Protocol
+from urllib.parse import unquote_to_bytes
 
-from poolctl.domain.balancing import NoHealthyMember
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+    HttpResponseParser,
+)
 
-if TYPE_CHECKING:
-    from poolctl.balancer.proxy import BalancerProxy
+from poolctl.domain.balancing import Balancing, NoHealthyMember
 
 log = logging.getLogger("poolctl.balancer")
 
-MAX_HEAD = 64 * 1024  # request/response line + headers
+MAX_HEAD = (
+    64 * 1024
+)  # request/response line + headers (HAProxy tune.bufsize, nginx large_client_header_buffers)
+MAX_CONTENT_LENGTH = (1 << 63) - 1  # HAProxy's bound; llhttp alone accepts up to 2**64 - 1 (20 digits)
+MAX_PIPELINE = 64  # parsed requests waiting behind the one in progress before reading pauses
 HIGH_WATER = 256 * 1024  # buffered bytes at which reading from the other side pauses
 MAX_IDLE_PER_ADDRESS = 512
+REFUSED_PATH_PREFIX = b"/admin"  # the local server's admin API (localserver/server.py): never via a balancer
 
 _perf = time.perf_counter
 
@@ -58,73 +71,69 @@ _REQ_KINDS = {
     b"expect": _EXPECT,  # answered by the proxy itself
 }
 _RESP_KINDS = _HOP
-_WS = (32, 9)
 
-# response framing states
-_R_HEAD, _R_LENGTH, _R_CHUNKED, _R_EOF = range(4)
+# response body modes
+_B_NONE, _B_LENGTH, _B_CHUNKED, _B_EOF = range(4)
 
 _REASONS = {
     400: "Bad Request",
+    403: "Forbidden",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
     413: "Payload Too Large",
     431: "Request Header Fields Too Large",
     501: "Not Implemented",
     502: "Bad Gateway",
+    503: "Service Unavailable",
     504: "Gateway Timeout",
     505: "HTTP Version Not Supported",
 }
 
 
 class ProtocolError(ValueError):
-    pass
+    """A message broke HTTP/1.1 framing (llhttp's error, or one of the checks of this module)."""
 
 
-class ChunkScanner:
-    """Finds the end of a chunked body without decoding it (the bytes are forwarded as they are)."""
+class _Stop(Exception):
+    """Raised inside a parser callback to stop llhttp (the message, or the connection, is done)."""
 
-    __slots__ = ("state", "remaining", "line")
 
-    def __init__(self) -> None:
-        self.state = 0  # 0 size line, 1 chunk data (+ CRLF), 2 trailer lines
-        self.remaining = 0
-        self.line = b""
+class ProxyHost(Protocol):
+    """What a connection needs from the balancer that owns it (`proxy.BalancerProxy`)."""
 
-    def scan(self, data: bytes, pos: int = 0) -> int:
-        """Advance over `data[pos:]`; return the index just past the message end, or -1 (need more)."""
-        n = len(data)
-        while pos < n:
-            if self.state == 1:
-                take = min(self.remaining, n - pos)
-                pos += take
-                self.remaining -= take
-                if self.remaining == 0:
-                    self.state = 0
-                continue
-            i = data.find(b"\n", pos)
-            if i < 0:
-                self.line += data[pos:]
-                if len(self.line) > 8192:
-                    raise ProtocolError("chunk header line too long")
-                return -1
-            line = self.line + data[pos:i] if self.line else data[pos:i]
-            self.line = b""
-            pos = i + 1
-            if self.state == 0:
-                size_text = line.split(b";", 1)[0].strip()
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise ProtocolError(f"bad chunk size {size_text[:20]!r}") from None
-                if size < 0 or not size_text.isalnum():
-                    raise ProtocolError(f"bad chunk size {size_text[:20]!r}")
-                if size == 0:
-                    self.state = 2
-                else:
-                    self.state = 1
-                    self.remaining = size + 2  # the data and its CRLF
-            elif not line.strip():  # the empty line that ends the trailers
-                self.state = 3
-                return pos
-        return -1
+    config: Any  # proxy.ProxyConfig: name, timeouts, max_client_connections
+    balancing: Balancing
+    stats: Any  # proxy.ProxyStats: begin(sid), end(sid, status | None, latency_s), requests, no_member
+    ssl_context: Any
+    _pool: UpstreamPool
+    _clients: set[ClientConn]
+    _sticky: bool
+    _cookie_name: bytes
+    _proto_line: bytes
+
+    def _set_cookie_line(self, token: str) -> bytes: ...
+
+
+def refused_path(target: bytes) -> bool:
+    """True when a request target reaches `/admin` or below on the member, however it is spelled
+    (percent-encoding, dot segments, repeated slashes, `;` parameters, absolute form, any case)."""
+    if b"%" not in target and b"admin" not in target.lower():
+        return False
+    path = target
+    if not path.startswith(b"/"):  # absolute form: http://host/path
+        scheme, sep, rest = path.partition(b"://")
+        path = b"/" + rest.partition(b"/")[2] if sep else path
+    path = path.partition(b"?")[0].partition(b"#")[0]
+    for _ in range(3):  # decode until stable (double encoding)
+        decoded = unquote_to_bytes(path)
+        if decoded == path:
+            break
+        path = decoded
+    path = b"/".join(seg.partition(b";")[0] for seg in path.replace(b"\\", b"/").split(b"/"))
+    path = posixpath.normpath(b"/" + path).lower()
+    if path.startswith(b"//"):
+        path = b"/" + path.lstrip(b"/")
+    return path == REFUSED_PATH_PREFIX or path.startswith(REFUSED_PATH_PREFIX + b"/")
 
 
 def _conn_tokens(value: bytes) -> list[bytes]:
@@ -142,10 +151,41 @@ def _status_response(
     )
 
 
-class UpstreamConn(asyncio.Protocol):
-    """One keep-alive connection to a member; lent to one `ClientConn` at a time."""
+def _nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
 
-    __slots__ = ("pool", "addr", "transport", "owner", "closed", "idle_since", "last")
+
+# --- upstream side ---------------------------------------------------------------------------------------
+
+
+class UpstreamConn(asyncio.Protocol):
+    """One keep-alive connection to a member, lent to one `ClientConn` at a time; its llhttp response
+    parser calls back here and the calls are relayed to the owner."""
+
+    __slots__ = (
+        "pool",
+        "addr",
+        "transport",
+        "owner",
+        "closed",
+        "idle_since",
+        "last",
+        "parser",
+        "hdrs",
+        "reason",
+        "in_head",
+        "interim",
+        "began",
+        "done",
+        "extra",
+        "head_only",
+        "head_size",
+    )
 
     def __init__(self, pool: UpstreamPool, addr: str) -> None:
         self.pool = pool
@@ -155,18 +195,101 @@ class UpstreamConn(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.last = 0.0
+        self.parser = HttpResponseParser(self)
+        self.hdrs: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.in_head = False
+        self.interim = False
+        self.began = False  # a response has started on this exchange
+        self.done = False  # the response of this exchange is complete
+        self.extra = False  # the member sent bytes after it: the connection cannot be reused
+        self.head_only = False
+        self.head_size = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         _nodelay(transport)
 
+    def lend(self, owner: ClientConn) -> None:
+        self.owner = owner
+        self.began = self.done = self.extra = self.head_only = False
+
+    # llhttp callbacks
+    def on_message_begin(self) -> None:
+        if self.done:  # a second response to one request
+            self.extra = True
+            raise _Stop
+        self.began = True
+        self.in_head = True
+        self.head_size = 0
+        self.hdrs = []
+        self.reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_head:  # (trailers of a chunked body are dropped)
+            self.hdrs.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        code = parser.get_status_code()
+        owner = self.owner
+        assert owner is not None
+        if code < 200:
+            self.interim = True
+            owner.up_interim(code, self.reason, self.hdrs)
+            return
+        owner.up_head(code, self.reason, self.hdrs, parser.get_http_version(), parser.should_keep_alive())
+        if owner.is_head:  # llhttp cannot be told a response has no body: stop it after the head
+            self.done = self.head_only = True
+            raise _Stop
+
+    def on_body(self, data: bytes) -> None:
+        self.owner.up_body(data)  # type: ignore[union-attr]
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        self.done = True
+
+    # transport callbacks
     def data_received(self, data: bytes) -> None:
         owner = self.owner
-        if owner is not None:
-            self.last = self.pool.clock
-            owner.up_data(data)
-        else:  # an idle connection must not speak: drop it
+        if owner is None:  # an idle connection must not speak: drop it
             self.close()
+            return
+        self.last = self.pool.clock
+        was_in_head = self.in_head
+        try:
+            self.parser.feed_data(data)
+        except HttpParserCallbackError as e:
+            cause = e.__context__
+            if not isinstance(cause, _Stop):
+                owner.up_bad(cause if isinstance(cause, ProtocolError) else ProtocolError(str(cause or e)))
+                return
+        except HttpParserError as e:
+            owner.up_bad(ProtocolError(f"malformed response: {e}"))
+            return
+        except HttpParserUpgrade:
+            owner.up_bad(ProtocolError("unexpected protocol switch"))
+            return
+        if self.in_head and was_in_head:
+            self.head_size += len(data)
+            if self.head_size > MAX_HEAD:
+                owner.up_bad(ProtocolError("response head too large"))
+                return
+        if self.done:
+            reusable = not self.extra
+            if self.head_only:  # the head must end the data: anything after it is not a response to us
+                self.parser = HttpResponseParser(self)
+                reusable = reusable and data.find(b"\r\n\r\n") == len(data) - 4
+            owner.up_complete(reusable)
+        else:
+            owner.flush()
 
     def eof_received(self) -> bool:
         return False
@@ -217,6 +340,7 @@ class UpstreamPool:
         return None
 
     def put(self, conn: UpstreamConn) -> None:
+        conn.owner = None
         if conn.closed:
             return
         idle = self.idle.get(conn.addr)
@@ -271,23 +395,55 @@ class UpstreamPool:
         self.close_addresses(set())
 
 
-def _nodelay(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass
+# --- client side -----------------------------------------------------------------------------------------
+
+
+class _Request:
+    """One parsed request head, and its body as framed bytes not yet written to the member."""
+
+    __slots__ = ("head", "no_host", "parts", "complete", "chunked", "has_body", "is_head", "keep", "v10",
+                 "cookie", "expect", "error")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.head = b""  # the rebuilt head, without Host when the client sent none, without the blank line
+        self.no_host = False
+        self.parts: list[bytes] = []
+        self.complete = False
+        self.chunked = False
+        self.has_body = False
+        self.is_head = False
+        self.keep = True
+        self.v10 = False
+        self.cookie: str | None = None
+        self.expect = False
+        self.error: tuple[int, str] | None = None  # answered by the proxy itself, then the connection closes
+
+    @classmethod
+    def refused(cls, code: int, text: str) -> _Request:
+        req = cls()
+        req.error = (code, text)
+        req.keep = False
+        return req
 
 
 class ClientConn(asyncio.Protocol):
-    """One client connection: parses requests, picks a member, relays the exchange, keeps stats."""
+    """One client connection: parses requests (llhttp), picks a member, relays the exchange, keeps stats."""
 
     __slots__ = (
         "proxy",
         "pool",
         "transport",
-        "buf",
+        "parser",
+        "queue",
+        "cur",
+        "in_head",
+        "url",
+        "hdrs",
+        "head_size",
+        "head_started",
+        "rclosed",
+        "buffered",
+        "out",
         "busy",
         "closed",
         "client_ip",
@@ -295,38 +451,40 @@ class ClientConn(asyncio.Protocol):
         "last",
         "rpause",
         "wpaused",
-        # the exchange in progress
+        "wpaused_since",
+        "eof",
+        # the exchange in progress (queue[0])
         "up",
         "addr",
         "sid",
         "started",
-        "req_head",
-        "req_body",
-        "req_left",
-        "req_chunks",
-        "pending",
-        "pending_size",
+        "fwd_head",
         "fresh",
         "is_head",
         "cookie",
         "keep",
         "v10",
-        "resp",
-        "rbuf",
-        "r_left",
-        "r_chunks",
+        "bmode",
         "code",
         "sent_head",
         "up_reuse",
-        "retry",
-        "eof",
     )
 
-    def __init__(self, proxy: BalancerProxy) -> None:
+    def __init__(self, proxy: ProxyHost) -> None:
         self.proxy = proxy
         self.pool = proxy._pool
         self.transport: asyncio.Transport | None = None
-        self.buf = b""
+        self.parser = HttpRequestParser(self)
+        self.queue: deque[_Request] = deque()
+        self.cur: _Request | None = None  # the request whose body is being parsed
+        self.in_head = False
+        self.url = b""
+        self.hdrs: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
+        self.head_started = 0.0  # clock when the head in progress began (0: none; 408 after the deadline)
+        self.rclosed = False  # nothing more is parsed (an error is queued, or the protocol was switched)
+        self.buffered = 0  # body bytes parsed but not yet written to a member
+        self.out: list[bytes] = []  # bytes for the client, written once per event
         self.busy = False
         self.closed = False
         self.client_ip = ""
@@ -334,57 +492,68 @@ class ClientConn(asyncio.Protocol):
         self.last = 0.0
         self.rpause = 0  # bit 1: upstream write buffer full; 2: connect pending; 4: pipelined backlog
         self.wpaused = False
+        self.wpaused_since = 0.0
+        self.eof = False
         self.up: UpstreamConn | None = None
         self.addr = ""
         self.sid = ""
         self.started = 0.0
-        self.req_head = b""
-        self.req_body = 0  # 0 none/done, 1 Content-Length, 2 chunked
-        self.req_left = 0
-        self.req_chunks: ChunkScanner | None = None
-        self.pending: list[bytes] | None = None
-        self.pending_size = 0
+        self.fwd_head = b""
         self.fresh = False
         self.is_head = False
         self.cookie = b""
         self.keep = True
         self.v10 = False
-        self.resp = _R_HEAD
-        self.rbuf = b""
-        self.r_left = 0
-        self.r_chunks: ChunkScanner | None = None
+        self.bmode = _B_NONE
         self.code = 0
         self.sent_head = False
         self.up_reuse = False
-        self.retry = False
-        self.eof = False
 
     # --- client transport callbacks ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        proxy = self.proxy
+        self.last = self.head_started = self.pool.clock or 1e-9
+        if len(proxy._clients) >= proxy.config.max_client_connections:
+            self.rclosed = self.closed = True
+            transport.write(  # type: ignore[attr-defined]
+                _status_response(503, "503 Service Unavailable: too many client connections\n",
+                                 close=True, keep_alive_10=False, head=False, extra=b"Retry-After: 1\r\n")
+            )  # fmt: skip
+            transport.close()
+            return
         peer = transport.get_extra_info("peername")
         self.client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self.xff_ip = self.client_ip.encode()
-        self.last = self.pool.clock
-        self.proxy._clients.add(self)
+        proxy._clients.add(self)
         _nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.rclosed:
+            return
         self.last = self.pool.clock
-        if self.req_body:
-            try:
-                data = self._feed_body(data)
-            except ProtocolError as e:
-                self._abort_exchange(f"bad request body: {e}")
-                return
-            if not data:
-                return
-        self.buf = self.buf + data if self.buf else data
-        if not self.busy:
-            self._next()
-        elif len(self.buf) > HIGH_WATER:
-            self.pause_reading(4)
+        was_in_head = self.in_head
+        try:
+            self.parser.feed_data(data)
+        except HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, _Stop):
+                self.rclosed = True
+            else:
+                log.exception("balancer %s: request callback", self.proxy.config.name, exc_info=cause)
+                self._bad_request(400, "400 Bad Request\n")
+        except HttpParserUpgrade:  # Upgrade or CONNECT: the request is served as a plain one, then we close
+            if self.queue:
+                self.queue[-1].keep = False
+            self.rclosed = True
+        except HttpParserError as e:
+            self._bad_request(400, f"400 Bad Request: malformed request ({e})\n")
+        if self.in_head and was_in_head:  # a head spread over reads (one read is checked in _parse_head)
+            self.head_size += len(data)
+            if self.head_size > MAX_HEAD and not self.rclosed:
+                self._bad_request(431, "431 Request Header Fields Too Large\n")
+        self._pump()
 
     def eof_received(self) -> bool:
         # a half-closed client may still be waiting for its response (not possible over TLS)
@@ -394,7 +563,7 @@ class ClientConn(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self.closed = self.rclosed = True
         self.proxy._clients.discard(self)
         if self.busy:
             self.busy = False
@@ -402,10 +571,12 @@ class ClientConn(asyncio.Protocol):
             if up is not None:
                 up.close()
             self.proxy.stats.end(self.sid, None, _perf() - self.started)
-        self.buf = b""
+        self.queue.clear()
+        self.out = []
 
     def pause_writing(self) -> None:
         self.wpaused = True
+        self.wpaused_since = self.pool.clock
         up = self.up
         if up is not None and up.transport is not None and not up.closed:
             up.transport.pause_reading()
@@ -427,248 +598,300 @@ class ClientConn(asyncio.Protocol):
             if not self.rpause and not self.closed:
                 self.transport.resume_reading()  # type: ignore[union-attr]
 
+    # --- llhttp request callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.url = b""
+        self.hdrs = []
+        self.head_size = 0
+        self.head_started = self.pool.clock or 1e-9
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_head:  # (trailers of a chunked body are dropped)
+            self.hdrs.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.head_started = 0.0
+        req = self._parse_head()
+        self.queue.append(req)
+        if req.error is not None:
+            raise _Stop
+        self.cur = req
+
+    def on_body(self, data: bytes) -> None:
+        req = self.cur
+        assert req is not None
+        if req.chunked:
+            req.parts += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            req.parts.append(data)
+        self.buffered += len(data)
+
+    def on_message_complete(self) -> None:
+        req = self.cur
+        self.cur = None
+        if req is not None:
+            if req.chunked:
+                req.parts.append(b"0\r\n\r\n")
+            req.complete = True
+
     # --- requests ------------------------------------------------------------------------------------
 
-    def _next(self) -> None:
-        """Start the next buffered request, if its head is complete."""
-        while not self.busy and not self.closed:
-            buf = self.buf
-            if not buf:
-                break
-            if buf[:2] == b"\r\n":  # tolerated stray CRLFs between requests
-                self.buf = buf.lstrip(b"\r\n")
-                continue
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD:
-                    self._reply(431, "431 Request Header Fields Too Large\n", close=True)
-                break
-            if end > MAX_HEAD:
-                self._reply(431, "431 Request Header Fields Too Large\n", close=True)
-                break
-            self.buf = buf[end + 4 :]
-            self._start(buf[:end])
-        if self.rpause & 4 and len(self.buf) <= HIGH_WATER:
-            self.resume_reading(4)
-
-    def _start(self, head: bytes) -> None:
-        proxy = self.proxy
-        self.is_head = False
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ")
-        if len(parts) != 3 or not parts[0] or not parts[1]:
-            self._reply(400, "400 Bad Request: malformed request line\n", close=True)
-            return
-        method, target, version = parts
-        if version == b"HTTP/1.1":
-            keep, v10 = True, False
-        elif version == b"HTTP/1.0":
-            keep, v10 = False, True
+    def _parse_head(self) -> _Request:
+        """Check the head llhttp parsed against what llhttp lets through, and rebuild it for the member."""
+        parser = self.parser
+        req = _Request()
+        version = parser.get_http_version()
+        if version == "1.1":
+            req.v10 = False
+        elif version == "1.0":
+            req.v10 = True
         else:
-            self._reply(505, "505 HTTP Version Not Supported\n", close=True)
-            return
-        self.keep, self.v10 = keep, v10
-        self.is_head = method == b"HEAD"
-        cl: int | None = None
+            return _Request.refused(505, "505 HTTP Version Not Supported\n")
+        method = parser.get_method()
+        if method == b"CONNECT":
+            return _Request.refused(405, "405 Method Not Allowed: CONNECT\n")
+        url = self.url
+        if refused_path(url):
+            return _Request.refused(
+                403, "403 Forbidden: /admin/ paths of pool servers are not reachable through a balancer\n"
+            )
+        keep = parser.should_keep_alive()
+        req.is_head = method == b"HEAD"
+        cl: bytes | None = None
         te: bytes | None = None
         host: bytes | None = None
         xff: bytes | None = None
-        cookie: str | None = None
-        expect = False
+        hosts = 0
         drop: list[bytes] | None = None
+        proxy = self.proxy
         sticky_name = proxy._cookie_name if proxy._sticky else None
         kinds = _REQ_KINDS
-        out = [b""]
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
+        out = [method + b" " + url + b" HTTP/1.1"]
+        size = len(url)
+        for name, value in self.hdrs:
+            size += len(name) + len(value) + 4
             kind = kinds.get(name.lower())
             if kind is None:
-                if not colon or not name or name[-1] in _WS or name[0] in _WS:
-                    self._reply(400, "400 Bad Request: malformed header line\n", close=True)
-                    return
-                out.append(line)
+                out.append(name + b": " + value)
                 continue
-            value = value.strip()
             if kind == _COOKIE:
-                out.append(line)
-                if sticky_name is not None and cookie is None:
+                out.append(name + b": " + value)
+                if sticky_name is not None and req.cookie is None:
                     for part in value.split(b";"):
                         k, eq, v = part.partition(b"=")
                         if eq and k.strip() == sticky_name:
-                            cookie = v.strip().strip(b'"').decode("latin-1")
+                            req.cookie = v.strip().strip(b'"').decode("latin-1")
                             break
             elif kind == _HOST:
-                if host is not None:
-                    self._reply(400, "400 Bad Request: more than one Host header\n", close=True)
-                    return
-                host = value
-                out.append(line)
+                hosts += 1
+                host = value.strip()
+                out.append(b"Host: " + host)
             elif kind == _CL:
-                if not value.isdigit() or (cl is not None and int(value) != cl):
-                    self._reply(400, "400 Bad Request: bad Content-Length\n", close=True)
-                    return
-                cl = int(value)
+                cl = value.strip()
             elif kind == _TE:
-                te = value.lower() if te is None else te + b", " + value.lower()
+                te = value.strip().lower() if te is None else te + b", " + value.strip().lower()
             elif kind == _CONN:
                 for token in _conn_tokens(value):
-                    if token == b"close":
-                        keep = False
-                    elif token == b"keep-alive":
-                        keep = keep or v10
-                    elif token and token not in kinds:
+                    if token and token not in kinds and token not in (b"close", b"keep-alive"):
                         drop = [token] if drop is None else [*drop, token]
             elif kind == _XFF:
-                xff = value if xff is None else xff + b", " + value
+                xff = value.strip() if xff is None else xff + b", " + value.strip()
             elif kind == _EXPECT:
-                expect = value.lower() == b"100-continue"
+                req.expect = value.strip().lower() == b"100-continue"
+        if size > MAX_HEAD:
+            return _Request.refused(431, "431 Request Header Fields Too Large\n")
+        if hosts > 1:
+            return _Request.refused(400, "400 Bad Request: more than one Host header\n")
+        if host is None and not req.v10:
+            return _Request.refused(400, "400 Bad Request: HTTP/1.1 request without Host\n")
         if te is not None:
+            if req.v10:
+                return _Request.refused(400, "400 Bad Request: Transfer-Encoding in an HTTP/1.0 request\n")
             if te != b"chunked":
-                self._reply(
-                    501, "501 Not Implemented: only chunked transfer coding is supported\n", close=True
+                return _Request.refused(
+                    501, "501 Not Implemented: only chunked transfer coding is supported\n"
                 )
-                return
-            if cl is not None:  # both: chunked wins, and this connection is not trusted further
-                cl, keep = None, False
+            req.chunked = req.has_body = True
+            out.append(b"Transfer-Encoding: chunked")
+        elif cl is not None:
+            if len(cl) > 19 or int(cl) > MAX_CONTENT_LENGTH:
+                return _Request.refused(400, "400 Bad Request: bad Content-Length\n")
+            n = int(cl)
+            req.has_body = n > 0
+            out.append(b"Content-Length: %d" % n)
         if drop is not None:
             out = [out[0]] + [ln for ln in out[1:] if ln.partition(b":")[0].strip().lower() not in drop]
-        self.keep = keep
-
-        try:
-            pick = proxy.balancing.pick(self.client_ip, cookie, proxy.stats.active)
-        except NoHealthyMember:
-            stats = proxy.stats
-            stats.requests += 1
-            stats.no_member += 1
-            has_body = te is not None or bool(cl)
-            self._reply(
-                502,
-                f"502 Bad Gateway: load balancer {proxy.config.name!r} has no server in rotation\n",
-                close=has_body or not keep,
-                extra=b"Retry-After: 1\r\n",
-            )
-            return
-
-        member = pick.member
-        addr = member.address
-        out[0] = lines[0]
         out.append(b"X-Forwarded-For: " + (xff + b", " + self.xff_ip if xff else self.xff_ip))
         out.append(proxy._proto_line)
         if host is not None:
             out.append(b"X-Forwarded-Host: " + host)
         else:
-            out.append(b"Host: " + addr.encode())
-        if te is not None:
-            out.append(b"Transfer-Encoding: chunked")
-            self.req_body = 2
-            self.req_chunks = ChunkScanner()
-        elif cl is not None:
-            out.append(b"Content-Length: %d" % cl)
-            if cl:
-                self.req_body = 1
-                self.req_left = cl
-        if v10:
+            req.no_host = True
+        if req.v10:
             out.append(b"Connection: keep-alive")
-        out.append(b"\r\n")
-        self.req_head = b"\r\n".join(out)
-        self.retry = te is None and not cl
+        head = b"\r\n".join(out)
+        # llhttp refuses CR, LF and NUL in every field; a second line of defence for what we forward
+        if b"\0" in head or head.count(b"\n") != len(out) - 1 or head.count(b"\r") != len(out) - 1:
+            return _Request.refused(400, "400 Bad Request: control character in the head\n")
+        req.head = head + b"\r\n"
+        req.keep = keep
+        return req
+
+    def _bad_request(self, code: int, text: str) -> None:
+        """The bytes being parsed broke framing: answer `code` in turn (after the requests before it) and
+        parse nothing more. A broken body of the request in progress ends that exchange here."""
+        self.rclosed = True
+        req, self.cur = self.cur, None
+        if req is None:
+            self.queue.append(_Request.refused(code, text))
+            return
+        if self.busy and self.queue and self.queue[0] is req:
+            if self.sent_head:
+                self._abort_exchange(f"bad request body: {text.strip()}")
+                return
+            up, self.up = self.up, None
+            if up is not None:
+                up.close()
+            self.proxy.stats.end(self.sid, code, _perf() - self.started)
+            self.busy = False
+            self.queue.clear()
+            self._reply(code, text, close=True)
+            return
+        req.error = (code, text)
+        req.keep = False
+        req.parts = []
+
+    def _pump(self) -> None:
+        """Start the next request, or write the body parsed so far to the member."""
+        if not self.busy:
+            self._next()
+        else:
+            up = self.up
+            req = self.queue[0]
+            if up is not None and req.parts:
+                parts, req.parts = req.parts, []
+                self.buffered -= sum(len(p) for p in parts)
+                up.last = self.pool.clock
+                up.transport.write(b"".join(parts) if len(parts) > 1 else parts[0])  # type: ignore[union-attr]
+        if self.buffered > HIGH_WATER or len(self.queue) > MAX_PIPELINE:
+            self.pause_reading(4)
+        elif self.rpause & 4:
+            self.resume_reading(4)
+
+    def _next(self) -> None:
+        """Start the requests at the head of the queue, in order, while none is in progress."""
+        while not self.busy and not self.closed and self.queue:
+            req = self.queue[0]
+            if req.error is not None:
+                code, text = req.error
+                self.is_head = False
+                self.v10 = False
+                self._reply(code, text, close=True)
+                return
+            self._start(req)
+
+    def _start(self, req: _Request) -> None:
+        proxy = self.proxy
+        self.is_head = req.is_head
+        self.v10 = req.v10
+        self.keep = req.keep
+        try:
+            pick = proxy.balancing.pick(self.client_ip, req.cookie, proxy.stats.active)
+        except NoHealthyMember:
+            stats = proxy.stats
+            stats.requests += 1
+            stats.no_member += 1
+            self.queue.popleft()
+            self._drop_parts(req)
+            self._reply(
+                502,
+                f"502 Bad Gateway: load balancer {proxy.config.name!r} has no server in rotation\n",
+                close=not req.complete or not req.keep,
+                extra=b"Retry-After: 1\r\n",
+            )
+            return
+        member = pick.member
+        addr = member.address
+        self.fwd_head = head = (
+            req.head + b"Host: " + addr.encode() + b"\r\n\r\n" if req.no_host else req.head + b"\r\n"
+        )
         self.cookie = b"" if pick.set_cookie is None else proxy._set_cookie_line(pick.set_cookie)
         self.addr = addr
         self.sid = sid = member.server_id
-        self.resp = _R_HEAD
-        self.rbuf = b""
+        self.bmode = _B_NONE
         self.code = 0
         self.sent_head = False
         self.busy = True
         proxy.stats.begin(sid)
         self.started = _perf()
-        if expect and self.req_body and not v10:
+        if req.expect and not req.complete and not req.v10:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
-
         up = self.pool.get(addr)
         if up is not None:
             self.fresh = False
-            self.pending = None
             self._attach(up)
             up.last = self.pool.clock
-            up.transport.write(self.req_head)  # type: ignore[union-attr]
+            parts, req.parts = req.parts, []
+            if parts:
+                self.buffered -= sum(len(p) for p in parts)
+                up.transport.write(b"".join([head, *parts]))  # type: ignore[union-attr]
+            else:
+                up.transport.write(head)  # type: ignore[union-attr]
         else:
             self.fresh = True
-            self.pending = []
-            self.pending_size = 0
+            self.pause_reading(2)
             self.pool.connect(self, addr)
-        if self.req_body and self.buf:
-            buf, self.buf = self.buf, b""
-            try:
-                self.buf = self._feed_body(buf)
-            except ProtocolError as e:
-                self._abort_exchange(f"bad request body: {e}")
 
-    def _feed_body(self, data: bytes) -> bytes:
-        """Forward the request body part of `data`; return what follows it (the next request)."""
-        if self.req_body == 1:
-            n = self.req_left
-            if len(data) <= n:
-                chunk, rest = data, b""
-            else:
-                chunk, rest = data[:n], data[n:]
-            self.req_left = n - len(chunk)
-            if self.req_left == 0:
-                self.req_body = 0
-        else:
-            end = self.req_chunks.scan(data)  # type: ignore[union-attr]
-            if end < 0:
-                chunk, rest = data, b""
-            else:
-                chunk, rest = data[:end], data[end:]
-                self.req_body = 0
-        up = self.up
-        if up is not None:
-            up.last = self.pool.clock
-            up.transport.write(chunk)  # type: ignore[union-attr]
-        elif self.pending is not None:
-            self.pending.append(chunk)
-            self.pending_size += len(chunk)
-            if self.pending_size > HIGH_WATER:
-                self.pause_reading(2)
-        return rest
+    def _drop_parts(self, req: _Request) -> None:
+        self.buffered -= sum(len(p) for p in req.parts)
+        req.parts = []
 
     def _attach(self, up: UpstreamConn) -> None:
         self.up = up
-        up.owner = self
+        up.lend(self)
         if self.wpaused and up.transport is not None:
             up.transport.pause_reading()
 
     # --- upstream events -------------------------------------------------------------------------------
 
     def up_connected(self, up: UpstreamConn) -> None:
-        if not self.busy or self.closed or self.pending is None or self.up is not None:
+        if not self.busy or self.closed or self.up is not None:
             self.pool.put(up)  # the client is gone (or the exchange ended): keep the connection
             return
-        pending, self.pending = self.pending, None
         self._attach(up)
-        up.transport.write(b"".join([self.req_head, *pending]) if pending else self.req_head)  # type: ignore[union-attr]
+        req = self.queue[0]
+        parts, req.parts = req.parts, []
+        if parts:
+            self.buffered -= sum(len(p) for p in parts)
+            up.transport.write(b"".join([self.fwd_head, *parts]))  # type: ignore[union-attr]
+        else:
+            up.transport.write(self.fwd_head)  # type: ignore[union-attr]
         if self.rpause & 2:
             self.resume_reading(2)
 
     def up_connect_failed(self, addr: str, exc: BaseException) -> None:
-        if not self.busy or self.closed or self.pending is None:
+        if not self.busy or self.closed or self.up is not None:
             return
-        self.pending = None
         self._fail(exc, timeout=isinstance(exc, TimeoutError))
 
     def up_lost(self, up: UpstreamConn, exc: Exception | None) -> None:
         if up is not self.up:
             return
         self.up = None
-        if self.resp == _R_EOF:  # a close-delimited body ends here
+        if self.bmode == _B_EOF and self.sent_head:  # a close-delimited body ends here
             self._finish(reusable=False)
             return
-        if self.resp == _R_HEAD and not self.rbuf and not self.fresh and self.retry:
+        req = self.queue[0]
+        if not up.began and not self.fresh and req.complete and not req.has_body:
             # a pooled connection the member closed while idle: retry once on a fresh one
             self.fresh = True
-            self.pending = []
-            self.pending_size = 0
+            self.pause_reading(2)
             self.pool.connect(self, self.addr)
             return
         self._fail(exc or ConnectionResetError("connection closed by the server"), timeout=False)
@@ -679,156 +902,101 @@ class ClientConn(asyncio.Protocol):
             up.close()
         self._fail(TimeoutError("no answer within the read timeout"), timeout=True)
 
-    def up_data(self, data: bytes) -> None:
-        resp = self.resp
-        if resp == _R_LENGTH:
-            n = self.r_left
-            if len(data) < n:
-                self.r_left = n - len(data)
-                self.transport.write(data)  # type: ignore[union-attr]
-                return
-            self.transport.write(data if len(data) == n else data[:n])  # type: ignore[union-attr]
-            self._finish(reusable=self.up_reuse and len(data) == n)
-            return
-        if resp == _R_HEAD:
-            self._up_head(data)
-            return
-        if resp == _R_CHUNKED:
-            try:
-                end = self.r_chunks.scan(data)  # type: ignore[union-attr]
-            except ProtocolError as e:
-                self._abort_exchange(f"server sent a bad chunked body: {e}")
-                return
-            if end < 0:
-                self.transport.write(data)  # type: ignore[union-attr]
-                return
-            self.transport.write(data if end == len(data) else data[:end])  # type: ignore[union-attr]
-            self._finish(reusable=self.up_reuse and end == len(data))
-            return
-        self.transport.write(data)  # type: ignore[union-attr]  # _R_EOF
+    def up_bad(self, exc: ProtocolError) -> None:
+        """The member's response broke framing: 502 if nothing was sent to the client yet, else cut."""
+        self._fail(exc, timeout=False)
 
-    def _up_head(self, data: bytes) -> None:
-        rbuf = self.rbuf + data if self.rbuf else data
-        end = rbuf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(rbuf) > MAX_HEAD:
-                self._fail(ProtocolError("response head too large"), timeout=False)
-            else:
-                self.rbuf = rbuf
-            return
-        self.rbuf = b""
-        lines = rbuf[:end].split(b"\r\n")
-        status = lines[0]
-        try:
-            if status[:5] != b"HTTP/" or status[8:9] != b" ":
-                raise ValueError
-            code = int(status[9:12])
-        except ValueError:
-            self._fail(ProtocolError(f"bad status line {status[:40]!r}"), timeout=False)
-            return
-        version = status[:8]
-        if 100 <= code < 200:
-            if code == 101:
-                self._fail(ProtocolError("unexpected protocol switch"), timeout=False)
-                return
-            if not self.v10:  # interim responses (103 Early Hints...) go through to HTTP/1.1 clients
-                self.transport.write(rbuf[: end + 4])  # type: ignore[union-attr]
-            if len(rbuf) > end + 4:
-                self._up_head(rbuf[end + 4 :])
-            return
-        reuse = version == b"HTTP/1.1"
-        cl: int | None = None
-        chunked = False
-        kinds = _RESP_KINDS
-        out = [b"HTTP/1.1" + status[8:]]
+    def up_interim(self, code: int, reason: bytes, hdrs: list[tuple[bytes, bytes]]) -> None:
+        if code == 101:
+            raise ProtocolError("unexpected protocol switch")
+        if not self.v10:  # interim responses (100, 103 Early Hints...) go through to HTTP/1.1 clients
+            lines = [b"HTTP/1.1 %d %s" % (code, reason)]
+            lines += [n + b": " + v for n, v in hdrs if n.lower() not in _RESP_KINDS]
+            self.out.append(b"\r\n".join(lines) + b"\r\n\r\n")
+
+    def up_head(
+        self, code: int, reason: bytes, hdrs: list[tuple[bytes, bytes]], version: str, keep_alive: bool
+    ) -> None:
+        """The member's final response head: check it, and queue the rebuilt head for the client."""
+        cl: bytes | None = None
+        te: bytes | None = None
         drop: list[bytes] | None = None
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
+        kinds = _RESP_KINDS
+        out = [b"HTTP/1.1 %d %s" % (code, reason)]
+        for name, value in hdrs:
             kind = kinds.get(name.lower())
             if kind is None:
-                out.append(line)
+                out.append(name + b": " + value)
             elif kind == _CL:
-                try:
-                    cl = int(value.strip())
-                except ValueError:
-                    self._fail(ProtocolError("bad Content-Length from the server"), timeout=False)
-                    return
+                cl = value.strip()
             elif kind == _TE:
-                chunked = value.strip().lower().endswith(b"chunked")
+                te = value.strip().lower() if te is None else te + b", " + value.strip().lower()
             elif kind == _CONN:
                 for token in _conn_tokens(value):
-                    if token == b"close":
-                        reuse = False
-                    elif token == b"keep-alive":
-                        reuse = True
-                    elif token and token not in kinds:
+                    if token and token not in kinds and token not in (b"close", b"keep-alive"):
                         drop = [token] if drop is None else [*drop, token]
+        if version not in ("1.1", "1.0"):
+            raise ProtocolError(f"HTTP/{version} response")
+        if te is not None and te != b"chunked":
+            raise ProtocolError(f"unsupported transfer coding {te[:40]!r} from the server")
+        if cl is not None and len(cl) > 19:
+            raise ProtocolError("bad Content-Length from the server")
         if drop is not None:
             out = [out[0]] + [ln for ln in out[1:] if ln.partition(b":")[0].strip().lower() not in drop]
         self.code = code
         if self.cookie:
             out.append(self.cookie)
-        body = rbuf[end + 4 :]
         if self.is_head or code == 204 or code == 304:
             if cl is not None:
-                out.append(b"Content-Length: %d" % cl)
-            self._send_head(out, b"")
-            self._finish(reusable=reuse and not body)
-            return
-        if chunked:
+                out.append(b"Content-Length: " + cl)
+            self.bmode = _B_NONE
+        elif te is not None:
             out.append(b"Transfer-Encoding: chunked")
-            self.resp = _R_CHUNKED
-            self.r_chunks = ChunkScanner()
-            self.up_reuse = reuse
-            try:
-                end = self.r_chunks.scan(body)
-            except ProtocolError as e:
-                self._fail(e, timeout=False)
-                return
-            if end < 0:
-                self._send_head(out, body)
-            else:
-                self._send_head(out, body[:end])
-                self._finish(reusable=reuse and end == len(body))
-            return
-        if cl is not None:
-            out.append(b"Content-Length: %d" % cl)
-            self.up_reuse = reuse
-            if len(body) >= cl:
-                self._send_head(out, body if len(body) == cl else body[:cl])
-                self._finish(reusable=reuse and len(body) == cl)
-            else:
-                self.resp = _R_LENGTH
-                self.r_left = cl - len(body)
-                self._send_head(out, body)
-            return
-        # delimited by the server closing the connection: so is ours
-        self.keep = False
-        self.resp = _R_EOF
-        self._send_head(out, body)
-
-    def _send_head(self, out: list[bytes], body: bytes) -> None:
-        if not self.keep or self.req_body:
+            self.bmode = _B_CHUNKED
+        elif cl is not None:
+            out.append(b"Content-Length: " + cl)
+            self.bmode = _B_LENGTH
+        else:  # delimited by the server closing the connection: so is ours
+            self.keep = False
+            self.bmode = _B_EOF
+        self.up_reuse = keep_alive
+        req = self.queue[0]
+        if not self.keep or not req.complete:
             out.append(b"Connection: close")
             self.keep = False
         elif self.v10:
             out.append(b"Connection: keep-alive")
+        out.append(b"\r\n")
         self.sent_head = True
-        out.append(b"")
-        out.append(body)
-        self.transport.write(b"\r\n".join(out))  # type: ignore[union-attr]
+        self.out.append(b"\r\n".join(out))
+
+    def up_body(self, data: bytes) -> None:
+        if self.bmode == _B_CHUNKED:
+            self.out += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            self.out.append(data)
+
+    def up_complete(self, reusable: bool) -> None:
+        if self.bmode == _B_CHUNKED:
+            self.out.append(b"0\r\n\r\n")
+        self._finish(reusable=reusable and self.up_reuse)
+
+    def flush(self) -> None:
+        out = self.out
+        if out and not self.closed:
+            self.out = []
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])  # type: ignore[union-attr]
 
     # --- ends of an exchange ---------------------------------------------------------------------------
 
     def _finish(self, reusable: bool) -> None:
         self.proxy.stats.end(self.sid, self.code, _perf() - self.started)
         self.busy = False
-        self.resp = _R_HEAD
         self.last = self.pool.clock
+        req = self.queue.popleft()
         up, self.up = self.up, None
         if up is not None:
-            up.owner = None
-            if reusable and not self.req_body and not up.closed:
+            if reusable and req.complete and not up.closed:
                 if self.wpaused and up.transport is not None:
                     up.transport.resume_reading()
                 self.pool.put(up)
@@ -836,10 +1004,13 @@ class ClientConn(asyncio.Protocol):
                 up.close()
         if self.rpause & 1:
             self.resume_reading(1)
-        if not self.keep or self.req_body:
+        self.flush()
+        if not self.keep or not req.complete:
             self._close()
-        elif self.buf:
-            self._next()
+            return
+        if self.in_head:  # a pipelined head was waiting: its deadline starts now
+            self.head_started = self.pool.clock or 1e-9
+        self._pump()
         if self.eof and not self.busy:
             self._close()
 
@@ -851,23 +1022,25 @@ class ClientConn(asyncio.Protocol):
             up.close()
         if self.sent_head:
             log.warning("balancer %s: server %s failed mid-response: %r", proxy.config.name, self.sid, exc)
+            self.flush()
             self._abort_exchange(None)
             return
         log.warning("balancer %s: server %s (%s) failed: %r", proxy.config.name, self.sid, self.addr, exc)
         proxy.stats.end(self.sid, None, _perf() - self.started)
         self.busy = False
-        self.resp = _R_HEAD
-        self.pending = None
+        self.out = []  # interim responses only
+        req = self.queue.popleft()
+        self._drop_parts(req)
         code = 504 if timeout else 502
         self._reply(
             code,
             f"{code} {_REASONS[code]}: server {self.sid} did not answer load balancer {proxy.config.name!r}\n",
-            close=not self.keep or bool(self.req_body),
+            close=not self.keep or not req.complete,
         )
         if self.rpause & 3:
             self.resume_reading(self.rpause & 3)
-        if self.buf and not self.closed:
-            self._next()
+        if not self.closed:
+            self._pump()
 
     def _abort_exchange(self, reason: str | None) -> None:
         """Cut the client connection (the response cannot be completed or the request is broken)."""
@@ -879,15 +1052,15 @@ class ClientConn(asyncio.Protocol):
         up, self.up = self.up, None
         if up is not None:
             up.close()
-        self.pending = None
-        self.closed = True
+        self.queue.clear()
+        self.closed = self.rclosed = True
         if self.transport is not None:
             self.transport.abort()
 
     def _reply(self, code: int, text: str, *, close: bool, extra: bytes = b"") -> None:
         if self.closed:
             return
-        self.transport.write(  # type: ignore[union-attr]
+        self.out.append(
             _status_response(
                 code,
                 text,
@@ -897,16 +1070,33 @@ class ClientConn(asyncio.Protocol):
                 extra=extra,
             )
         )
+        self.flush()
         if close:
             self._close()
 
     def _close(self) -> None:
         if not self.closed:
-            self.closed = True
-            self.buf = b""
+            self.flush()
+            self.closed = self.rclosed = True
+            self.queue.clear()
             self.transport.close()  # type: ignore[union-attr]  # flushes what was written first
+
+    # --- timeouts (called by the proxy's sweeper) ------------------------------------------------------
 
     def idle_close(self) -> None:
         """Close a connection with no exchange in progress (keep-alive timeout, shutdown)."""
         if not self.busy:
             self._close()
+
+    def head_timeout(self) -> None:
+        """The request head did not arrive within its deadline: 408 and close (HAProxy `timeout
+        http-request`, nginx `client_header_timeout`)."""
+        if not self.busy and not self.closed:
+            self.rclosed = True
+            self.is_head = False
+            self._reply(408, "408 Request Timeout: the request head did not arrive in time\n", close=True)
+
+    def send_timeout(self) -> None:
+        """The client stopped reading its response: cut it, and free the member's connection (nginx
+        `send_timeout`, HAProxy `timeout client`)."""
+        self._abort_exchange(f"client {self.client_ip} stopped reading (send timeout)")

@@ -1,15 +1,18 @@
 """The built-in data plane: an asyncio HTTP/1.1 reverse proxy that balances with `domain.balancing`.
 
-One `BalancerProxy` owns a listener (optionally TLS) served by the raw asyncio protocol in `http1.py`
-(client keep-alive, pooled keep-alive upstream connections, streamed bodies), the selection state, the
-per-server statistics, and (see `admin.py`) a token-protected aiohttp admin listener.
+One `BalancerProxy` owns a listener (optionally TLS) served by the asyncio protocol in `http1.py` (llhttp
+framing, client keep-alive, pooled keep-alive upstream connections, streamed bodies), the selection state,
+the per-server statistics, the timeouts and limits, and (see `admin.py`) a token-protected admin listener.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import hashlib
+import hmac
 import logging
+import secrets
 import socket
 import ssl
 from collections.abc import Iterable, Sequence
@@ -19,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from poolctl.balancer.admin import UnknownMemberError, make_admin_app
 from poolctl.balancer.http1 import ClientConn, UpstreamPool
 from poolctl.domain.addresses import is_loopback_host
 from poolctl.domain.balancer_spec import LoadBalancerSpec
@@ -36,8 +40,14 @@ from poolctl.domain.balancing import (
 log = logging.getLogger("poolctl.balancer")
 
 
-class UnknownMemberError(KeyError):
-    """The named server is not a member of this balancer."""
+__all__ = [
+    "BalancerProxy",
+    "ProxyConfig",
+    "ProxyStats",
+    "UnknownMemberError",
+    "run_proxy",
+    "serve_until_signalled",
+]
 
 
 @dataclass
@@ -62,6 +72,11 @@ class ProxyConfig:
     upstream_idle_timeout_s: float = 30.0  # idle pooled server connections are closed after this
     max_buffered_body: int = 1 << 20  # unused: bodies always stream (kept for callers that set it)
     allow_remote_admin: bool = False
+    # limits as HAProxy and nginx have them (see LoadBalancerSpec for the names and where they come from)
+    request_head_timeout_s: float = 10.0  # the whole request head, from its first byte (or accept): else 408
+    client_send_timeout_s: float = 60.0  # a client that reads nothing of its response for this long is cut
+    max_client_connections: int = 10_000  # more concurrent client connections get 503 and are closed
+    sticky_secret: str = ""  # keys the sticky cookie (default: the admin token; neither: random per process)
 
     @classmethod
     def from_spec(cls, spec: LoadBalancerSpec, token: str, members: Sequence[Member] = ()) -> ProxyConfig:
@@ -77,6 +92,9 @@ class ProxyConfig:
             certfile=spec.ssl_certificate if spec.ssl_enabled else None,
             keyfile=spec.ssl_key if spec.ssl_enabled else None,
             members=list(members),
+            request_head_timeout_s=spec.request_head_timeout_s,
+            client_send_timeout_s=spec.client_send_timeout_s,
+            max_client_connections=spec.max_client_connections,
         )
 
 
@@ -141,6 +159,16 @@ class ProxyStats:
         )
 
 
+def _sticky_key(config: ProxyConfig) -> bytes:
+    """The key of the sticky cookie's HMAC: derived from the balancer's secret and name."""
+    secret = config.sticky_secret or config.token
+    if not secret:
+        return secrets.token_bytes(32)
+    return hmac.new(
+        secret.encode(), b"poolctl-sticky-cookie:" + config.name.encode(), hashlib.sha256
+    ).digest()
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -168,7 +196,9 @@ class BalancerProxy:
         if bool(config.certfile) != bool(config.keyfile):
             raise ValueError("TLS needs both a certificate and a key")
         self.config = config
-        self.balancing = Balancing(config.algorithm, config.members, sticky=config.sticky)
+        self.balancing = Balancing(
+            config.algorithm, config.members, sticky=config.sticky, sticky_key=_sticky_key(config)
+        )
         self.stats = ProxyStats()
         self.ssl_context: ssl.SSLContext | None = None
         if config.certfile and config.keyfile:
@@ -267,8 +297,6 @@ class BalancerProxy:
         return None if self.admin_port is None else f"http://{self.config.admin_host}:{self.admin_port}"
 
     async def start(self) -> None:
-        from poolctl.balancer.admin import make_admin_app
-
         cfg = self.config
         loop = asyncio.get_running_loop()
         self._pool.clock = loop.time()
@@ -290,20 +318,33 @@ class BalancerProxy:
         log.info("balancer %s listening on %s (admin %s)", cfg.name, self.url, self.admin_url)
 
     async def _sweep(self) -> None:
-        """Refresh the coarse clock; enforce read, keep-alive and pool idle timeouts."""
+        """Refresh the coarse clock; enforce the read, send, request-head, keep-alive and pool idle timeouts."""
         cfg = self.config
         loop = asyncio.get_running_loop()
-        interval = max(0.01, min(1.0, cfg.read_timeout_s / 4, cfg.keepalive_timeout_s / 4))
+        read_s, send_s, head_s, idle_s = (
+            cfg.read_timeout_s,
+            cfg.client_send_timeout_s,
+            cfg.request_head_timeout_s,
+            cfg.keepalive_timeout_s,
+        )
+        interval = max(0.01, min(1.0, read_s / 4, idle_s / 4, head_s / 4, send_s / 4))
         while True:
             await asyncio.sleep(interval)
             now = self._pool.clock = loop.time()
             try:
                 for c in list(self._clients):
                     if c.busy:
-                        up = c.up
-                        if up is not None and not c.wpaused and now - up.last > cfg.read_timeout_s:
-                            c.up_timeout()
-                    elif now - c.last > cfg.keepalive_timeout_s:
+                        if c.wpaused:
+                            if now - c.wpaused_since > send_s:
+                                c.send_timeout()
+                        else:
+                            up = c.up
+                            if up is not None and now - up.last > read_s:
+                                c.up_timeout()
+                    elif c.head_started:
+                        if now - c.head_started > head_s:
+                            c.head_timeout()
+                    elif now - c.last > idle_s:
                         c.idle_close()
                 self._pool.sweep(now)
             except Exception:  # never let one bad connection stop the timeouts

@@ -1,18 +1,22 @@
-"""Built-in proxy vs HAProxy on the same backends, in one run.
+"""Built-in proxy vs HAProxy in front of a backend that cannot be the bottleneck, in one run.
 
-    .venv/bin/python bench/proxy.py [--duration 10] [--connections 32] [--backends 3]
+    .venv/bin/python bench/proxy.py [--duration 10] [--connections 32] [--rounds 3] [--baseline DIR]
 
-Starts one aiohttp backend process serving `--backends` ports, then measures, one after the other, with
-the same load generator and settings: the backends directly (reference), HAProxy (Debian 2.6, dynamic
-servers added through the Runtime API, sticky sessions on), and the built-in proxy (`python -m
-poolctl.balancer`, uvloop, statistics always on, sticky sessions on). Prints requests/s and p99 for each
-and the ratio built-in / HAProxy (target >= 0.5).
+The backend is an HAProxy instance that answers `200` itself (`http-request return status 200`) on
+`--backends` ports: C on both sides, so neither proxy waits on a Python server. The proxies under test,
+each balancing over those ports with sticky sessions on: HAProxy (Debian 2.6, nbthread 1, dynamic servers
+added through the Runtime API, as poolctl's driver runs it) and the built-in proxy (`python -m
+poolctl.balancer`, uvloop, statistics always on). Load: `wrk` (Debian's; scripts/install-system-deps.sh
+installs it), 1 thread, 32 connections, every request without the cookie, so each one is balanced and
+answered with Set-Cookie (the most expensive sticky path).
 
-Load generator: `wrk` (C, epoll, one thread by default) when installed; as root the script installs
-Debian's `wrk` with apt-get if it is missing. Without it, an aiohttp client in a separate process (it
-saturates near the proxy's own rate on a 2-core machine, so its figures understate both proxies).
-Every request comes without the sticky cookie, so each one is balanced and answered with Set-Cookie:
-the most expensive sticky path.
+For each proxy it prints requests/s, p99 latency and CPU µs per request (the proxy process's user +
+system CPU time during the run, from /proc/<pid>/stat, divided by the requests wrk completed). Rounds
+alternate between the proxies so background load hits both alike; the summary takes the median round.
+`--baseline DIR` also runs the built-in proxy of another revision in the same rounds (before/after in one
+run): DIR holds that revision as a `poolctl` folder, e.g.
+`mkdir -p /tmp/base/poolctl && git archive main | tar -x -C /tmp/base/poolctl` then `--baseline /tmp/base`.
+Targets (issue 13): built-in ≥ 0.5× HAProxy's requests/s, ≤ 1.5× HAProxy's CPU µs per request.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -49,61 +56,56 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"port {port} did not open")
 
 
-# --- backends --------------------------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (its threads included), from /proc/<pid>/stat."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
-def serve_backends(ports: list[int]) -> None:
-    """Child process: one aiohttp app per port answering a small body (its port) to every request."""
-    from aiohttp import web
-
-    async def main() -> None:
-        runners = []
-        for port in ports:
-            body = f"backend {port}\n".encode() + b"x" * 64
-
-            async def handler(request: web.Request, body: bytes = body) -> web.Response:
-                return web.Response(body=body, content_type="text/plain")
-
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", handler)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
-            runners.append(runner)
-        print("ready", flush=True)
-        await asyncio.Event().wait()
-
-    try:
-        import uvloop
-
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
-
-
-# --- load generators -----------------------------------------------------------------------------------------
-
-
-def ensure_wrk(install: bool) -> str | None:
-    found = shutil.which("wrk")
-    if found or not install or os.geteuid() != 0:
-        return found
-    print("installing Debian's wrk with apt-get ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"], env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)  # fmt: skip
-    return shutil.which("wrk")
+def start_c_backend(binary: str, ports: list[int], workdir: Path) -> subprocess.Popen[bytes]:
+    """HAProxy answering 200 with a small body itself, on every port: the backend of both proxies."""
+    binds = "\n".join(f"  bind 127.0.0.1:{p}" for p in ports)
+    cfg = workdir / "backend.cfg"
+    cfg.write_text(
+        "global\n  nbthread 1\n  maxconn 4096\n"
+        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
+        f"frontend answer\n{binds}\n"
+        '  http-request return status 200 content-type text/plain string "backend ok"\n'
+    )
+    proc = subprocess.Popen(
+        [binary, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    for p in ports:
+        wait_port(p)
+    return proc
 
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
 
-def run_wrk(wrk: str, url: str, duration: float, connections: int, threads: int) -> tuple[float, float, int]:
+@dataclass
+class Run:
+    rps: float
+    p99_s: float
+    requests: int
+    errors: int
+    cpu_s: float
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu_s / self.requests * 1e6 if self.requests else float("nan")
+
+
+def run_wrk(wrk: str, url: str, duration: float, connections: int, pid: int | None) -> Run:
+    before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(
-        [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s", "--latency", url],
+        [wrk, "-t", "1", "-c", str(connections), "-d", f"{duration:g}s", "--latency", url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+    cpu = cpu_seconds(pid) - before if pid else float("nan")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
     p99 = float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
@@ -111,59 +113,10 @@ def run_wrk(wrk: str, url: str, duration: float, connections: int, threads: int)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if sock:
         errors += sum(int(x) for x in sock.groups())
-    return rps, p99, errors
+    return Run(rps, p99, requests, errors, cpu)
 
 
-def aiohttp_client(url: str, duration: float, connections: int) -> None:
-    """Child process: `connections` keep-alive workers for `duration` s; prints 'rps p99 errors'."""
-    import aiohttp
-
-    async def main() -> None:
-        lat: list[float] = []
-        errors = 0
-        end = time.perf_counter() + duration
-
-        async def worker(session: aiohttp.ClientSession) -> None:
-            nonlocal errors
-            while time.perf_counter() < end:
-                t = time.perf_counter()
-                try:
-                    async with session.get(url) as r:
-                        await r.read()
-                        if r.status >= 400:
-                            errors += 1
-                except aiohttp.ClientError:
-                    errors += 1
-                lat.append(time.perf_counter() - t)
-
-        conn = aiohttp.TCPConnector(limit=connections)
-        async with aiohttp.ClientSession(connector=conn, cookie_jar=aiohttp.DummyCookieJar()) as session:
-            start = time.perf_counter()
-            await asyncio.gather(*(worker(session) for _ in range(connections)))
-            took = time.perf_counter() - start
-        lat.sort()
-        print(f"{len(lat) / took} {lat[int(len(lat) * 0.99)] if lat else float('nan')} {errors}")
-
-    try:
-        import uvloop
-
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
-
-
-def run_aiohttp(url: str, duration: float, connections: int) -> tuple[float, float, int]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--client", url, "--duration", str(duration), "--connections", str(connections)],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    return float(out[0]), float(out[1]), int(out[2])
-
-
-# --- the run ---------------------------------------------------------------------------------------------------
-
-
-async def start_haproxy(ports: list[int], nbthread: int | None) -> tuple[object, int]:
+async def start_haproxy(ports: list[int]) -> tuple[object, int]:
     from poolctl.activities.balancers.haproxy import HAProxyProcess, temp_workdir
     from poolctl.domain.balancer_spec import LoadBalancerSpec
     from poolctl.domain.balancing import Member
@@ -172,7 +125,7 @@ async def start_haproxy(ports: list[int], nbthread: int | None) -> tuple[object,
     spec = LoadBalancerSpec(
         name="bench", port=port, driver="haproxy", sticky_sessions=True, health_check_enabled=False
     )
-    hap = HAProxyProcess(spec, temp_workdir("poolctl-bench-"), nbthread=nbthread)
+    hap = HAProxyProcess(spec, temp_workdir("poolctl-bench-"), nbthread=1)
     await hap.start()
     await hap.driver().sync_members(
         [Member(server_id=f"b{i}", address=f"127.0.0.1:{p}") for i, p in enumerate(ports)]
@@ -184,72 +137,56 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=1, help="wrk threads")
-    ap.add_argument("--backends", type=int, default=3)
-    ap.add_argument(
-        "--haproxy-threads", type=int, default=1, help="HAProxy nbthread (the built-in proxy is one process)"
-    )
-    ap.add_argument("--generator", choices=["auto", "wrk", "aiohttp"], default="auto")
-    ap.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
-    ap.add_argument("--serve-backends", help=argparse.SUPPRESS)
-    ap.add_argument("--client", help=argparse.SUPPRESS)
+    ap.add_argument("--backends", type=int, default=3, help="ports of the C backend (members)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per proxy (median reported)")
+    ap.add_argument("--baseline", help="folder holding another revision as poolctl/: its built-in proxy too")
     args = ap.parse_args()
-    if args.serve_backends:
-        serve_backends([int(p) for p in args.serve_backends.split(",")])
-        return 0
-    if args.client:
-        aiohttp_client(args.client, args.duration, args.connections)
-        return 0
 
+    sys.path.insert(0, str(ROOT))
     from poolctl.activities.balancers.haproxy import haproxy_binary
 
-    if haproxy_binary() is None:
-        print("HAProxy is not installed: run `make system-deps`", file=sys.stderr)
+    binary = haproxy_binary()
+    wrk = shutil.which("wrk")
+    if binary is None or wrk is None:
+        print("HAProxy and wrk are needed: run `make system-deps`", file=sys.stderr)
         return 2
-    wrk = None if args.generator == "aiohttp" else ensure_wrk(not args.no_install)
-    if args.generator == "wrk" and wrk is None:
-        print("wrk is not installed", file=sys.stderr)
-        return 2
-    gen = f"wrk ({args.threads} thread(s))" if wrk else "aiohttp client (separate process)"
 
-    def measure(url: str) -> tuple[float, float, int]:
-        if wrk:
-            run_wrk(wrk, url, 1.0, args.connections, args.threads)  # warm-up: connections, pools
-            return run_wrk(wrk, url, args.duration, args.connections, args.threads)
-        run_aiohttp(url, 1.0, args.connections)
-        return run_aiohttp(url, args.duration, args.connections)
+    def measure(url: str, pid: int | None) -> Run:
+        run_wrk(wrk, url, 1.0, args.connections, None)  # warm-up: connections, pools, caches
+        return run_wrk(wrk, url, args.duration, args.connections, pid)
 
     ports = [free_port() for _ in range(args.backends)]
+    workdir = Path(tempfile.mkdtemp(prefix="poolctl-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
-    backend = subprocess.Popen(
-        [sys.executable, __file__, "--serve-backends", ",".join(map(str, ports))], stdout=subprocess.PIPE
-    )
-    procs.append(backend)
     loop = asyncio.new_event_loop()
     hap = None
+    results: dict[str, list[Run]] = {"direct (C backend)": [], "haproxy": [], "builtin": []}
+    builtins: dict[str, tuple[int, int]] = {}  # name -> (port, pid)
     try:
-        assert backend.stdout is not None
-        backend.stdout.readline()
-        for p in ports:
-            wait_port(p)
-        results: dict[str, tuple[float, float, int]] = {}
-        results["direct (one backend)"] = measure(f"http://127.0.0.1:{ports[0]}/")
-
-        hap, hport = loop.run_until_complete(start_haproxy(ports, args.haproxy_threads))
-        results["haproxy"] = measure(f"http://127.0.0.1:{hport}/")
-        loop.run_until_complete(hap.stop())  # type: ignore[attr-defined]
-        hap = None
-
-        lport, aport = free_port(), free_port()
+        backend = start_c_backend(binary, ports, workdir)
+        procs.append(backend)
+        hap, hport = loop.run_until_complete(start_haproxy(ports))
+        hpid = hap.proc.pid  # type: ignore[attr-defined]
         members = [arg for i, p in enumerate(ports) for arg in ("--member", f"b{i}=127.0.0.1:{p}")]
-        builtin = subprocess.Popen(
-            [sys.executable, "-m", "poolctl.balancer", "--listen", f"127.0.0.1:{lport}", "--admin", f"127.0.0.1:{aport}",
-             "--token", "bench", "--sticky", "--log-level", "WARNING", *members],
-            stdout=subprocess.DEVNULL, cwd=ROOT,
-        )  # fmt: skip
-        procs.append(builtin)
-        wait_port(lport)
-        results["builtin"] = measure(f"http://127.0.0.1:{lport}/")
+        for name, pythonpath in [("builtin", None), ("builtin (baseline)", args.baseline)]:
+            if name != "builtin" and not pythonpath:
+                continue
+            lport, aport = free_port(), free_port()
+            env = {**os.environ, "PYTHONPATH": str(Path(pythonpath).resolve())} if pythonpath else None
+            builtin = subprocess.Popen(
+                [sys.executable, "-m", "poolctl.balancer", "--listen", f"127.0.0.1:{lport}", "--admin", f"127.0.0.1:{aport}",
+                 "--token", "bench", "--sticky", "--log-level", "WARNING", *members],
+                stdout=subprocess.DEVNULL, cwd=pythonpath or ROOT, env=env,
+            )  # fmt: skip
+            procs.append(builtin)
+            wait_port(lport)
+            builtins[name] = (lport, builtin.pid)
+            results[name] = []
+        results["direct (C backend)"].append(measure(f"http://127.0.0.1:{ports[0]}/", backend.pid))
+        for _ in range(args.rounds):
+            results["haproxy"].append(measure(f"http://127.0.0.1:{hport}/", hpid))
+            for name, (lport, pid) in builtins.items():
+                results[name].append(measure(f"http://127.0.0.1:{lport}/", pid))
     finally:
         if hap is not None:
             loop.run_until_complete(hap.stop())  # type: ignore[attr-defined]
@@ -257,16 +194,32 @@ def main() -> int:
             p.terminate()
             p.wait(10)
         loop.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"\nload: {gen}, {args.connections} connections, {args.duration:g} s per run, {args.backends} backends, "
-          f"{os.cpu_count()} CPUs; sticky sessions on; HAProxy nbthread {args.haproxy_threads}")  # fmt: skip
-    print(f"{'target':<22} {'requests/s':>12} {'p99':>10} {'errors':>7}")
-    for name, (rps, p99, errs) in results.items():
-        print(f"{name:<22} {rps:>12.0f} {p99 * 1000:>8.2f}ms {errs:>7}")
-    ratio = results["builtin"][0] / results["haproxy"][0]
     print(
-        f"\nbuilt-in / HAProxy requests/s = {ratio:.2f} (target >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'})"
+        f"\nload: wrk 1 thread, {args.connections} connections, {args.duration:g} s per run, {args.rounds} "
+        f"alternating round(s); C backend on {args.backends} ports; sticky sessions on; {os.cpu_count()} CPUs"
     )
+    print(f"{'target':<20} {'round':>5} {'requests/s':>11} {'p99':>9} {'CPU µs/req':>11} {'errors':>7}")
+    median: dict[str, Run] = {}
+    for name, runs in results.items():
+        for i, r in enumerate(runs):
+            print(
+                f"{name:<20} {i + 1:>5} {r.rps:>11.0f} {r.p99_s * 1000:>7.2f}ms {r.cpu_us_per_request:>11.1f} {r.errors:>7}"
+            )
+        median[name] = sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+    cpu = {name: statistics.median(r.cpu_us_per_request for r in runs) for name, runs in results.items()}
+    print("\nmedian round:")
+    for name, r in median.items():
+        print(f"  {name:<20} {r.rps:>8.0f} req/s  p99 {r.p99_s * 1000:6.2f} ms  {cpu[name]:6.1f} µs CPU/req")
+    h = median["haproxy"]
+    for name in builtins:
+        rps_ratio = median[name].rps / h.rps
+        cpu_ratio = cpu[name] / cpu["haproxy"]
+        print(
+            f"{name} / HAProxy: requests/s {rps_ratio:.2f} (target >= 0.5: {'met' if rps_ratio >= 0.5 else 'NOT met'}), "
+            f"CPU per request {cpu_ratio:.2f} (target <= 1.5: {'met' if cpu_ratio <= 1.5 else 'NOT met'})"
+        )
     return 0
 
 

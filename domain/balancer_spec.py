@@ -61,6 +61,28 @@ class LoadBalancerSpec(StrictModel):
     )
     drain_timeout_s: float = Field(default=30.0, ge=0, le=86_400, description="max wait for a drained server")
 
+    # builtin data-plane limits (HAProxy / nginx terms in the descriptions; docs/security.md)
+    request_head_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="deadline for a whole request head, from its first byte (or the accept): else 408 "
+        "(HAProxy `timeout http-request`, nginx `client_header_timeout`)",
+    )
+    client_send_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="a client that reads nothing of its response for this long is disconnected and the "
+        "server's connection freed (nginx `send_timeout`, HAProxy `timeout client`)",
+    )
+    max_client_connections: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="concurrent client connections; more get 503 and are closed (HAProxy `maxconn`)",
+    )
+
     # health checks (the original system's names); the balancer only sends traffic to healthy servers
     health_check_enabled: bool = True
     health_check_path: str = Field(default="/health")

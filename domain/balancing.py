@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -181,9 +182,11 @@ def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
-def sticky_token(server_id: str) -> str:
-    """The sticky cookie value for a server: opaque (does not reveal the server id) and stable."""
-    return hashlib.blake2b(server_id.encode(), digest_size=8, person=b"poolctl-sticky").hexdigest()
+def sticky_token(server_id: str, key: bytes = b"") -> str:
+    """The sticky cookie value for a server: HMAC-SHA256 of its id under the balancer's secret `key`
+    (128 bits, hex), so it is opaque, stable while the key is, and a client cannot compute the cookie of
+    a server it was never sent to. An empty key (tests, tools) gives an unkeyed but still opaque value."""
+    return hmac.new(key or b"poolctl-sticky", server_id.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 # --- selectors -----------------------------------------------------------------------------------------
@@ -347,9 +350,12 @@ class Balancing:
     With `sticky`, a request whose cookie names a member still in rotation goes to that member; any other
     request is picked by the algorithm and told to set the cookie."""
 
-    def __init__(self, algorithm: str, members: Sequence[Member] = (), *, sticky: bool = False) -> None:
+    def __init__(
+        self, algorithm: str, members: Sequence[Member] = (), *, sticky: bool = False, sticky_key: bytes = b""
+    ) -> None:
         self.algorithm = algorithm
         self.sticky = sticky
+        self.sticky_key = sticky_key
         self.selector = make_selector(algorithm, members)
         self._by_token: dict[str, Member] = {}
         self._index_tokens()
@@ -363,7 +369,7 @@ class Balancing:
         self._index_tokens()
 
     def _index_tokens(self) -> None:
-        self._by_token = {sticky_token(m.server_id): m for m in self.selector.candidates}
+        self._by_token = {sticky_token(m.server_id, self.sticky_key): m for m in self.selector.candidates}
 
     def resolve_sticky(self, cookie: str | None) -> Member | None:
         """The member a sticky cookie names if it is still a candidate, else None (re-pick)."""
@@ -380,7 +386,7 @@ class Balancing:
             if m is not None:
                 return Pick(m)
             m = self.selector.pick(client_key, connections)
-            return Pick(m, sticky_token(m.server_id))
+            return Pick(m, sticky_token(m.server_id, self.sticky_key))
         return Pick(self.selector.pick(client_key, connections))
 
 

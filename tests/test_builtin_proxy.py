@@ -421,16 +421,3 @@ async def test_a_pooled_connection_closed_by_the_server_is_retried() -> None:
     finally:
         await proxy.stop()
         server.close()
-
-
-def test_chunk_scanner_finds_the_end_in_any_split() -> None:
-    from poolctl.balancer.http1 import ChunkScanner, ProtocolError
-
-    msg = b"4\r\nwiki\r\nA;x=y\r\n0123456789\r\n0\r\nT: 1\r\n\r\n"
-    for size in (1, 2, 3, 7, len(msg)):
-        sc = ChunkScanner()
-        ends = [sc.scan(msg[i : i + size]) for i in range(0, len(msg), size)]
-        assert ends[:-1] == [-1] * (len(ends) - 1) and ends[-1] == (len(msg) - 1) % size + 1
-    assert ChunkScanner().scan(msg + b"GET / HTTP/1.1") == len(msg)
-    with pytest.raises(ProtocolError):
-        ChunkScanner().scan(b"zz\r\n")
