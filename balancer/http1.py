@@ -42,6 +42,9 @@ MAX_CONTENT_LENGTH = (1 << 63) - 1  # HAProxy's bound; llhttp alone accepts up t
 MAX_PIPELINE = 64  # parsed requests waiting behind the one in progress before reading pauses
 HIGH_WATER = 256 * 1024  # buffered bytes at which reading from the other side pauses
 MAX_IDLE_PER_ADDRESS = 512
+LINGER_S = (
+    2.0  # a closing client connection drains the client's bytes this long at most (nginx lingering_time)
+)
 REFUSED_PATH_PREFIX = b"/admin"  # the local server's admin API (localserver/server.py): never via a balancer
 
 _perf = time.perf_counter
@@ -277,8 +280,8 @@ class UpstreamConn(asyncio.Protocol):
         except HttpParserUpgrade:
             owner.up_bad(ProtocolError("unexpected protocol switch"))
             return
-        if self.in_head and was_in_head:
-            self.head_size += len(data)
+        if self.in_head:  # a head spread over reads (bounded here: llhttp buffers a partial header)
+            self.head_size = self.head_size + len(data) if was_in_head and self.head_size else len(data)
             if self.head_size > MAX_HEAD:
                 owner.up_bad(ProtocolError("response head too large"))
                 return
@@ -439,7 +442,9 @@ class ClientConn(asyncio.Protocol):
         "in_head",
         "url",
         "hdrs",
-        "head_size",
+        "head_cont",
+        "head_bytes",
+        "read_seen",
         "head_started",
         "rclosed",
         "buffered",
@@ -453,6 +458,7 @@ class ClientConn(asyncio.Protocol):
         "wpaused",
         "wpaused_since",
         "eof",
+        "linger_since",
         # the exchange in progress (queue[0])
         "up",
         "addr",
@@ -480,7 +486,9 @@ class ClientConn(asyncio.Protocol):
         self.in_head = False
         self.url = b""
         self.hdrs: list[tuple[bytes, bytes]] = []
-        self.head_size = 0
+        self.head_cont = False  # the head in progress began in an earlier read
+        self.head_bytes = 0  # bytes of the head in progress (an upper bound)
+        self.read_seen = 0  # bytes of the current read that belong to earlier messages (at least)
         self.head_started = 0.0  # clock when the head in progress began (0: none; 408 after the deadline)
         self.rclosed = False  # nothing more is parsed (an error is queued, or the protocol was switched)
         self.buffered = 0  # body bytes parsed but not yet written to a member
@@ -494,6 +502,7 @@ class ClientConn(asyncio.Protocol):
         self.wpaused = False
         self.wpaused_since = 0.0
         self.eof = False
+        self.linger_since = 0.0
         self.up: UpstreamConn | None = None
         self.addr = ""
         self.sid = ""
@@ -533,7 +542,8 @@ class ClientConn(asyncio.Protocol):
         if self.rclosed:
             return
         self.last = self.pool.clock
-        was_in_head = self.in_head
+        self.head_cont = self.in_head  # on_message_begin resets it
+        self.read_seen = 0
         try:
             self.parser.feed_data(data)
         except HttpParserCallbackError as e:
@@ -549,15 +559,15 @@ class ClientConn(asyncio.Protocol):
             self.rclosed = True
         except HttpParserError as e:
             self._bad_request(400, f"400 Bad Request: malformed request ({e})\n")
-        if self.in_head and was_in_head:  # a head spread over reads (one read is checked in _parse_head)
-            self.head_size += len(data)
-            if self.head_size > MAX_HEAD and not self.rclosed:
+        if self.in_head:  # a head spread over reads (llhttp buffers a partial header: bound it)
+            self.head_bytes = self.head_bytes + len(data) if self.head_cont else len(data) - self.read_seen
+            if self.head_bytes > MAX_HEAD and not self.rclosed:
                 self._bad_request(431, "431 Request Header Fields Too Large\n")
         self._pump()
 
     def eof_received(self) -> bool:
         # a half-closed client may still be waiting for its response (not possible over TLS)
-        if self.busy and self.proxy.ssl_context is None:
+        if self.busy and not self.closed and self.proxy.ssl_context is None:
             self.eof = True
             return True
         return False
@@ -604,7 +614,7 @@ class ClientConn(asyncio.Protocol):
         self.in_head = True
         self.url = b""
         self.hdrs = []
-        self.head_size = 0
+        self.head_cont = False
         self.head_started = self.pool.clock or 1e-9
 
     def on_url(self, url: bytes) -> None:
@@ -631,6 +641,7 @@ class ClientConn(asyncio.Protocol):
         else:
             req.parts.append(data)
         self.buffered += len(data)
+        self.read_seen += len(data)
 
     def on_message_complete(self) -> None:
         req = self.cur
@@ -704,6 +715,7 @@ class ClientConn(asyncio.Protocol):
                 xff = value.strip() if xff is None else xff + b", " + value.strip()
             elif kind == _EXPECT:
                 req.expect = value.strip().lower() == b"100-continue"
+        self.read_seen += size + 20
         if size > MAX_HEAD:
             return _Request.refused(431, "431 Request Header Fields Too Large\n")
         if hosts > 1:
@@ -1075,11 +1087,23 @@ class ClientConn(asyncio.Protocol):
             self._close()
 
     def _close(self) -> None:
+        """Close after what was written: a lingering close (as HAProxy and nginx do) sends our FIN, then
+        reads and discards until the client's (or `LINGER_S`), so bytes the client sent that we did not
+        read cannot turn into a reset that destroys our last response."""
         if not self.closed:
             self.flush()
             self.closed = self.rclosed = True
             self.queue.clear()
-            self.transport.close()  # type: ignore[union-attr]  # flushes what was written first
+            transport = self.transport
+            assert transport is not None
+            if transport.can_write_eof() and not self.eof:
+                transport.write_eof()
+                self.linger_since = self.pool.clock or 1e-9
+                if self.rpause:
+                    self.rpause = 0
+                    transport.resume_reading()
+            else:
+                transport.close()  # flushes what was written first
 
     # --- timeouts (called by the proxy's sweeper) ------------------------------------------------------
 

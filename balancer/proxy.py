@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from poolctl.balancer.admin import UnknownMemberError, make_admin_app
-from poolctl.balancer.http1 import ClientConn, UpstreamPool
+from poolctl.balancer.http1 import LINGER_S, ClientConn, UpstreamPool
 from poolctl.domain.addresses import is_loopback_host
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import (
@@ -333,7 +333,10 @@ class BalancerProxy:
             now = self._pool.clock = loop.time()
             try:
                 for c in list(self._clients):
-                    if c.busy:
+                    if c.linger_since:
+                        if now - c.linger_since > LINGER_S and c.transport is not None:
+                            c.transport.close()
+                    elif c.busy:
                         if c.wpaused:
                             if now - c.wpaused_since > send_s:
                                 c.send_timeout()
