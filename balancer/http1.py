@@ -20,6 +20,7 @@ import posixpath
 import socket
 import time
 from collections import deque
+from http import HTTPStatus
 from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
@@ -74,6 +75,20 @@ _REQ_KINDS = {
     b"expect": _EXPECT,  # answered by the proxy itself
 }
 _RESP_KINDS = _HOP
+
+_STATUS_LINES: dict[int, bytes] = {}  # the reason phrase is ours (RFC 9110: clients ignore it)
+
+
+def _status_line(code: int) -> bytes:
+    line = _STATUS_LINES.get(code)
+    if line is None:
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Status"
+        line = _STATUS_LINES[code] = b"HTTP/1.1 %d %s" % (code, phrase.encode())
+    return line
+
 
 # response body modes
 _B_NONE, _B_LENGTH, _B_CHUNKED, _B_EOF = range(4)
@@ -179,8 +194,8 @@ class UpstreamConn(asyncio.Protocol):
         "idle_since",
         "last",
         "parser",
-        "hdrs",
-        "reason",
+        "lines",
+        "special",
         "in_head",
         "interim",
         "began",
@@ -199,8 +214,8 @@ class UpstreamConn(asyncio.Protocol):
         self.idle_since = 0.0
         self.last = 0.0
         self.parser = HttpResponseParser(self)
-        self.hdrs: list[tuple[bytes, bytes]] = []
-        self.reason = b""
+        self.lines: list[bytes] = []
+        self.special: list[tuple[int, bytes]] = []
         self.in_head = False
         self.interim = False
         self.began = False  # a response has started on this exchange
@@ -225,15 +240,16 @@ class UpstreamConn(asyncio.Protocol):
         self.began = True
         self.in_head = True
         self.head_size = 0
-        self.hdrs = []
-        self.reason = b""
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
+        self.lines = [b""]  # [status line] + the headers forwarded as they are
+        self.special = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:  # (trailers of a chunked body are dropped)
-            self.hdrs.append((name, value))
+            kind = _RESP_KINDS.get(name.lower())
+            if kind is None:
+                self.lines.append(name + b": " + value)
+            else:
+                self.special.append((kind, value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -243,9 +259,9 @@ class UpstreamConn(asyncio.Protocol):
         assert owner is not None
         if code < 200:
             self.interim = True
-            owner.up_interim(code, self.reason, self.hdrs)
+            owner.up_interim(code, self.lines)
             return
-        owner.up_head(code, self.reason, self.hdrs, parser.get_http_version(), parser.should_keep_alive())
+        owner.up_head(code, self.lines, self.special, parser.get_http_version(), parser.should_keep_alive())
         if owner.is_head:  # llhttp cannot be told a response has no body: stop it after the head
             self.done = self.head_only = True
             raise _Stop
@@ -441,7 +457,8 @@ class ClientConn(asyncio.Protocol):
         "cur",
         "in_head",
         "url",
-        "hdrs",
+        "lines",
+        "special",
         "head_cont",
         "head_bytes",
         "read_seen",
@@ -485,7 +502,8 @@ class ClientConn(asyncio.Protocol):
         self.cur: _Request | None = None  # the request whose body is being parsed
         self.in_head = False
         self.url = b""
-        self.hdrs: list[tuple[bytes, bytes]] = []
+        self.lines: list[bytes] = []
+        self.special: list[tuple[int, bytes]] = []
         self.head_cont = False  # the head in progress began in an earlier read
         self.head_bytes = 0  # bytes of the head in progress (an upper bound)
         self.read_seen = 0  # bytes of the current read that belong to earlier messages (at least)
@@ -563,7 +581,11 @@ class ClientConn(asyncio.Protocol):
             self.head_bytes = self.head_bytes + len(data) if self.head_cont else len(data) - self.read_seen
             if self.head_bytes > MAX_HEAD and not self.rclosed:
                 self._bad_request(431, "431 Request Header Fields Too Large\n")
-        self._pump()
+        q = self.queue
+        if not self.busy and len(q) == 1 and not self.buffered and not self.rpause and q[0].error is None:
+            self._start(q[0])  # the common case: one request, nothing in progress
+        else:
+            self._pump()
 
     def eof_received(self) -> bool:
         # a half-closed client may still be waiting for its response (not possible over TLS)
@@ -613,7 +635,8 @@ class ClientConn(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_head = True
         self.url = b""
-        self.hdrs = []
+        self.lines = [b""]  # [request line] + the headers forwarded as they are
+        self.special = []
         self.head_cont = False
         self.head_started = self.pool.clock or 1e-9
 
@@ -622,7 +645,11 @@ class ClientConn(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:  # (trailers of a chunked body are dropped)
-            self.hdrs.append((name, value))
+            kind = _REQ_KINDS.get(name.lower())
+            if kind is None:
+                self.lines.append(name + b": " + value)
+            else:
+                self.special.append((kind, value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -683,16 +710,13 @@ class ClientConn(asyncio.Protocol):
         proxy = self.proxy
         sticky_name = proxy._cookie_name if proxy._sticky else None
         kinds = _REQ_KINDS
-        out = [method + b" " + url + b" HTTP/1.1"]
-        size = len(url)
-        for name, value in self.hdrs:
-            size += len(name) + len(value) + 4
-            kind = kinds.get(name.lower())
-            if kind is None:
-                out.append(name + b": " + value)
-                continue
+        out = self.lines
+        out[0] = method + b" " + url + b" HTTP/1.1"
+        size = sum(map(len, out)) + 4 * len(out)
+        for kind, value in self.special:
+            size += len(value) + 20
             if kind == _COOKIE:
-                out.append(name + b": " + value)
+                out.append(b"Cookie: " + value)
                 if sticky_name is not None and req.cookie is None:
                     for part in value.split(b";"):
                         k, eq, v = part.partition(b"=")
@@ -747,11 +771,8 @@ class ClientConn(asyncio.Protocol):
             req.no_host = True
         if req.v10:
             out.append(b"Connection: keep-alive")
-        head = b"\r\n".join(out)
-        # llhttp refuses CR, LF and NUL in every field; a second line of defence for what we forward
-        if b"\0" in head or head.count(b"\n") != len(out) - 1 or head.count(b"\r") != len(out) - 1:
-            return _Request.refused(400, "400 Bad Request: control character in the head\n")
-        req.head = head + b"\r\n"
+        out.append(b"")  # llhttp refused any CR, LF or NUL in the method, the target and every header
+        req.head = b"\r\n".join(out)
         req.keep = keep
         return req
 
@@ -918,28 +939,29 @@ class ClientConn(asyncio.Protocol):
         """The member's response broke framing: 502 if nothing was sent to the client yet, else cut."""
         self._fail(exc, timeout=False)
 
-    def up_interim(self, code: int, reason: bytes, hdrs: list[tuple[bytes, bytes]]) -> None:
+    def up_interim(self, code: int, lines: list[bytes]) -> None:
         if code == 101:
             raise ProtocolError("unexpected protocol switch")
         if not self.v10:  # interim responses (100, 103 Early Hints...) go through to HTTP/1.1 clients
-            lines = [b"HTTP/1.1 %d %s" % (code, reason)]
-            lines += [n + b": " + v for n, v in hdrs if n.lower() not in _RESP_KINDS]
+            lines[0] = _status_line(code)
             self.out.append(b"\r\n".join(lines) + b"\r\n\r\n")
 
     def up_head(
-        self, code: int, reason: bytes, hdrs: list[tuple[bytes, bytes]], version: str, keep_alive: bool
+        self,
+        code: int,
+        out: list[bytes],
+        special: list[tuple[int, bytes]],
+        version: str,
+        keep_alive: bool,
     ) -> None:
         """The member's final response head: check it, and queue the rebuilt head for the client."""
         cl: bytes | None = None
         te: bytes | None = None
         drop: list[bytes] | None = None
         kinds = _RESP_KINDS
-        out = [b"HTTP/1.1 %d %s" % (code, reason)]
-        for name, value in hdrs:
-            kind = kinds.get(name.lower())
-            if kind is None:
-                out.append(name + b": " + value)
-            elif kind == _CL:
+        out[0] = _STATUS_LINES.get(code) or _status_line(code)
+        for kind, value in special:
+            if kind == _CL:
                 cl = value.strip()
             elif kind == _TE:
                 te = value.strip().lower() if te is None else te + b", " + value.strip().lower()

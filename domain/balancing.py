@@ -358,6 +358,7 @@ class Balancing:
         self.sticky_key = sticky_key
         self.selector = make_selector(algorithm, members)
         self._by_token: dict[str, Member] = {}
+        self._token_of: dict[str, str] = {}
         self._index_tokens()
 
     @property
@@ -369,7 +370,10 @@ class Balancing:
         self._index_tokens()
 
     def _index_tokens(self) -> None:
-        self._by_token = {sticky_token(m.server_id, self.sticky_key): m for m in self.selector.candidates}
+        self._token_of = {
+            m.server_id: sticky_token(m.server_id, self.sticky_key) for m in self.selector.candidates
+        }
+        self._by_token = {t: self.selector.members[sid] for sid, t in self._token_of.items()}
 
     def resolve_sticky(self, cookie: str | None) -> Member | None:
         """The member a sticky cookie names if it is still a candidate, else None (re-pick)."""
@@ -386,7 +390,7 @@ class Balancing:
             if m is not None:
                 return Pick(m)
             m = self.selector.pick(client_key, connections)
-            return Pick(m, sticky_token(m.server_id, self.sticky_key))
+            return Pick(m, self._token_of.get(m.server_id) or sticky_token(m.server_id, self.sticky_key))
         return Pick(self.selector.pick(client_key, connections))
 
 
