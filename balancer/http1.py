@@ -181,9 +181,30 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
 # --- upstream side ---------------------------------------------------------------------------------------
 
 
-class UpstreamConn(asyncio.Protocol):
+class _HeadCollector:
+    """llhttp's header callback, shared by both sides: headers the proxy forwards as they are go to
+    `lines`, the ones it interprets (`_kinds`) to `special`; trailers of a chunked body are dropped."""
+
+    __slots__ = ()
+    _kinds: dict[bytes, int]
+    in_head: bool
+    lines: list[bytes]
+    special: list[tuple[int, bytes]]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_head:
+            kind = self._kinds.get(name.lower())
+            if kind is None:
+                self.lines.append(name + b": " + value)
+            else:
+                self.special.append((kind, value))
+
+
+class UpstreamConn(_HeadCollector, asyncio.Protocol):
     """One keep-alive connection to a member, lent to one `ClientConn` at a time; its llhttp response
     parser calls back here and the calls are relayed to the owner."""
+
+    _kinds = _RESP_KINDS
 
     __slots__ = (
         "pool",
@@ -242,14 +263,6 @@ class UpstreamConn(asyncio.Protocol):
         self.head_size = 0
         self.lines = [b""]  # [status line] + the headers forwarded as they are
         self.special = []
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.in_head:  # (trailers of a chunked body are dropped)
-            kind = _RESP_KINDS.get(name.lower())
-            if kind is None:
-                self.lines.append(name + b": " + value)
-            else:
-                self.special.append((kind, value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -445,8 +458,10 @@ class _Request:
         return req
 
 
-class ClientConn(asyncio.Protocol):
+class ClientConn(_HeadCollector, asyncio.Protocol):
     """One client connection: parses requests (llhttp), picks a member, relays the exchange, keeps stats."""
+
+    _kinds = _REQ_KINDS
 
     __slots__ = (
         "proxy",
@@ -642,14 +657,6 @@ class ClientConn(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.in_head:  # (trailers of a chunked body are dropped)
-            kind = _REQ_KINDS.get(name.lower())
-            if kind is None:
-                self.lines.append(name + b": " + value)
-            else:
-                self.special.append((kind, value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False

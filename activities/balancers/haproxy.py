@@ -443,7 +443,8 @@ def render_haproxy_config(
         "    option redispatch",
         "    retries 2",
         "    timeout connect 5s",
-        "    timeout client 60s",
+        f"    timeout client {round(spec.client_send_timeout_s * 1000)}ms",
+        f"    timeout http-request {round(spec.request_head_timeout_s * 1000)}ms",
         "    timeout server 300s",
         "    timeout http-keep-alive 30s",
         "",
@@ -457,6 +458,7 @@ def render_haproxy_config(
         lines.append(f"    bind {bind}:{spec.port}")
         proto = "http"
     lines += [
+        f"    maxconn {spec.max_client_connections}",
         "    option forwardfor",
         f"    http-request set-header X-Forwarded-Proto {proto}",
         f"    default_backend {backend}",
