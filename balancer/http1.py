@@ -476,6 +476,7 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
         "special",
         "head_cont",
         "head_bytes",
+        "big_read",
         "read_seen",
         "head_started",
         "rclosed",
@@ -485,6 +486,7 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
         "closed",
         "client_ip",
         "xff_ip",
+        "fwd_lines",
         "last",
         "rpause",
         "wpaused",
@@ -521,6 +523,7 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
         self.special: list[tuple[int, bytes]] = []
         self.head_cont = False  # the head in progress began in an earlier read
         self.head_bytes = 0  # bytes of the head in progress (an upper bound)
+        self.big_read = False
         self.read_seen = 0  # bytes of the current read that belong to earlier messages (at least)
         self.head_started = 0.0  # clock when the head in progress began (0: none; 408 after the deadline)
         self.rclosed = False  # nothing more is parsed (an error is queued, or the protocol was switched)
@@ -530,6 +533,7 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
         self.closed = False
         self.client_ip = ""
         self.xff_ip = b""
+        self.fwd_lines = b""
         self.last = 0.0
         self.rpause = 0  # bit 1: upstream write buffer full; 2: connect pending; 4: pipelined backlog
         self.wpaused = False
@@ -568,6 +572,7 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self.xff_ip = self.client_ip.encode()
+        self.fwd_lines = b"X-Forwarded-For: " + self.xff_ip + b"\r\n" + proxy._proto_line
         proxy._clients.add(self)
         _nodelay(transport)
 
@@ -576,6 +581,7 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
             return
         self.last = self.pool.clock
         self.head_cont = self.in_head  # on_message_begin resets it
+        self.big_read = len(data) >= MAX_HEAD
         self.read_seen = 0
         try:
             self.parser.feed_data(data)
@@ -702,7 +708,7 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
         if method == b"CONNECT":
             return _Request.refused(405, "405 Method Not Allowed: CONNECT\n")
         url = self.url
-        if refused_path(url):
+        if (b"%" in url or b"admin" in url.lower()) and refused_path(url):
             return _Request.refused(
                 403, "403 Forbidden: /admin/ paths of pool servers are not reachable through a balancer\n"
             )
@@ -719,9 +725,7 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
         kinds = _REQ_KINDS
         out = self.lines
         out[0] = method + b" " + url + b" HTTP/1.1"
-        size = sum(map(len, out)) + 4 * len(out)
         for kind, value in self.special:
-            size += len(value) + 20
             if kind == _COOKIE:
                 out.append(b"Cookie: " + value)
                 if sticky_name is not None and req.cookie is None:
@@ -746,9 +750,11 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
                 xff = value.strip() if xff is None else xff + b", " + value.strip()
             elif kind == _EXPECT:
                 req.expect = value.strip().lower() == b"100-continue"
-        self.read_seen += size + 20
-        if size > MAX_HEAD:
-            return _Request.refused(431, "431 Request Header Fields Too Large\n")
+        if self.big_read:  # a whole head in one read: bound it (smaller reads are bounded by head_bytes)
+            size = sum(map(len, out)) + sum(len(v) + 20 for _, v in self.special) + 4 * len(out)
+            self.read_seen += size
+            if size > MAX_HEAD:
+                return _Request.refused(431, "431 Request Header Fields Too Large\n")
         if hosts > 1:
             return _Request.refused(400, "400 Bad Request: more than one Host header\n")
         if host is None and not req.v10:
@@ -770,8 +776,11 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
             out.append(b"Content-Length: %d" % n)
         if drop is not None:
             out = [out[0]] + [ln for ln in out[1:] if ln.partition(b":")[0].strip().lower() not in drop]
-        out.append(b"X-Forwarded-For: " + (xff + b", " + self.xff_ip if xff else self.xff_ip))
-        out.append(proxy._proto_line)
+        if xff:
+            out.append(b"X-Forwarded-For: " + xff + b", " + self.xff_ip)
+            out.append(proxy._proto_line)
+        else:
+            out.append(self.fwd_lines)
         if host is not None:
             out.append(b"X-Forwarded-Host: " + host)
         else:
@@ -1051,7 +1060,8 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
             return
         if self.in_head:  # a pipelined head was waiting: its deadline starts now
             self.head_started = self.pool.clock or 1e-9
-        self._pump()
+        if self.queue or self.rpause:
+            self._pump()
         if self.eof and not self.busy:
             self._close()
 
