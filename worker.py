@@ -16,6 +16,7 @@ from poolctl.activities.housekeeping import HousekeepingActivities
 from poolctl.activities.inventory import InventoryActivities
 from poolctl.activities.policy_metrics import PolicyMetricActivities
 from poolctl.activities.provisioning import ProvisioningActivities
+from poolctl.activities.webhooks import WebhookActivities
 from poolctl.activities.watch import watch_target_activity
 from poolctl.settings import Settings, get_settings
 from poolctl.store.db import migrate
@@ -24,6 +25,7 @@ from poolctl.temporal_client import connect
 from poolctl.workflows.balancer_stats import BalancerStatsWorkflow
 from poolctl.workflows.health_check import HealthCheckWorkflow
 from poolctl.workflows.housekeeping import HousekeepingWorkflow
+from poolctl.workflows.notify import NotificationWorkflow
 from poolctl.workflows.policy import PolicyWorkflow
 from poolctl.workflows.pool import PoolWorkflow
 from poolctl.workflows.scale_pool import ScalePoolWorkflow
@@ -37,6 +39,7 @@ WORKFLOWS: list[type] = [
     HealthCheckWorkflow,
     BalancerStatsWorkflow,
     HousekeepingWorkflow,
+    NotificationWorkflow,
 ]
 
 
@@ -47,6 +50,7 @@ def activities_for(settings: Settings) -> list[object]:
     policy_metrics = PolicyMetricActivities(settings)
     health_store = HealthStoreActivities(settings)
     housekeeping = HousekeepingActivities(settings)
+    webhooks = WebhookActivities(settings)
     return [
         watch_target_activity,
         health_store.record_health,
@@ -62,6 +66,7 @@ def activities_for(settings: Settings) -> list[object]:
         policy_metrics.read_policy_metric,
         policy_metrics.record_policy_decision,
         housekeeping.clean_up_store,
+        webhooks.deliver_webhook,
     ]
 
 

@@ -11,6 +11,7 @@ from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.health_spec import HealthCheckSpec
 from poolctl.domain.model import StrictModel
 from poolctl.domain.names import NAME_PATTERN
+from poolctl.domain.notifications import WebhookSpec
 from poolctl.domain.policy_spec import PolicySpec
 
 KNOWN_PROVIDERS = ("local", "fake")
@@ -56,6 +57,9 @@ class PoolSpec(StrictModel):
     policies: list[PolicySpec] = Field(default_factory=list)
     health_check: HealthCheckSpec | None = None
     load_balancers: list[LoadBalancerSpec] = Field(default_factory=list)
+    webhooks: list[WebhookSpec] = Field(
+        default_factory=list, max_length=16, description="receivers of this pool's notifications"
+    )
 
     @model_validator(mode="after")
     def _check_bounds(self) -> PoolSpec:
@@ -109,6 +113,9 @@ class SpecDocument(StrictModel):
     """One YAML document: a team and the pools it owns."""
 
     team: str = Field(default="default", pattern=NAME_PATTERN)
+    webhooks: list[WebhookSpec] = Field(
+        default_factory=list, max_length=16, description="receivers of every pool's notifications (team-wide)"
+    )
     pools: list[PoolSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -117,6 +124,13 @@ class SpecDocument(StrictModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"pool name(s) used twice: {', '.join(dupes)}")
+        if self.webhooks:  # team-wide receivers join each pool's own (a pool's own entry wins for its url)
+            merged = []
+            for p in self.pools:
+                own = {w.url for w in p.webhooks}
+                extra = [w for w in self.webhooks if w.url not in own]
+                merged.append(p.model_copy(update={"webhooks": [*p.webhooks, *extra]}) if extra else p)
+            object.__setattr__(self, "pools", merged)
         return self
 
 

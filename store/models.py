@@ -222,3 +222,22 @@ class BalancerStatsRollup(Base):
     success_rate: Mapped[float | None] = mapped_column(Float)
     servers: Mapped[dict[str, Any]]  # server_id -> {requests, share, 2xx.., mean_latency_s, p99_s}
     cumulative: Mapped[dict[str, Any]]  # the balancer's raw counters at collection time
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver a notification to a webhook receiver (the audit of notifications)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (UniqueConstraint("event_id", "url", "attempt", name="uq_webhook_deliveries_attempt"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(255), index=True)
+    event_type: Mapped[str] = mapped_column(String(32))
+    team: Mapped[str] = mapped_column(String(63))
+    pool: Mapped[str] = mapped_column(String(63))
+    url: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int]
+    outcome: Mapped[str] = mapped_column(String(16))  # delivered | failed
+    status_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    attempted_at: Mapped[datetime] = mapped_column(index=True)
