@@ -16,8 +16,8 @@ from poolctl.activities.housekeeping import HousekeepingActivities
 from poolctl.activities.inventory import InventoryActivities
 from poolctl.activities.policy_metrics import PolicyMetricActivities
 from poolctl.activities.provisioning import ProvisioningActivities
-from poolctl.activities.webhooks import WebhookActivities
 from poolctl.activities.watch import watch_target_activity
+from poolctl.activities.webhooks import WebhookActivities
 from poolctl.settings import Settings, get_settings
 from poolctl.store.db import migrate
 from poolctl.telemetry import WorkerMetrics

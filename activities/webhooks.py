@@ -62,7 +62,9 @@ class WebhookActivities:
         except httpx.HTTPError as e:
             error = f"{type(e).__name__}: {e}"
         delivered = status is not None and 200 <= status < 300
-        await asyncio.to_thread(self._record, inp, attempt, "delivered" if delivered else "failed", status, error)
+        await asyncio.to_thread(
+            self._record, inp, attempt, "delivered" if delivered else "failed", status, error
+        )
         WEBHOOK_DELIVERIES.labels("delivered" if delivered else "failed").inc()
         if delivered:
             assert status is not None

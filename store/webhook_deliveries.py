@@ -28,7 +28,9 @@ def record_attempt(
     its commit went through)."""
     exists = session.scalar(
         select(WebhookDelivery.id).where(
-            WebhookDelivery.event_id == event_id, WebhookDelivery.url == url, WebhookDelivery.attempt == attempt
+            WebhookDelivery.event_id == event_id,
+            WebhookDelivery.url == url,
+            WebhookDelivery.attempt == attempt,
         )
     )
     if exists is not None:
@@ -41,7 +43,9 @@ def record_attempt(
     )  # fmt: skip
 
 
-def list_deliveries(session: Session, *, event_id: str | None = None, pool: str | None = None) -> list[WebhookDelivery]:
+def list_deliveries(
+    session: Session, *, event_id: str | None = None, pool: str | None = None
+) -> list[WebhookDelivery]:
     q = select(WebhookDelivery).order_by(WebhookDelivery.attempted_at, WebhookDelivery.id)
     if event_id is not None:
         q = q.where(WebhookDelivery.event_id == event_id)

@@ -135,5 +135,8 @@ def test_webhook_specs_validate_and_team_receivers_join_each_pool() -> None:
         }
     )  # fmt: skip
     urls = {p.name: [w.url for w in p.webhooks] for p in doc.pools}
-    assert urls == {"a": ["http://127.0.0.1:9/team"], "b": ["http://127.0.0.1:9/b", "http://127.0.0.1:9/team"]}
+    assert urls == {
+        "a": ["http://127.0.0.1:9/team"],
+        "b": ["http://127.0.0.1:9/b", "http://127.0.0.1:9/team"],
+    }
     assert doc.pools[1].webhooks[0].events == [EventType.POOL_ERROR]
