@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from poolctl.domain.pool_state import PoolStatusView
 from poolctl.settings import Settings
@@ -41,7 +42,14 @@ async def apply_yaml(client: Client, settings: Settings, text: str) -> list[pool
 
 
 async def pool_view(client: Client, settings: Settings, pool: str) -> PoolStatusView | None:
-    return await pool_ops.query_status(client, settings.team, pool)
+    """The pool's status query; None while there is no workflow, or no answer yet (a query waits for a
+    worker: right after a worker died it can time out while the task moves to another one)."""
+    try:
+        return await pool_ops.query_status(client, settings.team, pool)
+    except RPCError as e:
+        if e.status in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED):
+            return None
+        raise
 
 
 async def settled(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 from temporalio.client import Client
@@ -17,41 +15,9 @@ from poolctl.settings import Settings
 from poolctl.starter import pool_ops
 from poolctl.store.db import migrate
 from tests.helpers import apply_yaml, eventually, pool_view, settled
+from tests.processes import local_server_pids, start_worker_process
 
 pytestmark = pytest.mark.temporal
-
-
-def start_worker_process(settings: Settings, log_path) -> subprocess.Popen:
-    env = dict(os.environ)
-    env.update(
-        POOLCTL_STATE_DIR=str(settings.state_dir),
-        POOLCTL_DATABASE_URL=settings.resolved_database_url,
-        POOLCTL_TEMPORAL_ADDRESS=settings.temporal_address,
-        POOLCTL_TASK_QUEUE=settings.task_queue,
-    )
-    log = open(log_path, "ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "poolctl.worker"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-
-
-def local_server_pids(settings: Settings) -> set[int]:
-    """Every live local-server process started under this test's state dir (found via /proc)."""
-    pids = set()
-    marker = str(settings.state_dir).encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().split(")")[-1].split()[0]
-        except OSError:
-            continue
-        if b"poolctl.localserver" in cmd and marker in cmd and state != "Z":
-            pids.add(int(entry))
-    return pids
 
 
 async def test_sigkill_worker_mid_scale_out_ends_with_exact_servers_and_no_orphans(

@@ -1,0 +1,167 @@
+"""The fault suite's shared parts: the summary table (printed at the end of every run that includes
+tests/faults: fault, runs, actions lost, duplicate servers, orphans, final state), the invariant check
+every fault test ends with, and a private PostgreSQL server a test may stop and start."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from temporalio.client import Client
+
+from poolctl.activities.providers.registry import get_provider
+from poolctl.domain.names import pool_key
+from poolctl.settings import Settings
+from poolctl.store.db import session_scope
+from poolctl.store.models import ScalingEvent, Server
+from tests.helpers import pool_view
+from tests.processes import local_server_pids
+
+
+@dataclass
+class FaultRow:
+    fault: str
+    runs: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    orphans: int = 0
+    final: list[str] = field(default_factory=list)
+
+
+TABLE: dict[str, FaultRow] = {}
+
+
+@dataclass
+class Invariants:
+    """What a fault must not break, counted (every count must be 0)."""
+
+    lost: int  # desired servers missing, or scaling events never finished
+    duplicates: int  # servers beyond the desired count
+    orphans: int  # server processes no pool knows, or pool members with no process
+    final: str
+
+    def assert_clean(self) -> None:
+        assert (self.lost, self.duplicates, self.orphans) == (0, 0, 0), self
+
+
+async def check_pool(client: Client, settings: Settings, pool: str, desired: int) -> Invariants:
+    """Workflow, provider, store and processes agree on exactly `desired` servers; every event finished."""
+    view = await pool_view(client, settings, pool)
+    members = {s.server_id for s in view.servers} if view else set()
+    provider = get_provider("local", settings.state_dir)
+    running = {
+        s.server_id
+        for s in await provider.list_servers(pool_key(settings.team, pool))
+        if s.state.value == "running"
+    }
+    with session_scope(settings.resolved_database_url) as s:
+        stored = set(s.scalars(select(Server.id).where(Server.state.in_(("pending", "running")))))
+        unfinished = len(list(s.scalars(select(ScalingEvent.id).where(ScalingEvent.status == "running"))))
+    pids = len(local_server_pids(settings))
+    lost = max(0, desired - len(members)) + unfinished
+    duplicates = max(0, len(members) - desired)
+    orphans = len(running ^ members) + len(stored ^ members) + abs(pids - len(members))
+    final = f"{len(members)}/{desired} {view.status.value if view else 'no workflow'}"
+    return Invariants(lost=lost, duplicates=duplicates, orphans=orphans, final=final)
+
+
+@pytest.fixture
+def fault_record(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """`fault_record(name, invariants)`: count a run of a fault in the summary table."""
+
+    def record(name: str, inv: Invariants) -> None:
+        row = TABLE.setdefault(name, FaultRow(name))
+        row.runs += 1
+        row.lost += inv.lost
+        row.duplicates += inv.duplicates
+        row.orphans += inv.orphans
+        row.final.append(inv.final)
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
+    if not TABLE:
+        return
+    tr = terminalreporter
+    tr.section("fault suite")
+    header = f"{'fault':<58} {'runs':>4} {'lost':>4} {'dupl':>4} {'orph':>4}  final state"
+    tr.write_line(header)
+    for row in TABLE.values():
+        finals = ", ".join(sorted(set(row.final)))
+        tr.write_line(
+            f"{row.fault:<58} {row.runs:>4} {row.lost:>4} {row.duplicates:>4} {row.orphans:>4}  {finals}"
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return found[-1].parent if found else None
+
+
+@dataclass
+class PrivatePostgres:
+    """A PostgreSQL server of this test's own (initdb in a temp dir, run as the `postgres` user), so a
+    test can stop and start it without touching anyone else's database."""
+
+    bindir: Path
+    datadir: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, *args: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=120
+        )
+
+    def start(self) -> None:
+        self._as_postgres(
+            str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w", "-t", "60", "-l",
+            str(self.datadir / "server.log"), "-o", f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir}",
+            "start",
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w", "-m", "fast", "stop")
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    bindir = _pg_bin()
+    if bindir is None or shutil.which("runuser") is None or os.geteuid() != 0:
+        pytest.skip("needs PostgreSQL's server binaries and root (to run them as the postgres user)")
+    root = Path(tempfile.mkdtemp(prefix="poolctl-pg-"))
+    datadir = root / "data"
+    datadir.mkdir()
+    shutil.chown(root, "postgres")
+    shutil.chown(datadir, "postgres")
+    pg = PrivatePostgres(bindir, datadir, _free_port())
+    pg._as_postgres(str(bindir / "initdb"), "-D", str(datadir), "-A", "trust", "-U", "postgres")
+    pg.start()
+    try:
+        yield pg
+    finally:
+        try:
+            pg.stop()
+        except subprocess.SubprocessError:
+            pass
+        time.sleep(0)  # nothing else: the data dir goes with the temp dir
+        shutil.rmtree(root, ignore_errors=True)
