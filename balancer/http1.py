@@ -431,24 +431,23 @@ class UpstreamPool:
 
 
 class _Request:
-    """One parsed request head, and its body as framed bytes not yet written to the member."""
+    """One parsed request head, and its body as framed bytes not yet written to the member.
+    (Defaults are class attributes: a request sets only what differs, on the hot path.)"""
 
-    __slots__ = ("head", "no_host", "parts", "complete", "chunked", "has_body", "is_head", "keep", "v10",
-                 "cookie", "expect", "error")  # fmt: skip
+    head = b""  # the rebuilt head, without Host when the client sent none, with the blank line
+    no_host = False
+    complete = False
+    chunked = False
+    has_body = False
+    is_head = False
+    keep = True
+    v10 = False
+    cookie: str | None = None
+    expect = False
+    error: tuple[int, str] | None = None  # answered by the proxy itself, then the connection closes
 
     def __init__(self) -> None:
-        self.head = b""  # the rebuilt head, without Host when the client sent none, without the blank line
-        self.no_host = False
         self.parts: list[bytes] = []
-        self.complete = False
-        self.chunked = False
-        self.has_body = False
-        self.is_head = False
-        self.keep = True
-        self.v10 = False
-        self.cookie: str | None = None
-        self.expect = False
-        self.error: tuple[int, str] | None = None  # answered by the proxy itself, then the connection closes
 
     @classmethod
     def refused(cls, code: int, text: str) -> _Request:
@@ -698,11 +697,9 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
         parser = self.parser
         req = _Request()
         version = parser.get_http_version()
-        if version == "1.1":
-            req.v10 = False
-        elif version == "1.0":
+        if version == "1.0":
             req.v10 = True
-        else:
+        elif version != "1.1":
             return _Request.refused(505, "505 HTTP Version Not Supported\n")
         method = parser.get_method()
         if method == b"CONNECT":
