@@ -33,6 +33,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -389,6 +390,8 @@ def main() -> None:
         serve(args.serve)
         return
     args.failures = min(args.failures, args.front)
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the finally below stops every process started here
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-health-e2e-"))
     py = sys.executable
