@@ -334,15 +334,20 @@ async def run(args: argparse.Namespace, target: dict, procs: dict[str, int]) -> 
         seen = await arrivals()
 
     # lateness at the target: probes of the second watch (after initial -> healthy), whose slot k is due
-    # at base + k * interval + jitter_k; base is estimated from the target's most punctual probe
+    # at base + k * interval + jitter_k (watch_target skips slots it missed entirely: a gap of about j
+    # intervals is j slots); base is estimated from the target's most punctual probe
     lateness: list[float] = []
     probes_in_window = 0
     for i, port in enumerate(load_ports):
         ts = seen.get(port, [])
         probes_in_window += sum(1 for t in ts if w0 <= t < w1)
         later = ts[spec.healthy_threshold :]
+        slots = [0]
+        for prev, t in zip(later, later[1:], strict=False):
+            slots.append(slots[-1] + max(1, round((t - prev) / spec.interval)))
         offsets = [
-            t - k * spec.interval - _jitter(ids[i], k, spec.jitter_seconds) for k, t in enumerate(later)
+            t - k * spec.interval - _jitter(ids[i], k, spec.jitter_seconds)
+            for k, t in zip(slots, later, strict=False)
         ]
         if not offsets:
             continue
