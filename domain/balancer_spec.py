@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from poolctl.domain.bounds import ConsecutiveCount, Port, PositiveSeconds, Seconds, UrlPath
 from poolctl.domain.model import StrictModel
 from poolctl.domain.names import NAME_PATTERN
 
@@ -16,6 +17,8 @@ ALGORITHMS: tuple[str, ...] = ("round_robin", "least_connections", "ip_hash", "w
 # RFC 6265 cookie-name = token (RFC 7230 tchar)
 COOKIE_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
 ADMIN_PORT_OFFSET = 1000
+ADMIN_HOST = "127.0.0.1"
+_FILE_PATH_PATTERN = r"^[^\x00-\x1f\x7f]{1,4096}$"
 
 
 class HAProxyOptions(StrictModel):
@@ -23,9 +26,14 @@ class HAProxyOptions(StrictModel):
 
     stats_socket: str = Field(
         default="/run/haproxy/admin.sock",
+        pattern=r"^[!-~]{1,1024}$",
         description="Runtime API socket: a unix socket path, or host:port for a TCP stats socket",
     )
-    backend: str | None = Field(default=None, description="backend name; defaults to the balancer's name")
+    backend: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="backend name (HAProxy's name characters); defaults to the balancer's name",
+    )
     server_template_prefix: str = Field(default="srv", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
 
 
@@ -34,7 +42,7 @@ class LoadBalancerSpec(StrictModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     ip_address: str = Field(default="127.0.0.1", description="listen address of the balancer")
-    port: int = Field(default=8080, ge=1, le=65535, description="listen port of the balancer")
+    port: Port = Field(default=8080, description="listen port of the balancer")
     protocol: Literal["http", "https"] = "http"
     algorithm: Algorithm = "round_robin"
     status: Literal["active", "inactive"] = Field(
@@ -47,19 +55,21 @@ class LoadBalancerSpec(StrictModel):
 
     # TLS termination
     ssl_enabled: bool = Field(default=False, description="terminate TLS at the balancer (protocol https)")
-    ssl_certificate: str | None = Field(default=None, description="PEM certificate (chain) file")
-    ssl_key: str | None = Field(default=None, description="PEM private key file")
+    ssl_certificate: str | None = Field(
+        default=None, pattern=_FILE_PATH_PATTERN, description="PEM certificate (chain) file"
+    )
+    ssl_key: str | None = Field(default=None, pattern=_FILE_PATH_PATTERN, description="PEM private key file")
 
     # data plane
     driver: Literal["builtin", "haproxy"] = "builtin"
     haproxy: HAProxyOptions | None = Field(default=None, description="options of the haproxy driver")
-    admin_port: int | None = Field(
+    admin_port: Port | None = Field(
         default=None,
-        ge=1,
-        le=65535,
         description=f"builtin admin listener on 127.0.0.1; default port+{ADMIN_PORT_OFFSET}",
     )
-    drain_timeout_s: float = Field(default=30.0, ge=0, le=86_400, description="max wait for a drained server")
+    drain_timeout_s: Annotated[Seconds, Field(le=86_400)] = Field(
+        default=30.0, description="max wait for a drained server"
+    )
 
     # builtin data-plane limits (HAProxy / nginx terms in the descriptions; docs/security.md)
     request_head_timeout_s: float = Field(
@@ -85,10 +95,12 @@ class LoadBalancerSpec(StrictModel):
 
     # health checks (the original system's names); the balancer only sends traffic to healthy servers
     health_check_enabled: bool = True
-    health_check_path: str = Field(default="/health")
-    health_check_interval: float = Field(default=30.0, gt=0, le=3600, description="seconds between checks")
-    healthy_threshold: int = Field(default=2, ge=1, le=100)
-    unhealthy_threshold: int = Field(default=3, ge=1, le=100)
+    health_check_path: UrlPath = Field(default="/health")
+    health_check_interval: Annotated[PositiveSeconds, Field(le=3600)] = Field(
+        default=30.0, description="seconds between checks"
+    )
+    healthy_threshold: ConsecutiveCount = 2
+    unhealthy_threshold: ConsecutiveCount = 3
 
     @field_validator("ip_address")
     @classmethod
@@ -97,13 +109,6 @@ class LoadBalancerSpec(StrictModel):
             ipaddress.ip_address(v)
         except ValueError:
             raise ValueError(f"ip_address {v!r} is not an IPv4 or IPv6 address") from None
-        return v
-
-    @field_validator("health_check_path")
-    @classmethod
-    def _check_path(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError(f"health_check_path {v!r} must start with '/'")
         return v
 
     @model_validator(mode="after")
@@ -128,6 +133,14 @@ class LoadBalancerSpec(StrictModel):
                 raise ValueError(f"admin_port ({admin}) must differ from port ({self.port})")
         return self
 
+    def listen_addresses(self) -> list[tuple[str, tuple[str, int]]]:
+        """What this balancer binds when it runs: ("port", (ip, port)) and, for the builtin driver,
+        ("admin_port", ("127.0.0.1", admin port))."""
+        out: list[tuple[str, tuple[str, int]]] = [("port", (self.ip_address, self.port))]
+        if self.driver == "builtin":
+            out.append(("admin_port", (ADMIN_HOST, self.effective_admin_port)))
+        return out
+
     @property
     def effective_admin_port(self) -> int:
         return self.admin_port if self.admin_port is not None else self.port + ADMIN_PORT_OFFSET
@@ -135,3 +148,12 @@ class LoadBalancerSpec(StrictModel):
     @property
     def haproxy_backend(self) -> str:
         return (self.haproxy.backend if self.haproxy and self.haproxy.backend else None) or self.name
+
+
+def addresses_overlap(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Would binding both (ip, port) listeners clash? Same port and the same address, or either is a wildcard
+    (0.0.0.0 or ::, which take the port on every address)."""
+    if a[1] != b[1]:
+        return False
+    ia, ib = ipaddress.ip_address(a[0]), ipaddress.ip_address(b[0])
+    return ia == ib or ia.is_unspecified or ib.is_unspecified

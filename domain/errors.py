@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 
 class PoolctlError(Exception):
     """Base of poolctl's own errors."""
 
 
+def printable(text: str) -> str:
+    """`text` with every control or invisible format character (ESC, CR, NUL, bidi overrides, ...) written
+    as a Python escape (`\\x1b`, `\\u202e`): safe to show on an operator's terminal. Newlines too."""
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c == " " or unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"):
+            out.append(c)
+        else:
+            n = ord(c)
+            out.append(f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}")
+    return "".join(out)
+
+
 class SpecError(PoolctlError):
-    """A spec file is malformed or invalid. `problems` lists (location, message) pairs."""
+    """A spec file is malformed or invalid. `problems` lists (location, message) pairs, each made
+    printable (control characters escaped), so a hostile spec cannot drive the operator's terminal."""
 
     def __init__(self, source: str, problems: list[tuple[str, str]]):
+        source = printable(source)
+        problems = [(printable(loc), printable(msg)) for loc, msg in problems]
         self.source = source
         self.problems = problems
         prefix = f"{source}: " if source else ""

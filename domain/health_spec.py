@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, Strict, field_validator, model_validator
 
+from poolctl.domain.bounds import ConsecutiveCount, Port, PositiveSeconds, Seconds, UrlPath
 from poolctl.domain.model import StrictModel
 
 HTTP_ONLY_FIELDS = ("path", "method", "expected_status", "body_match", "body_regex", "max_body_bytes")
@@ -67,17 +68,26 @@ class HealthCheckSpec(StrictModel):
 
     type: Literal["http", "https", "tcp", "icmp"] = "http"
     # --- HTTP(S) only ---
-    path: str = Field(default="/health", description="request path (and query) for http/https")
+    path: UrlPath = Field(default="/health", description="request path (and query) for http/https")
     method: Literal["GET", "HEAD", "POST", "OPTIONS"] = "GET"
-    expected_status: list[int | str] = Field(
+    expected_status: list[Annotated[int, Strict()] | Annotated[str, Strict(), Field(max_length=16)]] = Field(
         default_factory=_default_expected_status,
+        max_length=100,
         description="codes and/or inclusive ranges, e.g. [200, '300-399']; default 200-399",
     )
-    body_match: str | None = Field(default=None, description="substring the body must contain")
-    body_regex: str | None = Field(
-        default=None, description="regular expression the body must match (search)"
+    body_match: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_BODY_BYTES_LIMIT,
+        description="substring the body must contain",
     )
-    max_body_bytes: int = Field(
+    body_regex: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="regular expression the body must match (search)",
+    )
+    max_body_bytes: Annotated[int, Strict()] = Field(
         default=64 * 1024,
         ge=1,
         le=MAX_BODY_BYTES_LIMIT,
@@ -86,28 +96,30 @@ class HealthCheckSpec(StrictModel):
     # --- HTTPS only ---
     tls_verify: bool = Field(default=True, description="verify the server certificate (https)")
     ca_file: str | None = Field(
-        default=None, description="PEM bundle to verify against instead of the system store"
+        default=None,
+        pattern=r"^[^\x00-\x1f\x7f]{1,4096}$",
+        description="PEM bundle to verify against instead of the system store",
     )
     # --- every type but icmp ---
-    port: int | None = Field(
-        default=None, ge=1, le=65535, description="probe this port; default the server's port"
-    )
+    port: Port | None = Field(default=None, description="probe this port; default the server's port")
     # --- timing and thresholds ---
-    interval: float = Field(default=30.0, gt=0, le=3600, description="seconds between probes")
-    timeout: float = Field(default=5.0, gt=0, description="seconds a probe may take; must be below interval")
-    healthy_threshold: int = Field(
-        default=2, ge=1, le=100, description="consecutive successes to become healthy"
+    interval: Annotated[PositiveSeconds, Field(le=3600)] = Field(
+        default=30.0, description="seconds between probes"
     )
-    unhealthy_threshold: int = Field(
-        default=3, ge=1, le=100, description="consecutive failures to become unhealthy"
+    timeout: Annotated[PositiveSeconds, Field(le=3600)] = Field(
+        default=5.0, description="seconds a probe may take; must be below interval"
     )
-    grace_period: float = Field(
+    healthy_threshold: ConsecutiveCount = Field(
+        default=2, description="consecutive successes to become healthy"
+    )
+    unhealthy_threshold: ConsecutiveCount = Field(
+        default=3, description="consecutive failures to become unhealthy"
+    )
+    grace_period: Annotated[Seconds, Field(le=24 * 3600)] = Field(
         default=0.0,
-        ge=0,
-        le=24 * 3600,
         description="seconds after the server starts during which failures do not mark it unhealthy",
     )
-    jitter: float | str = Field(
+    jitter: Annotated[float, Strict(), Field(allow_inf_nan=False)] | Annotated[str, Strict()] = Field(
         default="10%",
         description=(
             "random delay added to each probe's scheduled time, to spread probes: "
@@ -115,15 +127,6 @@ class HealthCheckSpec(StrictModel):
             "Must be below interval."
         ),
     )
-
-    @field_validator("path")
-    @classmethod
-    def _path_absolute(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError(f"path {v!r} must start with '/'")
-        if any(c.isspace() for c in v):
-            raise ValueError(f"path {v!r} must not contain whitespace")
-        return v
 
     @field_validator("expected_status")
     @classmethod

@@ -12,6 +12,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from pydantic import Field, field_validator, model_validator
 
+from poolctl.domain.bounds import (
+    Adjustment,
+    Fraction,
+    HttpUrlText,
+    MetricValue,
+    PositiveSeconds,
+    Seconds,
+    ServerCount,
+    ServerDelta,
+    UrlPath,
+)
 from poolctl.domain.model import StrictModel
 from poolctl.domain.names import NAME_PATTERN
 
@@ -24,6 +35,7 @@ DEFAULT_METRIC = {"cpu": "cpu_percent", "memory": "memory_percent"}
 DEFAULT_COOLDOWN_S = 300.0
 DEFAULT_STABILIZATION_WINDOW_S = 300.0
 DEFAULT_EVALUATION_INTERVAL_S = 15.0
+METRIC_NAME_PATTERN = r"^[a-zA-Z_:][a-zA-Z0-9_:]{0,199}$"
 
 
 def validate_cron(expr: str) -> str:
@@ -44,28 +56,30 @@ class ScrapeSource(StrictModel):
     """Average (or other aggregate) of a gauge over the pool's servers' Prometheus `/metrics` endpoints."""
 
     kind: Literal["scrape"] = "scrape"
-    metric: str | None = Field(default=None, description="gauge name; defaults to the policy's metric")
+    metric: str | None = Field(
+        default=None, pattern=METRIC_NAME_PATTERN, description="gauge name; defaults to the policy's metric"
+    )
     aggregate: Literal["avg", "max", "min", "sum"] = "avg"
-    path: str = "/metrics"
-    timeout_s: float = Field(default=5.0, gt=0)
+    path: UrlPath = Field(default="/metrics", description="path on each server, starting with '/'")
+    timeout_s: Annotated[PositiveSeconds, Field(le=300)] = 5.0
 
 
 class PrometheusSource(StrictModel):
     """An instant PromQL query through a Prometheus server's HTTP API; it must return one sample."""
 
     kind: Literal["prometheus"]
-    url: str = Field(description="base URL of the Prometheus server, e.g. http://127.0.0.1:9090")
-    query: str = Field(min_length=1)
-    timeout_s: float = Field(default=5.0, gt=0)
+    url: HttpUrlText = Field(description="base URL of the Prometheus server, e.g. http://127.0.0.1:9090")
+    query: str = Field(min_length=1, max_length=65_536)
+    timeout_s: Annotated[PositiveSeconds, Field(le=300)] = 5.0
 
 
 class HttpJsonSource(StrictModel):
     """A number at a dotted path (`data.value`, `items.0.load`) in a JSON document fetched by GET."""
 
     kind: Literal["http_json"]
-    url: str
-    path: str = Field(min_length=1)
-    timeout_s: float = Field(default=5.0, gt=0)
+    url: HttpUrlText
+    path: str = Field(min_length=1, max_length=1024)
+    timeout_s: Annotated[PositiveSeconds, Field(le=300)] = 5.0
 
 
 MetricSource = Annotated[ScrapeSource | PrometheusSource | HttpJsonSource, Field(discriminator="kind")]
@@ -81,9 +95,9 @@ class Step(StrictModel):
     below it the lower bound is exclusive and the upper inclusive.
     """
 
-    lower_bound: float | None = None
-    upper_bound: float | None = None
-    adjustment: float
+    lower_bound: MetricValue | None = None
+    upper_bound: MetricValue | None = None
+    adjustment: Adjustment
 
     @model_validator(mode="after")
     def _check(self) -> Step:
@@ -111,10 +125,10 @@ class ScheduleSpec(StrictModel):
 
     cron: str
     timezone: str = "UTC"
-    min_servers: int | None = Field(default=None, ge=0, le=10_000)
-    max_servers: int | None = Field(default=None, ge=0, le=10_000)
-    desired_servers: int | None = Field(default=None, ge=0, le=10_000)
-    duration_s: float | None = Field(default=None, gt=0)
+    min_servers: ServerCount | None = None
+    max_servers: ServerCount | None = None
+    desired_servers: ServerCount | None = None
+    duration_s: PositiveSeconds | None = None
     end_cron: str | None = None
 
     @field_validator("cron", "end_cron")
@@ -170,44 +184,50 @@ class PolicySpec(StrictModel):
     is_active: bool = True
 
     strategy: Strategy | None = None
-    metric: str | None = Field(default=None, description="defaults to cpu_percent / memory_percent")
+    metric: str | None = Field(
+        default=None, pattern=METRIC_NAME_PATTERN, description="defaults to cpu_percent / memory_percent"
+    )
     source: MetricSource | None = Field(
         default=None, description="defaults to a scrape of the pool's servers"
     )
 
     # threshold (the original system's)
-    threshold_up: float | None = None
-    threshold_down: float | None = None
-    scale_up_by: int = Field(default=1, ge=1)
-    scale_down_by: int = Field(default=1, ge=1)
+    threshold_up: MetricValue | None = None
+    threshold_down: MetricValue | None = None
+    scale_up_by: ServerDelta = 1
+    scale_down_by: ServerDelta = 1
 
     # step (AWS step scaling)
-    threshold: float | None = Field(
+    threshold: MetricValue | None = Field(
         default=None, description="breach threshold the step bounds are relative to"
     )
-    steps: list[Step] | None = None
+    steps: list[Step] | None = Field(default=None, max_length=100)
     adjustment_type: AdjustmentType = "change_in_capacity"
-    min_adjustment_magnitude: int | None = Field(default=None, ge=1)
+    min_adjustment_magnitude: ServerDelta | None = None
 
     # target tracking (Kubernetes HPA)
-    target: float | None = Field(default=None, gt=0)
-    tolerance_up: float = Field(default=0.1, ge=0)
-    tolerance_down: float = Field(default=0.1, ge=0, lt=1)
+    target: Annotated[MetricValue, Field(gt=0)] | None = None
+    tolerance_up: Fraction = 0.1
+    tolerance_down: Annotated[Fraction, Field(lt=1)] = 0.1
 
     schedule: ScheduleSpec | None = None
 
-    min_servers: int | None = Field(default=None, ge=0, le=10_000)
-    max_servers: int | None = Field(default=None, ge=0, le=10_000)
-    evaluation_interval: float = Field(default=DEFAULT_EVALUATION_INTERVAL_S, ge=1, description="seconds")
-    scale_out_cooldown_s: float = Field(default=DEFAULT_COOLDOWN_S, ge=0)
-    scale_in_cooldown_s: float = Field(default=DEFAULT_COOLDOWN_S, ge=0)
-    stabilization_window_s: float = Field(default=DEFAULT_STABILIZATION_WINDOW_S, ge=0)
-    max_step: int | None = Field(
-        default=None, ge=1, description="most servers added or removed per evaluation"
+    min_servers: ServerCount | None = None
+    max_servers: ServerCount | None = None
+    evaluation_interval: Annotated[Seconds, Field(ge=1, le=86_400)] = Field(
+        default=DEFAULT_EVALUATION_INTERVAL_S, description="seconds, 1 s to 1 day"
+    )
+    scale_out_cooldown_s: Annotated[Seconds, Field(le=86_400)] = DEFAULT_COOLDOWN_S
+    scale_in_cooldown_s: Annotated[Seconds, Field(le=86_400)] = DEFAULT_COOLDOWN_S
+    stabilization_window_s: Annotated[Seconds, Field(le=86_400)] = Field(
+        default=DEFAULT_STABILIZATION_WINDOW_S
+    )
+    max_step: ServerDelta | None = Field(
+        default=None, description="most servers added or removed per evaluation"
     )
     dry_run: bool = False
     on_metric_error: OnMetricError = "hold"
-    fallback_servers: int | None = Field(default=None, ge=0, le=10_000)
+    fallback_servers: ServerCount | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -219,8 +239,14 @@ class PolicySpec(StrictModel):
                 raise ValueError(
                     "give cooldown_minutes or scale_out_cooldown_s/scale_in_cooldown_s, not both"
                 )
-            if not isinstance(minutes, int | float) or isinstance(minutes, bool) or minutes < 0:
-                raise ValueError(f"cooldown_minutes must be a number of minutes >= 0, got {minutes!r}")
+            if (
+                not isinstance(minutes, int | float)
+                or isinstance(minutes, bool)
+                or not 0 <= minutes <= 1440  # also refuses NaN
+            ):
+                raise ValueError(
+                    f"cooldown_minutes must be a number of minutes from 0 to 1440, got {minutes!r}"
+                )
             data["scale_out_cooldown_s"] = data["scale_in_cooldown_s"] = float(minutes) * 60.0
         return data
 

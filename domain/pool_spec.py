@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from poolctl.domain.balancer_spec import LoadBalancerSpec
+from poolctl.domain.bounds import Seconds, ServerCount, Weight
 from poolctl.domain.health_spec import HealthCheckSpec
 from poolctl.domain.model import StrictModel
 from poolctl.domain.names import NAME_PATTERN
 from poolctl.domain.notifications import WebhookSpec
 from poolctl.domain.policy_spec import PolicySpec
+from poolctl.domain.provider_options import provider_option_problems
 
 KNOWN_PROVIDERS = ("local", "fake")
 
@@ -44,14 +46,14 @@ class PoolSpec(StrictModel):
         default="local", description="provider driver that runs the servers"
     )
     provider_options: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold credentials
-    min_servers: int = Field(default=1, ge=0, le=10_000)
-    max_servers: int = Field(default=10, ge=1, le=10_000)
-    desired_servers: int | None = Field(default=None, ge=0, le=10_000, description="defaults to min_servers")
+    min_servers: ServerCount = 1
+    max_servers: Annotated[ServerCount, Field(ge=1)] = 10
+    desired_servers: ServerCount | None = Field(default=None, description="defaults to min_servers")
     auto_healing: bool = True
-    heal_after_s: float = Field(
-        default=0.0, ge=0, le=86_400, description="seconds a server must stay unhealthy before it is replaced"
+    heal_after_s: Annotated[Seconds, Field(le=86_400)] = Field(
+        default=0.0, description="seconds a server must stay unhealthy before it is replaced"
     )
-    server_weight: int = Field(default=1, ge=0, le=256, description="balancer weight of each member")
+    server_weight: Weight = Field(default=1, description="balancer weight of each member")
     termination_policy: TerminationPolicy = TerminationPolicy.OLDEST_FIRST
     paused: bool = Field(default=False, description="a paused pool makes no scaling actions")
     policies: list[PolicySpec] = Field(default_factory=list)
@@ -60,6 +62,14 @@ class PoolSpec(StrictModel):
     webhooks: list[WebhookSpec] = Field(
         default_factory=list, max_length=16, description="receivers of this pool's notifications"
     )
+
+    @field_validator("provider_options")
+    @classmethod
+    def _check_provider_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        problems = provider_option_problems(str(info.data.get("provider", "local")), v)
+        if problems:
+            raise ValueError("; ".join(f"{loc}: {msg}" for loc, msg in problems))
+        return v
 
     @model_validator(mode="after")
     def _check_bounds(self) -> PoolSpec:
@@ -84,7 +94,37 @@ class PoolSpec(StrictModel):
             if lb.name in seen:
                 raise ValueError(f"load balancer name {lb.name!r} is used twice")
             seen.add(lb.name)
+        self._check_cross_fields()
         return self
+
+    def _check_cross_fields(self) -> None:
+        """Rules between the pool and its policies and balancers (each would fail or do nothing at run time)."""
+        for p in self.policies:
+            if p.min_servers is not None and p.min_servers > self.max_servers:
+                raise ValueError(
+                    f"policy {p.name!r}: min_servers ({p.min_servers}) is above the pool's max_servers "
+                    f"({self.max_servers})"
+                )
+            if p.max_servers is not None and p.max_servers < self.min_servers:
+                raise ValueError(
+                    f"policy {p.name!r}: max_servers ({p.max_servers}) is below the pool's min_servers "
+                    f"({self.min_servers})"
+                )
+        active = [lb.name for lb in self.load_balancers if lb.status == "active"]
+        if active and self.server_weight == 0:
+            raise ValueError(
+                f"server_weight 0 sends no traffic to any server, but the pool has load balancer(s) "
+                f"{', '.join(active)}: give a weight of 1 or more"
+            )
+        try:
+            self.effective_health_check  # noqa: B018 - built here so that a bad one fails validation, not the workflow
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(
+                f"the health check derived from the load balancer's health_check_* settings is invalid: "
+                f"{where}: {first['msg']}"
+            ) from None
 
     @property
     def effective_health_check(self) -> HealthCheckSpec | None:

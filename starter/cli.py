@@ -24,7 +24,7 @@ from poolctl.starter import (
 from poolctl.starter.balancer_cli import balancer_app
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
 from poolctl.starter.progress import wait_with_progress
-from poolctl.starter.specfile import load_spec_files
+from poolctl.starter.specfile import load_spec_files, stored_pools
 from poolctl.store import inventory
 from poolctl.store.db import migrate, session_scope
 from poolctl.temporal_client import connect
@@ -148,7 +148,7 @@ def validate(
 ) -> None:
     """Check spec files without applying anything."""
     try:
-        docs = load_spec_files(files)
+        docs = load_spec_files(files, stored_pools(_settings().resolved_database_url))
     except SpecError as e:
         fail(str(e), EXIT_BAD_INPUT)
     n = sum(len(d.pools) for d in docs)
@@ -166,7 +166,7 @@ def apply(
 
     Nothing is written unless every file is valid. Re-applying an unchanged file changes nothing."""
     try:
-        docs = load_spec_files(files)
+        docs = load_spec_files(files, stored_pools(_settings().resolved_database_url))
     except SpecError as e:
         fail(str(e), EXIT_BAD_INPUT)
 

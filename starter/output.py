@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from poolctl.domain.errors import printable
 from poolctl.domain.redaction import redact
 
 console = Console()
@@ -21,7 +22,9 @@ EXIT_FAILURE = 1
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """Print `message` on stderr (control characters escaped, line by line) and exit with `code`."""
+    safe = "\n".join(printable(line) for line in message.split("\n"))
+    err_console.print(f"[bold red]error:[/] {escape(safe)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

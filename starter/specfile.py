@@ -1,4 +1,9 @@
-"""Reading spec files: YAML in, a validated SpecDocument out, or a SpecError naming file, field and problem."""
+"""Reading spec files: YAML in, validated SpecDocuments out, or a SpecError naming file, field and problem.
+
+Everything a command applies is checked here before any Temporal call or store write: each file alone
+(YAML limits in spec_yaml, the pydantic models), then all files together and against the pools already in
+the store (domain/conflicts.py).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from poolctl.domain.conflicts import PlacedPool, spec_conflicts
 from poolctl.domain.errors import SpecError
-from poolctl.domain.pool_spec import SpecDocument
+from poolctl.domain.pool_spec import PoolSpec, SpecDocument
+from poolctl.starter.spec_yaml import MAX_FILE_BYTES, SpecYamlError, decode_spec_bytes, load_yaml_documents
 
 
 def _location(loc: tuple[Any, ...], raw: Any) -> str:
@@ -44,17 +51,31 @@ def _message(err: dict[str, Any]) -> str:
         return "unknown field"
     if err.get("type") == "missing":
         return "required field is missing"
+    kind = str(err.get("type", ""))
+    given = err.get("input")
+    if kind.endswith(("_type", "_parsing")) and isinstance(given, bool | str | int | float):
+        shown = repr(given) if len(repr(given)) <= 60 else repr(given)[:57] + "..."
+        return f"{msg}, got {shown}"
     return msg
 
 
+def _yaml_problem(e: yaml.YAMLError) -> tuple[str, str]:
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return where, f"malformed YAML: {problem}"
+
+
 def parse_spec(text: str, source: str) -> SpecDocument:
+    """One file's text (all its documents) as one SpecDocument. Raises SpecError."""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in load_yaml_documents(text) if d is not None]
+    except SpecYamlError as e:
+        raise SpecError(source, [(f"line {e.line}" if e.line else "", str(e))]) from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise SpecError(source, [(where, f"malformed YAML: {problem}")]) from e
+        raise SpecError(source, [_yaml_problem(e)]) from None
+    except RecursionError:  # a guard behind MAX_DEPTH: never a traceback
+        raise SpecError(source, [("", "the YAML is nested too deeply")]) from None
     if not docs:
         raise SpecError(source, [("", "the file holds no spec")])
     merged: dict[str, Any] = {"pools": []}
@@ -65,7 +86,7 @@ def parse_spec(text: str, source: str) -> SpecDocument:
             if "team" in merged and merged["team"] != doc["team"]:
                 raise SpecError(source, [("team", "documents in one file name different teams")])
             merged["team"] = doc["team"]
-        extra = {k: v for k, v in doc.items() if k not in ("team", "pools")}
+        extra = [str(k) for k in doc if k not in ("team", "pools")]
         if extra:
             raise SpecError(source, [(k, "unknown field") for k in sorted(extra)])
         pools = doc.get("pools", [])
@@ -76,28 +97,76 @@ def parse_spec(text: str, source: str) -> SpecDocument:
         return SpecDocument.model_validate(merged)
     except ValidationError as e:
         problems = [(_location(tuple(err["loc"]), merged), _message(dict(err))) for err in e.errors()]
-        raise SpecError(source, problems) from e
+        raise SpecError(source, problems) from None
 
 
-def load_spec_files(paths: list[Path]) -> list[SpecDocument]:
-    """Validate every file before anything is applied (apply is all-or-nothing)."""
+def read_spec_file(path: Path) -> SpecDocument:
+    """Read and validate one file (size, encoding, YAML, models). Raises SpecError."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise SpecError(str(path), [("", f"cannot read: {e.strerror or e}")]) from None
+    try:
+        text = decode_spec_bytes(data)
+    except SpecYamlError as e:
+        raise SpecError(str(path), [(f"line {e.line}" if e.line else "", str(e))]) from None
+    return parse_spec(text, str(path))
+
+
+def load_spec_files(paths: list[Path], stored: list[PlacedPool] | None = None) -> list[SpecDocument]:
+    """Validate every file, then all of them together and against `stored` (pools already applied, see
+    `stored_pools`), before anything is applied (apply is all-or-nothing). Raises SpecError."""
     docs: list[SpecDocument] = []
     problems: list[SpecError] = []
     for path in paths:
         try:
-            text = path.read_text()
-        except OSError as e:
-            problems.append(SpecError(str(path), [("", f"cannot read: {e.strerror or e}")]))
-            continue
-        try:
-            docs.append(parse_spec(text, str(path)))
+            docs.append(read_spec_file(path))
         except SpecError as e:
             problems.append(e)
+    if not problems:
+        placed = [
+            PlacedPool(str(path), doc.team, spec, i)
+            for path, doc in zip(paths, docs, strict=True)
+            for i, spec in enumerate(doc.pools)
+        ]
+        applied = {(p.team, p.spec.name) for p in placed}
+        others = [p for p in stored or [] if (p.team, p.spec.name) not in applied]
+        found = spec_conflicts(others + placed)
+        if found:
+            problems = [SpecError(source, [(loc, msg)]) for source, loc, msg in found]
     if len(problems) == 1:
         raise problems[0]
     if problems:
         raise SpecError("", [pr for p in problems for pr in _prefixed(p)])
     return docs
+
+
+def stored_pools(database_url: str) -> list[PlacedPool]:
+    """The pools already in the store (the read model), to check a new spec against. Reads only: a store
+    that does not exist yet (or has no schema) has no pools; a stored spec that no longer validates is
+    skipped."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from poolctl.store import inventory
+    from poolctl.store.db import session_scope
+
+    if database_url.startswith("sqlite"):
+        path = database_url.split("///", 1)[-1]
+        if not path or path == ":memory:" or not Path(path).exists():
+            return []
+    out: list[PlacedPool] = []
+    try:
+        with session_scope(database_url, migrate_first=False) as s:
+            rows = [(r.team.name, r.spec) for r in inventory.list_pools(s)]
+    except SQLAlchemyError:
+        return []
+    for team, raw in rows:
+        try:
+            out.append(PlacedPool("already applied", team, PoolSpec.model_validate(raw)))
+        except ValidationError:
+            continue
+    return out
 
 
 def _prefixed(err: SpecError) -> list[tuple[str, str]]:

@@ -82,6 +82,14 @@ def test_parse_prometheus_text_labels_and_timestamps() -> None:
     assert parse_prometheus_text(text, "z") is None
 
 
+def test_parse_prometheus_text_reads_quoted_label_values_a_regex_missed() -> None:
+    """A '}' or an escaped quote inside a label value is still one sample (prometheus-client's parser)."""
+    assert parse_prometheus_text('cpu_percent{a="}"} 5\n', "cpu_percent") == 5
+    assert parse_prometheus_text('cpu_percent{a="\\"}"} 2\ncpu_percent 3\n', "cpu_percent") == 5
+    # a page that does not parse gives no value at all (Prometheus fails the whole scrape)
+    assert parse_prometheus_text("cpu_percent 5\ngarbage here\n", "cpu_percent") is None
+
+
 async def test_prometheus_query_stub_prometheus(client: httpx.AsyncClient) -> None:
     """A server of our own answering `/api/v1/query` the way Prometheus does (not a real Prometheus)."""
 

@@ -4,31 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from poolctl.activities.metrics.errors import MetricUnavailableError, get_ok
 
-# name, optional {labels}, value, optional timestamp
-_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)(?:\s+\S+)?\s*$")
-
 
 def parse_prometheus_text(text: str, metric: str) -> float | None:
-    """The value of gauge `metric` in a Prometheus text exposition (the sum over its label sets), or None."""
+    """The value of gauge `metric` in a Prometheus text exposition (the sum over its label sets), or None.
+
+    Parsed by prometheus-client's text parser (quoted label values, escapes, timestamps). A page that does
+    not parse yields None, as Prometheus fails such a scrape as a whole: no value is taken from it."""
     total: float | None = None
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE_RE.match(line)
-        if m is None or m.group(1) != metric:
-            continue
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        total = value if total is None else total + value
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == metric:
+                    total = sample.value if total is None else total + sample.value
+    except ValueError:
+        return None
     return total
 
 
