@@ -69,7 +69,7 @@ class PrometheusSource(StrictModel):
 
     kind: Literal["prometheus"]
     url: HttpUrlText = Field(description="base URL of the Prometheus server, e.g. http://127.0.0.1:9090")
-    query: str = Field(min_length=1, max_length=65_536)
+    query: str = Field(min_length=1, max_length=65_536, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]+$")
     timeout_s: Annotated[PositiveSeconds, Field(le=300)] = 5.0
 
 
@@ -78,7 +78,7 @@ class HttpJsonSource(StrictModel):
 
     kind: Literal["http_json"]
     url: HttpUrlText
-    path: str = Field(min_length=1, max_length=1024)
+    path: str = Field(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f\x7f]+$")
     timeout_s: Annotated[PositiveSeconds, Field(le=300)] = 5.0
 
 

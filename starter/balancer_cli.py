@@ -8,13 +8,13 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from pydantic import ValidationError
 
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import BalancerStats, Member
 from poolctl.domain.errors import NotFoundError
 from poolctl.settings import get_settings
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
+from poolctl.starter.spec_yaml import decode_spec_bytes, load_yaml_documents
 from poolctl.store import balancer_stats as store
 from poolctl.store.db import session_scope
 
@@ -72,8 +72,13 @@ def serve(
     members: list[Member] = [_member(m) for m in member or []]
     if file is not None:
         try:
-            spec = LoadBalancerSpec.model_validate(yaml.safe_load(file.read_text()))
-        except (OSError, yaml.YAMLError, ValidationError) as e:
+            docs = load_yaml_documents(decode_spec_bytes(file.read_bytes()))
+            spec = LoadBalancerSpec.model_validate(docs[0] if len(docs) == 1 else docs)
+        except (
+            OSError,
+            ValueError,
+            yaml.YAMLError,
+        ) as e:  # SpecYamlError and ValidationError are ValueErrors
             fail(f"{file}: {e}", EXIT_BAD_INPUT)
     elif name:
         b = _stored(name, pool, team)

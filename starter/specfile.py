@@ -117,29 +117,24 @@ def read_spec_file(path: Path) -> SpecDocument:
 def load_spec_files(paths: list[Path], stored: list[PlacedPool] | None = None) -> list[SpecDocument]:
     """Validate every file, then all of them together and against `stored` (pools already applied, see
     `stored_pools`), before anything is applied (apply is all-or-nothing). Raises SpecError."""
-    docs: list[SpecDocument] = []
+    read: list[tuple[Path, SpecDocument]] = []
     problems: list[SpecError] = []
     for path in paths:
         try:
-            docs.append(read_spec_file(path))
+            read.append((path, read_spec_file(path)))
         except SpecError as e:
             problems.append(e)
-    if not problems:
-        placed = [
-            PlacedPool(str(path), doc.team, spec, i)
-            for path, doc in zip(paths, docs, strict=True)
-            for i, spec in enumerate(doc.pools)
-        ]
-        applied = {(p.team, p.spec.name) for p in placed}
-        others = [p for p in stored or [] if (p.team, p.spec.name) not in applied]
-        found = spec_conflicts(others + placed)
-        if found:
-            problems = [SpecError(source, [(loc, msg)]) for source, loc, msg in found]
+    placed = [
+        PlacedPool(str(path), doc.team, spec, i) for path, doc in read for i, spec in enumerate(doc.pools)
+    ]
+    applied = {(p.team, p.spec.name) for p in placed}
+    others = [p for p in stored or [] if (p.team, p.spec.name) not in applied]
+    problems += [SpecError(source, [(loc, msg)]) for source, loc, msg in spec_conflicts(others + placed)]
     if len(problems) == 1:
         raise problems[0]
     if problems:
         raise SpecError("", [pr for p in problems for pr in _prefixed(p)])
-    return docs
+    return [doc for _, doc in read]
 
 
 def stored_pools(database_url: str) -> list[PlacedPool]:

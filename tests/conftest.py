@@ -115,6 +115,20 @@ def settings(tmp_path: Path, temporal_env: WorkflowEnvironment) -> Iterator[Sett
 
 
 @pytest.fixture
+def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """`settings` exported as POOLCTL_* variables, for commands run through the CLI (in or out of process)."""
+    from poolctl.settings import get_settings
+
+    monkeypatch.setenv("POOLCTL_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("POOLCTL_DATABASE_URL", settings.resolved_database_url)
+    monkeypatch.setenv("POOLCTL_TEMPORAL_ADDRESS", settings.temporal_address)
+    monkeypatch.setenv("POOLCTL_TASK_QUEUE", settings.task_queue)
+    get_settings.cache_clear()
+    yield settings
+    get_settings.cache_clear()
+
+
+@pytest.fixture
 async def worker(client: Client, settings: Settings) -> AsyncIterator[None]:
     from poolctl.store.db import migrate
     from poolctl.worker import build_worker

@@ -10,7 +10,7 @@ import pytest
 from temporalio.client import Client
 from typer.testing import CliRunner
 
-from poolctl.settings import Settings, get_settings
+from poolctl.settings import Settings
 from poolctl.starter.cli import app
 from poolctl.store import inventory
 from poolctl.store.db import session_scope
@@ -40,17 +40,6 @@ CASES = {
         r"pools\[1\] \(web\)\.provider: Input should be 'local' or 'fake'",
     ),
 }
-
-
-@pytest.fixture
-def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("POOLCTL_STATE_DIR", str(settings.state_dir))
-    monkeypatch.setenv("POOLCTL_DATABASE_URL", settings.resolved_database_url)
-    monkeypatch.setenv("POOLCTL_TEMPORAL_ADDRESS", settings.temporal_address)
-    monkeypatch.setenv("POOLCTL_TASK_QUEUE", settings.task_queue)
-    get_settings.cache_clear()
-    yield settings
-    get_settings.cache_clear()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
