@@ -39,6 +39,12 @@ class SpecLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:  # noqa: N803 - PyYAML's name
+        # bounded here too: the scanner looks ahead over every open '[' / '{' (quadratic in the depth)
+        if self.flow_level >= MAX_DEPTH:
+            raise SpecYamlError(f"nesting is deeper than {MAX_DEPTH} levels", self.get_mark().line + 1)
+        super().fetch_flow_collection_start(TokenClass)  # type: ignore[misc]
+
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:  # type: ignore[override]
         self._depth += 1
         try:
