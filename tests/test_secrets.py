@@ -130,9 +130,16 @@ def test_secret_names_and_redaction() -> None:
     spec = PoolSpec(
         name="web",
         provider="fake",
-        provider_options={"quota": 3, "api_token": "tok-1", "nested": {"aws_secret_access_key": "AKS"}},
+        provider_options={"quota": 3, "api_token": "tok-1"},  # only options the fake provider declares
     )
-    out = redact({"spec": spec, "url": "http://admin:pw-9@127.0.0.1:9090/q", "list": [{"password": "p"}]})
+    out = redact(
+        {
+            "spec": spec,
+            "nested": {"options": {"aws_secret_access_key": "AKS"}},
+            "url": "http://admin:pw-9@127.0.0.1:9090/q",
+            "list": [{"password": "p"}],
+        }
+    )
     text = json.dumps(out)
     assert "tok-1" not in text and "AKS" not in text and "pw-9" not in text and '"p"' not in text
     assert out["spec"]["provider_options"]["quota"] == 3
