@@ -60,6 +60,8 @@ def activities_for(settings: Settings) -> list[object]:
         inventory.record_event_finished,
         inventory.update_pool_status,
         inventory.load_pool_servers,
+        inventory.store_pool_spec,
+        inventory.forget_pool,
         balancers.sync_pool_balancers,
         balancers.drain_server,
         balancers.rollup_balancer_stats,

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from poolctl.activities.messages import EventFinish, EventStart, PoolRef, PoolStatusUpdate
+from poolctl.activities.messages import EventFinish, EventStart, PoolRef, PoolSpecRecord, PoolStatusUpdate
 from poolctl.domain.errors import NotFoundError
+from poolctl.domain.health import HealthState
 from poolctl.domain.pool_state import ServerRecord
 from poolctl.settings import Settings
 from poolctl.store import inventory
@@ -56,6 +57,25 @@ class InventoryActivities:
             if upd.desired is not None:
                 inventory.set_pool_desired(s, upd.team, upd.pool, upd.desired)
 
+    @activity.defn(name="store_pool_spec")
+    async def store_pool_spec(self, rec: PoolSpecRecord) -> str:
+        """Upsert the pool's row, policies and balancers from the spec its workflow accepted (idempotent:
+        keyed by team and pool name, a repeat writes the same values). Returns created|updated|unchanged."""
+        return await asyncio.to_thread(self._store_pool_spec, rec)
+
+    def _store_pool_spec(self, rec: PoolSpecRecord) -> str:
+        with session_scope(self._url) as s:
+            return inventory.store_pool_spec(s, rec.team, rec.spec, rec.desired).action
+
+    @activity.defn(name="forget_pool")
+    async def forget_pool(self, ref: PoolRef) -> bool:
+        """Remove a deleted pool from the store (idempotent: False when it is already gone)."""
+        return await asyncio.to_thread(self._forget_pool, ref)
+
+    def _forget_pool(self, ref: PoolRef) -> bool:
+        with session_scope(self._url) as s:
+            return inventory.forget_pool(s, ref.team, ref.pool)
+
     @activity.defn(name="load_pool_servers")
     async def load_pool_servers(self, ref: PoolRef) -> list[ServerRecord]:
         """The running servers the store knows for a pool (a new pool workflow adopts them)."""
@@ -69,7 +89,11 @@ class InventoryActivities:
                 return []
             return [
                 ServerRecord(
-                    server_id=r.id, host=r.host, port=r.port, created_at=_aware(r.created_at), health=r.health
+                    server_id=r.id,
+                    host=r.host,
+                    port=r.port,
+                    created_at=_aware(r.created_at),
+                    health=HealthState(r.health),
                 )
                 for r in rows
             ]

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from poolctl.domain.model import Message
+from poolctl.domain.pool_spec import PoolSpec
 
 
 class ProvisionInput(Message):
@@ -58,3 +59,11 @@ class PoolStatusUpdate(Message):
 class PoolRef(Message):
     team: str
     pool: str
+
+
+class PoolSpecRecord(Message):
+    """`store_pool_spec`'s input: the spec a pool's workflow accepted, to mirror into the store."""
+
+    team: str
+    spec: PoolSpec
+    desired: int | None = None

@@ -1,4 +1,4 @@
-"""Activities of the policy loop: read a policy's metric (with the pool's server count) and record decisions.
+"""Activities of the policy loop: read a policy's metric (for the members the pool told it) and record decisions.
 
 `read_policy_metric` never raises for a metric source that is down: it answers `value=None` with the
 error text, and the pure decision code applies the policy's `on_metric_error`.
@@ -12,18 +12,15 @@ import httpx
 from temporalio import activity
 
 from poolctl.activities.metrics import MetricUnavailableError, read_metric
-from poolctl.domain.errors import NotFoundError
+from poolctl.domain.health import HealthState
 from poolctl.domain.names import policy_workflow_id
 from poolctl.domain.policy_spec import ScrapeSource
 from poolctl.domain.policy_state import DecisionRecord, MetricReading, MetricReadRequest
+from poolctl.domain.pool_state import ServerLifecycle
 from poolctl.settings import Settings
-from poolctl.store import inventory
 from poolctl.store.db import session_scope
 from poolctl.store.policy_decisions import record_policy_decision
 from poolctl.telemetry import POLICY_DECISIONS, POLICY_EVALUATIONS
-
-# Servers that count in the pool's size; of those, a scrape reads the running ones not known unhealthy.
-_COUNTED_STATES = ("pending", "running")
 
 
 class PolicyMetricActivities:
@@ -49,33 +46,28 @@ class PolicyMetricActivities:
 
     @activity.defn(name="read_policy_metric")
     async def read_policy_metric(self, req: MetricReadRequest) -> MetricReading:
-        """The pool's current size from the store and, when `source` is given, the metric's value."""
+        """The pool's current and ready counts from the members the pool told its policy and, when
+        `source` is given, the metric's value (a scrape reads the running members not known unhealthy)."""
         POLICY_EVALUATIONS.inc()
-        try:
-            current, urls = await asyncio.to_thread(self._servers, req.team, req.pool)
-        except NotFoundError as e:
-            return MetricReading(value=None, error=str(e), current=0)
+        current = len(req.servers)
+        ready = sum(1 for s in req.servers if s.health is HealthState.HEALTHY)
         if req.source is None:
-            return MetricReading(current=current)
+            return MetricReading(current=current, ready=ready)
+        urls = [
+            f"http://{s.host}:{s.port}"
+            for s in req.servers
+            if s.state is ServerLifecycle.RUNNING and s.health is not HealthState.UNHEALTHY
+        ]
         needs_servers = isinstance(req.source, ScrapeSource)
         try:
             value = await read_metric(req.source, urls, self._client())
         except MetricUnavailableError as e:
-            return MetricReading(value=None, error=str(e), current=current)
+            return MetricReading(value=None, error=str(e), current=current, ready=ready)
         except httpx.HTTPError as e:  # a driver let one through: still "unavailable", never a retry storm
-            return MetricReading(value=None, error=f"{type(e).__name__}: {e}", current=current)
-        return MetricReading(value=value, current=current, servers_read=len(urls) if needs_servers else 0)
-
-    def _servers(self, team: str, pool: str) -> tuple[int, list[str]]:
-        with session_scope(self._url) as s:
-            rows = inventory.list_servers(s, team, pool)
-            counted = [r for r in rows if r.state in _COUNTED_STATES]
-            urls = [
-                f"http://{r.host}:{r.port}"
-                for r in counted
-                if r.state == "running" and r.health != "unhealthy"
-            ]
-            return len(counted), urls
+            return MetricReading(value=None, error=f"{type(e).__name__}: {e}", current=current, ready=ready)
+        return MetricReading(
+            value=value, current=current, ready=ready, servers_read=len(urls) if needs_servers else 0
+        )
 
     @activity.defn(name="record_policy_decision")
     async def record_policy_decision(self, rec: DecisionRecord) -> bool:

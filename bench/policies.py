@@ -64,14 +64,16 @@ async def run(args: argparse.Namespace) -> dict:
     from temporalio.testing import WorkflowEnvironment
 
     from poolctl import search_attributes
+    from poolctl.domain.names import policy_workflow_id
     from poolctl.domain.policy_spec import PolicySpec
-    from poolctl.domain.pool_spec import PoolSpec, SpecDocument
+    from poolctl.domain.policy_state import PolicyInput
+    from poolctl.domain.pool_spec import PoolSpec
     from poolctl.settings import Settings
-    from poolctl.starter import policy_ops, pool_ops
-    from poolctl.store import inventory
-    from poolctl.store.db import migrate, session_scope
+    from poolctl.starter import pool_ops
+    from poolctl.store.db import migrate
     from poolctl.temporal_client import DATA_CONVERTER
     from poolctl.worker import build_worker
+    from poolctl.workflows.policy import PolicyWorkflow
 
     server = subprocess.Popen(  # noqa: ASYNC220 - started once
         [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True
@@ -95,11 +97,9 @@ async def run(args: argparse.Namespace) -> dict:
         settings.ensure_state_dir()
         migrate(settings.resolved_database_url)
         pool = PoolSpec(name="bench", provider="fake", min_servers=1, max_servers=10, desired_servers=1)
-        with session_scope(settings.resolved_database_url) as s:
-            inventory.apply_document(s, SpecDocument(team="bench", pools=[pool]))
         client = env.client
         async with build_worker(client, settings):
-            await pool_ops.start_pool_workflow(client, settings, "bench", pool)
+            await pool_ops.apply_pool(client, settings, "bench", pool)
             t0 = time.time()
             sem = asyncio.Semaphore(50)
 
@@ -113,8 +113,15 @@ async def run(args: argparse.Namespace) -> dict:
                         "evaluation_interval": args.interval,
                     }
                 )
-                async with sem:
-                    await policy_ops.start_policy(client, settings, "bench", "bench", spec)
+                async with sem:  # the policy loops alone, outside the pool's spec: the loop is measured here
+                    await client.start_workflow(
+                        PolicyWorkflow.run,
+                        PolicyInput(
+                            team="bench", pool="bench", spec=spec, history_budget=settings.history_budget
+                        ),
+                        id=policy_workflow_id("bench", "bench", spec.name),
+                        task_queue=settings.task_queue,
+                    )
 
             await asyncio.gather(*(start(i) for i in range(args.policies)))
             started_in = time.time() - t0

@@ -12,6 +12,7 @@ from poolctl.domain.decision import Decision, Recommendation
 from poolctl.domain.evaluation import PolicyState
 from poolctl.domain.model import Message
 from poolctl.domain.policy_spec import MetricSource, PolicySpec
+from poolctl.domain.pool_state import ServerRecord
 
 # Decisions that changed the recommendation, kept in the workflow for `poolctl policy show`.
 MAX_DECISIONS = 20
@@ -29,14 +30,19 @@ class PolicyInput(Message):
     current: int | None = None
     last_error: str | None = None
     history_budget: int = 2000
+    members: list[ServerRecord] = Field(
+        default_factory=list, description="the pool's membership view, as the pool last signalled it"
+    )
 
 
 class MetricReadRequest(Message):
-    """`read_policy_metric`'s input: whose servers, and which source (None: only count the servers)."""
+    """`read_policy_metric`'s input: the pool's members (as the pool told its policy) and which source
+    (None: only count the servers)."""
 
     team: str
     pool: str
     source: MetricSource | None = None
+    servers: list[ServerRecord] = Field(default_factory=list)
 
 
 class MetricReading(Message):
@@ -45,6 +51,7 @@ class MetricReading(Message):
     value: float | None = None
     error: str | None = None
     current: int = 0
+    ready: int = Field(default=0, description="members whose health check passes (health `healthy`)")
     servers_read: int = 0
 
 

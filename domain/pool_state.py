@@ -3,27 +3,61 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal
 
 from pydantic import Field
 
 from poolctl.domain.arbitration import CooldownState
 from poolctl.domain.decision import Decision, Recommendation
+from poolctl.domain.health import HealthState
 from poolctl.domain.model import Message
+from poolctl.domain.policy_spec import PolicySpec
 from poolctl.domain.pool_spec import PoolSpec, PoolStatus
 
 
+class ServerLifecycle(StrEnum):
+    """Where a member is in its life in the pool (terminated servers leave the pool's list)."""
+
+    RUNNING = "running"
+    DRAINING = "draining"
+
+
+class ScaleAction(StrEnum):
+    """What one ScalePoolWorkflow does: add servers, remove servers, or replace (launch, then remove)."""
+
+    UP = "up"
+    DOWN = "down"
+    REPLACE = "replace"
+
+
 class ServerRecord(Message):
-    """A pool member as the pool workflow tracks it."""
+    """A pool member as the pool workflow tracks it (and tells its policies, see PoolMembers)."""
 
     server_id: str
     host: str
     port: int
     created_at: datetime
-    health: str = "initial"  # initial | healthy | unhealthy
-    state: str = "running"  # running | draining
+    health: HealthState = HealthState.INITIAL
+    state: ServerLifecycle = ServerLifecycle.RUNNING
     health_changed_at: datetime | None = None
     watched: bool = Field(default=False, description="a HealthCheckWorkflow runs for it")
+
+
+class PoolMembers(Message):
+    """The membership view a pool signals to its policies whenever membership or health changes."""
+
+    servers: list[ServerRecord] = Field(default_factory=list)
+
+
+class ScaleIntent(Message):
+    """Why the next scaling action runs: the cause, and the policy and decision behind it (if any).
+
+    Set as one value where the pool decides to move, consumed as one value by the scaling it starts."""
+
+    cause: str
+    policy: str | None = None
+    decision: dict[str, Any] | None = None
 
 
 class EventSummary(Message):
@@ -60,9 +94,18 @@ class PoolState(Message):
     servers: list[ServerRecord] = Field(default_factory=list)
     seq: int = 0
     last_event: EventSummary | None = None
-    pending_cause: str = "pool created"
-    pending_policy: str | None = None
-    pending_decision: dict[str, Any] | None = None
+    intent: ScaleIntent = Field(default_factory=lambda: ScaleIntent(cause="pool created"))
+    desired_set_by: str = Field(default="spec", description="who last set `desired` (apply reports it)")
+    applies: int = Field(default=0, description="apply updates accepted by this pool's workflow chain")
+    spec_version: int = Field(default=1, description="bumped on every accepted spec change")
+    stored_version: int = Field(default=0, description="spec_version last written to the store")
+    policies: dict[str, PolicySpec] = Field(
+        default_factory=dict, description="policy workflows started by the pool, with the spec last sent"
+    )
+    policies_version: int = Field(default=0, description="spec_version the policy workflows match")
+    members_told: str | None = Field(
+        default=None, description="fingerprint of the view last sent to policies"
+    )
     recent_request_ids: list[str] = Field(default_factory=list)
     deleting: bool = False
     adopted: bool = False
@@ -91,6 +134,24 @@ class ScaleRequest(Message):
     request_id: str | None = None
 
 
+class ApplyRequest(Message):
+    """The `apply` update: a pool's whole spec, as written in a spec file, and the team owning it."""
+
+    team: str
+    spec: PoolSpec
+
+
+class ApplyResult(Message):
+    """What an `apply` changed (`server_weight 1 → 2`) and what it kept (`desired 6 kept (set by ...)`)."""
+
+    action: Literal["created", "updated", "unchanged"]
+    changes: list[str] = Field(default_factory=list)
+    kept: list[str] = Field(default_factory=list)
+    previous_desired: int
+    desired: int
+    current: int
+
+
 class ScaleAccepted(Message):
     previous_desired: int
     desired: int
@@ -115,6 +176,7 @@ class PoolStatusView(Message):
     recommendations: list[Recommendation] = Field(default_factory=list)
     cooldowns: CooldownState = Field(default_factory=CooldownState)
     last_decision: Decision | None = None
+    desired_set_by: str = "spec"
 
 
 class ScaleInput(Message):
@@ -124,7 +186,7 @@ class ScaleInput(Message):
     pool: str
     seq: int
     epoch: str = ""
-    direction: str  # up | down | replace (launch `count`, then remove `victims`)
+    direction: ScaleAction  # replace: launch `count`, then remove `victims`
     count: int
     from_count: int
     to_count: int

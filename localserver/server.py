@@ -74,6 +74,8 @@ from typing import Any
 
 from aiohttp import web
 
+from poolctl.localserver.processes import write_json_atomic
+
 HEALTH_MODES = ("503", "500", "hang")
 
 CPU_BASE = 5.0
@@ -341,15 +343,6 @@ def build_app(servers: dict[int, SimServer]) -> web.Application:
     app.router.add_get("/admin/state", admin_state)
     app.router.add_route("*", "/{tail:.*}", handle_traffic)
     return app
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _bind(host: str, port: int) -> socket.socket:

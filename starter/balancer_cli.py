@@ -15,7 +15,7 @@ from poolctl.domain.errors import NotFoundError
 from poolctl.settings import get_settings
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
 from poolctl.starter.spec_yaml import decode_spec_bytes, load_yaml_documents
-from poolctl.store import balancer_stats as store
+from poolctl.store import queries as store
 from poolctl.store.db import session_scope
 
 balancer_app = typer.Typer(

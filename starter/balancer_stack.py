@@ -15,7 +15,7 @@ from typing import Any
 
 from poolctl.settings import Settings
 from poolctl.starter.devstack import Component, _read_pid, _spawn, _stop, pid_alive, port_open
-from poolctl.store import balancer_stats as store
+from poolctl.store import queries as store
 from poolctl.store.db import session_scope
 
 PREFIX = "balancer-"

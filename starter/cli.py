@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from poolctl.domain.errors import NotFoundError, SpecError
 from poolctl.payload_codec import PayloadKeyError
@@ -25,7 +26,7 @@ from poolctl.starter.balancer_cli import balancer_app
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
 from poolctl.starter.progress import wait_with_progress
 from poolctl.starter.specfile import load_spec_files, stored_pools
-from poolctl.store import inventory
+from poolctl.store import queries
 from poolctl.store.db import migrate, session_scope
 from poolctl.temporal_client import connect
 
@@ -162,16 +163,18 @@ def apply(
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 180.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate specs, store them in one transaction, and start or update their workflows.
+    """Validate specs and send each pool's whole spec to its workflow (started if none runs).
 
-    Nothing is written unless every file is valid. Re-applying an unchanged file changes nothing."""
+    Nothing is sent unless every file is valid and no pool refuses its spec. Merges like `kubectl apply`:
+    `desired_servers` moves a pool only when it changed in the file since the last apply, so a size set
+    by a policy or by `poolctl scale` stays. Re-applying an unchanged file changes nothing."""
     try:
         docs = load_spec_files(files, stored_pools(_settings().resolved_database_url))
     except SpecError as e:
         fail(str(e), EXIT_BAD_INPUT)
 
     async def go() -> list[pool_ops.ApplyOutcome]:
-        client = await _client()  # reach Temporal before writing anything
+        client = await _client()
         outcomes = await pool_ops.apply_documents(client, _settings(), docs)
         await balancer_stack.after_apply(client, _settings(), say=lambda m: console.print(m, highlight=False))
         if not as_json:
@@ -181,9 +184,10 @@ def apply(
                     "updated": "[yellow]updated[/]",
                     "unchanged": "unchanged",
                 }[o.action]
-                extra = f" ({', '.join(o.changed_fields)})" if o.changed_fields else ""
+                said = "; ".join(o.kept + o.changes)
+                extra = f": {escape(said)}" if said else ""
                 console.print(
-                    f"pool {o.team}/{o.pool}: {what}{extra}; workflow {o.workflow}", highlight=False
+                    f"pool {o.team}/{o.pool}: {what}{extra} (workflow {o.workflow})", highlight=False
                 )
         if wait:
             for o in outcomes:
@@ -194,7 +198,7 @@ def apply(
 
     outcomes = run(go)
     if as_json:
-        print_json([o.__dict__ for o in outcomes])
+        print_json([{**o.__dict__, "workflow": o.workflow} for o in outcomes])
 
 
 # ---- reading ----------------------------------------------------------------------------------------
@@ -211,7 +215,7 @@ def status(
 
     async def go() -> list[dict[str, Any]]:
         with session_scope(s.resolved_database_url) as db:
-            rows = [inventory.get_pool(db, _team(team), pool)] if pool else inventory.list_pools(db, team)
+            rows = [queries.get_pool(db, _team(team), pool)] if pool else queries.list_pools(db, team)
             pools = [
                 (r.team.name, r.name, r.min_servers, r.max_servers, r.status, r.status_reason) for r in rows
             ]
@@ -278,8 +282,8 @@ def servers(
     s = _settings()
     with session_scope(s.resolved_database_url) as db:
         try:
-            rows = inventory.list_servers(db, _team(team), pool, include_terminated=include_terminated)
-            weights = inventory.member_weights(db, _team(team), pool)
+            rows = queries.list_servers(db, _team(team), pool, include_terminated=include_terminated)
+            weights = queries.member_weights(db, _team(team), pool)
         except NotFoundError as e:
             fail(str(e), EXIT_BAD_INPUT)
         data = [
@@ -320,7 +324,7 @@ def events(
     s = _settings()
     with session_scope(s.resolved_database_url) as db:
         try:
-            rows = inventory.list_events(db, _team(team), pool, limit)
+            rows = queries.list_events(db, _team(team), pool, limit)
         except NotFoundError as e:
             fail(str(e), EXIT_BAD_INPUT)
         data = [
@@ -401,14 +405,13 @@ def delete_pool(
     team: TeamOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Terminate every server of the pool, end its workflow, and remove it from the store."""
+    """Delete a pool through its workflow: stop its policies, terminate its servers, remove it from the
+    store, end the workflow. Re-running an interrupted delete finishes it."""
     t = _team(team)
     if not yes and not typer.confirm(f"Delete pool {t}/{pool} and terminate all its servers?"):
         raise typer.Exit(1)
 
     async def go() -> int:
-        with session_scope(_settings().resolved_database_url) as db:
-            inventory.get_pool(db, t, pool)
         client = await _client()
         n = await pool_ops.delete_pool(client, _settings(), t, pool)
         # with the dev stack running, its balancers are stopped too (they are no longer declared)

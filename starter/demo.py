@@ -20,7 +20,7 @@ from poolctl.starter import balancer_stack, devstack, pool_ops
 from poolctl.starter.output import console, fail, table
 from poolctl.starter.progress import wait_with_progress
 from poolctl.starter.specfile import load_spec_files
-from poolctl.store import inventory
+from poolctl.store import queries
 from poolctl.store.db import session_scope
 from poolctl.temporal_client import connect
 
@@ -181,7 +181,7 @@ async def _show_healing(client: Client, settings: Settings, team: str, spec: Poo
             say(line)
         await asyncio.sleep(0.5)
     with session_scope(settings.resolved_database_url) as s:
-        events = inventory.list_events(s, team, spec.name, 3)
+        events = queries.list_events(s, team, spec.name, 3)
         rows = [[e.direction, f"{e.from_count}->{e.to_count}", e.cause, e.status] for e in events]
     console.print(table("latest scaling events", ["action", "size", "cause", "result"], rows))
 

@@ -223,7 +223,7 @@ def down(settings: Settings, *, purge: bool = False, say=print) -> None:  # type
         say("Temporal dev server stopped")
     p["temporal_pid"].unlink(missing_ok=True)
     if purge:
-        from poolctl.activities.providers.registry import kill_all_local_servers
+        from poolctl.localserver.processes import kill_all_local_servers
 
         kill_all_local_servers(settings.state_dir)
         shutil.rmtree(settings.state_dir, ignore_errors=True)

@@ -18,7 +18,7 @@ from poolctl.domain.names import health_workflow_id
 from poolctl.domain.pool_spec import PoolSpec
 from poolctl.settings import Settings, get_settings
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
-from poolctl.store import inventory
+from poolctl.store import queries
 from poolctl.store.db import session_scope
 from poolctl.store.models import HealthCheck
 
@@ -69,8 +69,8 @@ def health_report(
     now = now or datetime.now(UTC)
     settings = settings or get_settings()
     with session_scope(settings.resolved_database_url) as s:
-        pool_row = inventory.get_pool(s, team, pool)
-        servers = inventory.list_servers(s, team, pool)
+        pool_row = queries.get_pool(s, team, pool)
+        servers = queries.list_servers(s, team, pool)
         checks = {
             c.server_id: c for c in s.scalars(select(HealthCheck).where(HealthCheck.pool_id == pool_row.id))
         }
@@ -138,7 +138,7 @@ def health(
     t = team or get_settings().team
     try:
         with session_scope(get_settings().resolved_database_url) as s:
-            ids = [srv.id for srv in inventory.list_servers(s, t, pool)]
+            ids = [srv.id for srv in queries.list_servers(s, t, pool)]
         live = asyncio.run(live_statuses(t, pool, ids))
         report = health_report(t, pool, window * 3600, live=live)
     except NotFoundError as e:

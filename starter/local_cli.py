@@ -11,7 +11,7 @@ import typer
 from poolctl.domain.errors import NotFoundError
 from poolctl.settings import get_settings
 from poolctl.starter.output import EXIT_BAD_INPUT, console, fail
-from poolctl.store import inventory
+from poolctl.store import queries
 from poolctl.store.db import session_scope
 
 local_app = typer.Typer(
@@ -28,7 +28,7 @@ def _server_url(team: str | None, pool: str, server: str | None) -> tuple[str, s
     t = team or get_settings().team
     with session_scope(get_settings().resolved_database_url) as s:
         try:
-            rows = inventory.list_servers(s, t, pool)
+            rows = queries.list_servers(s, t, pool)
         except NotFoundError as e:
             fail(str(e), EXIT_BAD_INPUT)
         if rows and rows[0].provider != "local":

@@ -22,9 +22,9 @@ from poolctl.settings import get_settings
 from poolctl.starter import policy_ops, pool_ops
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
 from poolctl.starter.specfile import load_spec_files
-from poolctl.store import inventory
+from poolctl.store import queries
 from poolctl.store.db import session_scope
-from poolctl.store.policy_decisions import list_policy_decisions
+from poolctl.store.queries import list_policy_decisions
 from poolctl.temporal_client import connect
 
 policy_app = typer.Typer(
@@ -59,7 +59,7 @@ def _run(coro_fn: Any) -> Any:
 def _stored_policies(team: str, pool: str) -> list[tuple[str, str, bool]]:
     with session_scope(get_settings().resolved_database_url) as s:
         try:
-            row = inventory.get_pool(s, team, pool)
+            row = queries.get_pool(s, team, pool)
         except NotFoundError as e:
             fail(str(e), EXIT_BAD_INPUT)
         return [(p.name, p.type, p.is_active) for p in sorted(row.policies, key=lambda p: p.name)]
@@ -367,7 +367,7 @@ def simulate(
 def _pool_urls(team: str, pool: str) -> list[str]:
     with session_scope(get_settings().resolved_database_url) as s:
         return [
-            f"http://{r.host}:{r.port}" for r in inventory.list_servers(s, team, pool) if r.state == "running"
+            f"http://{r.host}:{r.port}" for r in queries.list_servers(s, team, pool) if r.state == "running"
         ]
 
 

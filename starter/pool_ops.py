@@ -1,25 +1,43 @@
-"""What the CLI does against Temporal and the store: apply specs, scale, delete, read status."""
+"""What the CLI does against Temporal: apply specs (update-with-start per pool), scale, delete, read status.
+
+The CLI never writes the store and never calls a provider: every change is an update to the pool's
+workflow, which owns the pool and mirrors it into the store. An interrupted command is re-run and
+converges, because the workflow finishes whatever it accepted."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from poolctl import search_attributes as sa
 from poolctl.domain.errors import NotFoundError, PoolctlError, SpecError
-from poolctl.domain.names import health_workflow_id, pool_key, pool_workflow_id
-from poolctl.domain.pool_spec import PoolSpec, SpecDocument, provider_change_refusal
-from poolctl.domain.pool_state import PoolInput, PoolRuntime, PoolStatusView, ScaleAccepted, ScaleRequest
+from poolctl.domain.names import pool_key, pool_workflow_id
+from poolctl.domain.pool_spec import PoolSpec, SpecDocument
+from poolctl.domain.pool_state import (
+    ApplyRequest,
+    ApplyResult,
+    PoolInput,
+    PoolRuntime,
+    PoolStatusView,
+    ScaleAccepted,
+    ScaleRequest,
+)
 from poolctl.settings import Settings
-from poolctl.store import inventory
+from poolctl.store import queries
 from poolctl.store.db import session_scope
 from poolctl.workflows.pool import PoolWorkflow
 
@@ -44,15 +62,19 @@ def runtime_from(settings: Settings) -> PoolRuntime:
 class ApplyOutcome:
     team: str
     pool: str
-    action: str
-    changed_fields: list[str]
-    workflow: str  # started | updated | running
+    action: str  # created | updated | unchanged
+    changes: list[str] = field(default_factory=list)  # "server_weight 1 → 2"
+    kept: list[str] = field(default_factory=list)  # "desired 6 kept (set by policy cpu-target)"
+    desired: int = 0
+
+    @property
+    def workflow(self) -> str:
+        return "started" if self.action == "created" else "running"
 
 
-async def start_pool_workflow(
-    client: Client, settings: Settings, team: str, spec: PoolSpec
-) -> WorkflowHandle:
-    return await client.start_workflow(
+def start_operation(settings: Settings, team: str, spec: PoolSpec) -> WithStartWorkflowOperation:
+    """Start the pool's workflow with `spec` unless one runs already (USE_EXISTING)."""
+    return WithStartWorkflowOperation(
         PoolWorkflow.run,
         PoolInput(team=team, spec=spec, runtime=runtime_from(settings)),
         id=pool_workflow_id(team, spec.name),
@@ -69,33 +91,64 @@ async def start_pool_workflow(
     )
 
 
-async def apply_documents(client: Client, settings: Settings, docs: list[SpecDocument]) -> list[ApplyOutcome]:
-    """Write all specs in one transaction, then start/update each pool's workflow idempotently."""
-    from poolctl.starter import policy_ops
-
-    previous = {
-        (doc.team, p.name): policy_ops.stored_policy_names(settings, doc.team, p.name)
-        for doc in docs
-        for p in doc.pools
-    }
-    with session_scope(settings.resolved_database_url) as s:
-        refuse_provider_changes(s, docs)
-        changes = [c for doc in docs for c in inventory.apply_document(s, doc)]
-    specs = {(doc.team, p.name): p for doc in docs for p in doc.pools}
-    outcomes = []
-    for change in changes:
-        spec = specs[(change.team, change.pool)]
-        was_running = await is_running(client, change.team, change.pool)
-        handle = await start_pool_workflow(client, settings, change.team, spec)
-        wf = "running" if was_running else "started"
-        if change.action == "updated" and was_running:
-            await _update(handle, "apply_spec", spec)
-            wf = "updated"
-        await policy_ops.sync_policies(
-            client, settings, change.team, spec, previous[(change.team, change.pool)]
+async def refusal(client: Client, team: str, spec: PoolSpec) -> str | None:
+    """What the pool's running workflow would refuse in `spec` ("field: message"), None if no workflow runs."""
+    try:
+        return await pool_handle(client, team, spec.name).query(
+            PoolWorkflow.apply_refusal, ApplyRequest(team=team, spec=spec)
         )
-        outcomes.append(ApplyOutcome(change.team, change.pool, change.action, change.changed_fields, wf))
-    return outcomes
+    except RPCError as e:
+        if e.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+            return None
+        raise
+
+
+async def apply_pool(client: Client, settings: Settings, team: str, spec: PoolSpec) -> ApplyOutcome:
+    """Send one pool's whole spec to its workflow (started with it if none runs): create-or-update in one
+    call. The workflow writes the store and runs the policies; a refusal raises RequestRefused."""
+    try:
+        result: ApplyResult = await client.execute_update_with_start_workflow(
+            PoolWorkflow.apply,
+            ApplyRequest(team=team, spec=spec),
+            start_workflow_operation=start_operation(settings, team, spec),
+        )
+    except WorkflowUpdateFailedError as e:
+        raise RequestRefused(_failure_message(e)) from e
+    return ApplyOutcome(team, spec.name, result.action, result.changes, result.kept, result.desired)
+
+
+async def apply_documents(client: Client, settings: Settings, docs: list[SpecDocument]) -> list[ApplyOutcome]:
+    """Apply every pool of `docs`. All-or-nothing for what can be checked up front: every running pool is
+    asked first whether it would refuse its spec (e.g. a provider switch with live servers), and nothing
+    is sent if one would; then each pool gets its spec by update-with-start."""
+    problems = []
+    for doc in docs:
+        for i, spec in enumerate(doc.pools):
+            why = await refusal(client, doc.team, spec)
+            if why is not None:
+                where, _, msg = why.partition(": ")
+                problems.append((f"pools[{i}] ({spec.name}).{where}", msg))
+    if problems:
+        raise SpecError("", problems)
+    return [await apply_pool(client, settings, doc.team, spec) for doc in docs for spec in doc.pools]
+
+
+def _failure_message(e: WorkflowUpdateFailedError) -> str:
+    cause = e.cause
+    return getattr(cause, "message", None) or str(cause or e)
+
+
+@contextmanager
+def _refused_or_missing(missing: str) -> Iterator[None]:
+    """An update's refusal becomes RequestRefused; a workflow that does not exist, NotFoundError."""
+    try:
+        yield
+    except WorkflowUpdateFailedError as e:
+        raise RequestRefused(_failure_message(e)) from e
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise NotFoundError(missing) from e
+        raise
 
 
 async def is_running(client: Client, team: str, pool: str) -> bool:
@@ -106,15 +159,6 @@ async def is_running(client: Client, team: str, pool: str) -> bool:
             return False
         raise
     return desc.status == WorkflowExecutionStatus.RUNNING
-
-
-async def _update(handle: WorkflowHandle, name: str, arg: object, result_type: type | None = None) -> object:
-    try:
-        return await handle.execute_update(name, arg, result_type=result_type)
-    except WorkflowUpdateFailedError as e:
-        cause = e.cause
-        msg = getattr(cause, "message", None) or str(cause or e)
-        raise RequestRefused(msg) from e
 
 
 def pool_handle(client: Client, team: str, pool: str) -> WorkflowHandle:
@@ -131,20 +175,10 @@ async def query_status(client: Client, team: str, pool: str) -> PoolStatusView |
 
 
 async def request_scale(client: Client, team: str, pool: str, desired: int, reason: str) -> ScaleAccepted:
-    handle = pool_handle(client, team, pool)
-    try:
-        result = await _update(
-            handle,
-            "scale",
-            ScaleRequest(desired=desired, reason=reason, request_id=str(uuid.uuid4())),
-            ScaleAccepted,
+    with _refused_or_missing(f"pool {pool!r} has no running workflow (apply its spec first)"):
+        return await pool_handle(client, team, pool).execute_update(
+            PoolWorkflow.scale, ScaleRequest(desired=desired, reason=reason, request_id=str(uuid.uuid4()))
         )
-    except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:
-            raise NotFoundError(f"pool {pool!r} has no running workflow (apply its spec first)") from e
-        raise
-    assert isinstance(result, ScaleAccepted)
-    return result
 
 
 async def wait_settled(
@@ -173,61 +207,29 @@ async def wait_settled(
     return view
 
 
+def stored_spec(settings: Settings, team: str, pool: str) -> PoolSpec | None:
+    """The spec the store lists for a pool (the read model; None when the store does not know it)."""
+    with session_scope(settings.resolved_database_url) as s:
+        row = queries.find_pool(s, team, pool)
+        return None if row is None or not row.spec else PoolSpec.model_validate(row.spec)
+
+
+async def request_delete(client: Client, settings: Settings, team: str, pool: str) -> int:
+    """Ask the pool's workflow to delete the pool (one update; idempotent). When the store lists the pool
+    but no workflow runs, update-with-start starts one from the stored spec: it adopts the stored servers
+    and deletes them. Returns how many servers the workflow will terminate."""
+    spec = stored_spec(settings, team, pool)
+    with _refused_or_missing(f"pool {pool!r} not found in team {team!r}"):
+        if spec is not None:
+            return await client.execute_update_with_start_workflow(
+                PoolWorkflow.delete, start_workflow_operation=start_operation(settings, team, spec)
+            )
+        return await pool_handle(client, team, pool).execute_update(PoolWorkflow.delete)
+
+
 async def delete_pool(client: Client, settings: Settings, team: str, pool: str, timeout: float = 300) -> int:
-    """Terminate the pool's servers through its workflow, wait for it to end, then remove it from the store."""
-    from poolctl.starter import policy_ops
-
-    await policy_ops.stop_all_policies(
-        client, team, pool, policy_ops.stored_policy_names(settings, team, pool)
-    )
-    handle = pool_handle(client, team, pool)
-    removed = 0
-    try:
-        removed = int(await _update(handle, "delete", None, int))  # type: ignore[arg-type]
-        await asyncio.wait_for(handle.result(), timeout)
-    except RPCError as e:
-        if e.status != RPCStatusCode.NOT_FOUND:
-            raise
-        removed = await _terminate_orphans(client, settings, team, pool)
-    with session_scope(settings.resolved_database_url) as s:
-        inventory.delete_pool(s, team, pool)
+    """Delete a pool through its workflow and wait until the workflow has finished the saga (policies
+    stopped, servers terminated, pool removed from the store)."""
+    removed = await request_delete(client, settings, team, pool)
+    await asyncio.wait_for(pool_handle(client, team, pool).result(), timeout)
     return removed
-
-
-def refuse_provider_changes(session: Any, docs: list[SpecDocument]) -> None:
-    """A pool with live servers cannot switch provider (its servers could not be terminated through the
-    new one): refuse the whole apply before anything is written."""
-    problems = []
-    for doc in docs:
-        for i, spec in enumerate(doc.pools):
-            row = inventory.find_pool(session, doc.team, spec.name)
-            if row is None or row.provider == spec.provider:
-                continue
-            live = inventory.list_servers(session, doc.team, spec.name)
-            if live:
-                problems.append(
-                    (
-                        f"pools[{i}] ({spec.name}).provider",
-                        provider_change_refusal(row.provider, spec.provider, len(live)),
-                    )
-                )
-    if problems:
-        raise SpecError("", problems)
-
-
-async def _terminate_orphans(client: Client, settings: Settings, team: str, pool: str) -> int:
-    """No workflow runs for the pool: terminate whatever servers the store still lists, directly, and
-    stop their health checks (abandoned children of the pool's workflow)."""
-    from poolctl.activities.providers.registry import get_provider
-
-    with session_scope(settings.resolved_database_url) as s:
-        rows = [(r.id, r.provider) for r in inventory.list_servers(s, team, pool)]
-    for server_id, provider in rows:
-        try:
-            await client.get_workflow_handle(health_workflow_id(team, pool, server_id)).cancel()
-        except RPCError:
-            pass  # never started, or already ended
-        await get_provider(provider, settings.state_dir).terminate(server_id)
-        with session_scope(settings.resolved_database_url) as s:
-            inventory.mark_server_terminated(s, server_id)
-    return len(rows)

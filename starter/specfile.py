@@ -143,7 +143,7 @@ def stored_pools(database_url: str) -> list[PlacedPool]:
     skipped."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from poolctl.store import inventory
+    from poolctl.store import queries as inventory
     from poolctl.store.db import session_scope
 
     if database_url.startswith("sqlite"):

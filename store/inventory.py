@@ -78,6 +78,25 @@ def apply_document(session: Session, doc: SpecDocument) -> list[PoolChange]:
     return changes
 
 
+def store_pool_spec(session: Session, team: str, spec: PoolSpec, desired: int | None = None) -> PoolChange:
+    """Upsert one pool's row with its policies and balancers from `spec` (idempotent: an equal spec
+    changes nothing), and its desired size (the workflow's, which a re-apply may keep). The PoolWorkflow's
+    `store_pool_spec` activity is the only caller outside tests."""
+    change = _apply_pool(session, get_or_create_team(session, team), spec)
+    if desired is not None:
+        set_pool_desired(session, team, spec.name, desired)
+    return change
+
+
+def forget_pool(session: Session, team: str, pool: str) -> bool:
+    """Remove a pool (and its policies, balancers, events) from the store; False when it was not there."""
+    row = find_pool(session, team, pool)
+    if row is None:
+        return False
+    session.delete(row)
+    return True
+
+
 def _apply_pool(session: Session, team: Team, spec: PoolSpec) -> PoolChange:
     now = utcnow()
     digest = spec_hash(spec)

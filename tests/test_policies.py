@@ -10,9 +10,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from temporalio.client import Client
 
+from poolctl.domain.health import HealthState
+from poolctl.domain.health_messages import ServerHealthChange
 from poolctl.domain.names import policy_workflow_id, pool_workflow_id
 from poolctl.settings import Settings
 from poolctl.starter import policy_ops
+from poolctl.workflows.pool import PoolWorkflow
 from tests.helpers import apply_yaml, eventually, pool_view, settled
 from tests.policy_helpers import CpuPinner, events, policy_state, stored_decisions
 
@@ -177,9 +180,12 @@ async def test_cooldown_survives_worker_restart_and_continue_as_new(client: Clie
             pool_run = (await pool_handle.describe()).run_id
             policy_run = (await policy_handle.describe()).run_id
         # the worker is gone; a new one takes over, and both workflows continue-as-new
+        no_such_server = ServerHealthChange(
+            server_id="no-such-server", state=HealthState.HEALTHY, at=datetime.now(UTC), reason="test"
+        )
         async with build_worker(client, settings):
             for _ in range(40):
-                await pool_handle.signal("forget_policy", "no-such-policy")
+                await pool_handle.signal(PoolWorkflow.server_health, no_such_server)
                 await policy_handle.signal("pause_scale_in")
             await eventually(lambda: pool_handle.describe(), lambda d: d.run_id != pool_run, timeout=20)
             await eventually(lambda: policy_handle.describe(), lambda d: d.run_id != policy_run, timeout=20)
@@ -342,7 +348,7 @@ pools:
         await apply_yaml(client, settings, spec.split("    policies:")[0])
         await settled(client, settings, "web", 2)
         outcomes = await apply_yaml(client, settings, spec)
-        assert [(o.action, o.changed_fields) for o in outcomes] == [("updated", ["policies"])]
+        assert [(o.action, o.changes) for o in outcomes] == [("updated", ["policies +sim"])]
         await eventually(lambda: _async(len, reads), lambda n: n >= len(SIM_TRACE) + 1, timeout=60)
         state = await policy_state(client, settings, "web", "sim")
     assert state is not None

@@ -7,10 +7,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from poolctl.activities.balancer_activities import BalancerActivities, RollupInput, RollupResult
+    from poolctl.workflows.retry_policies import ROLLUP_RETRY
 
 
 @workflow.defn
@@ -22,6 +22,6 @@ class BalancerStatsWorkflow:
             inp,
             start_to_close_timeout=timedelta(minutes=5),
             heartbeat_timeout=timedelta(seconds=60),
-            retry_policy=RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=5)),
+            retry_policy=ROLLUP_RETRY,
             summary="roll up balancer statistics",
         )

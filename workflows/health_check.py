@@ -9,7 +9,6 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
@@ -26,9 +25,8 @@ with workflow.unsafe.imports_passed_through():
     from poolctl.domain.health_spec import HealthCheckSpec
     from poolctl.domain.names import pool_workflow_id
     from poolctl.workflows.history import history_too_long
-
-WATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
-RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+    from poolctl.workflows.pool_api import PoolSignals
+    from poolctl.workflows.retry_policies import BOOKKEEPING_RETRY, WATCH_RETRY
 
 
 @workflow.defn
@@ -126,7 +124,7 @@ class HealthCheckWorkflow:
                 config_error=self.check_state.config_error,
             ),
             start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RECORD_RETRY,
+            retry_policy=BOOKKEEPING_RETRY,
             summary=f"record {outcome.reason}",
         )
         t = outcome.transition
@@ -136,7 +134,7 @@ class HealthCheckWorkflow:
         pool = workflow.get_external_workflow_handle(pool_workflow_id(self.inp.team, self.inp.pool))
         try:
             await pool.signal(
-                "server_health",
+                PoolSignals.server_health,
                 ServerHealthChange(server_id=self.inp.server_id, state=t.to_state, at=t.at, reason=t.reason),
             )
         except Exception as e:  # noqa: BLE001 - the pool may be gone (deleted): nothing to tell

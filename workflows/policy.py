@@ -1,9 +1,9 @@
 """PolicyWorkflow: one scaling policy's evaluation loop.
 
 Every `evaluation_interval` (sooner when a signal or update arrives, or when a schedule window opens or
-closes): read the metric and the pool's size (a local activity), evaluate the policy with the pure code in
-`domain.evaluation`, and signal the pool's `recommend` only when the recommendation differs from the last one
-sent. A decision that changes the recommendation is kept (the last MAX_DECISIONS) and written to the store.
+closes): read the metric (a local activity) for the pool's members (the pool signals them), evaluate the
+policy with the pure code in `domain.evaluation`, and signal the pool's `recommend` only when the
+recommendation differs from the last one sent. A decision that changes the recommendation is kept (the last MAX_DECISIONS) and written to the store.
 Continues-as-new with its state; the pool owns the cooldowns (they are durable there).
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
@@ -32,12 +31,13 @@ with workflow.unsafe.imports_passed_through():
         PolicyStateView,
         policy_status,
     )
+    from poolctl.domain.pool_state import PoolMembers, ServerRecord
     from poolctl.domain.schedule import schedule_window_active
     from poolctl.workflows.history import history_too_long
+    from poolctl.workflows.pool_api import PoolSignals
+    from poolctl.workflows.retry_policies import BOOKKEEPING_RETRY, READ_RETRY
 
-READ_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=2)
 RESEND_AFTER = timedelta(minutes=5)
-RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 
 
 @workflow.defn
@@ -53,6 +53,7 @@ class PolicyWorkflow:
         self.current: int | None = inp.current
         self.last_error: str | None = inp.last_error
         self.history_budget = inp.history_budget
+        self.members: list[ServerRecord] = list(inp.members)
         self._wake = False
         self._next_at: datetime | None = None
         self._last_sent_at: datetime | None = None  # not carried: after continue-as-new, one refresh
@@ -88,6 +89,7 @@ class PolicyWorkflow:
             current=self.current,
             last_error=self.last_error,
             history_budget=self.history_budget,
+            members=self.members,
         )
 
     def _next_wait_s(self) -> float:
@@ -107,7 +109,7 @@ class PolicyWorkflow:
         try:
             return await workflow.execute_local_activity_method(
                 PolicyMetricActivities.read_policy_metric,
-                MetricReadRequest(team=self.team, pool=self.pool, source=source),
+                MetricReadRequest(team=self.team, pool=self.pool, source=source, servers=self.members),
                 start_to_close_timeout=timedelta(seconds=timeout_s),
                 schedule_to_close_timeout=timedelta(seconds=2 * timeout_s + 1),
                 retry_policy=READ_RETRY,
@@ -142,14 +144,14 @@ class PolicyWorkflow:
             PolicyMetricActivities.record_policy_decision,
             DecisionRecord(team=self.team, pool=self.pool, policy=self.spec.name, decision=decision),
             start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RECORD_RETRY,
+            retry_policy=BOOKKEEPING_RETRY,
             summary=f"record decision {decision.current}->{decision.desired} {decision.reason.value}",
         )
 
     async def _send(self, rec: Recommendation) -> bool:
         handle = workflow.get_external_workflow_handle(pool_workflow_id(self.team, self.pool))
         try:
-            await handle.signal("recommend", rec)
+            await handle.signal(PoolSignals.recommend, rec)
         except FailureError as e:
             # the pool is not running (deleted or not started yet): try again at the next evaluation
             self.last_error = f"could not signal pool: {e}"
@@ -209,17 +211,27 @@ class PolicyWorkflow:
         self.pstate = evaluation.pause(self.pstate, scale_in=False, scale_out=True)
         self._changed()
 
-    @workflow.update
-    def apply_spec(self, spec: PolicySpec) -> str:
-        """A re-applied spec for this policy: takes effect at once (the policy re-evaluates now)."""
+    @workflow.signal
+    def update_spec(self, spec: PolicySpec) -> None:
+        """A re-applied spec (the pool sends it): takes effect at once (the policy re-evaluates now).
+
+        A pause or resume by signal survives a re-apply, unless `is_active` itself changed in the file
+        (true -> false pauses, false -> true resumes), as `kubectl apply` merges against the last applied."""
+        if spec.name != self.spec.name:
+            workflow.logger.warning(
+                "spec for policy %s sent to policy %s: ignored", spec.name, self.spec.name
+            )
+            return
+        if spec.is_active != self.spec.is_active:
+            self.pstate = evaluation.resume(self.pstate) if spec.is_active else evaluation.pause(self.pstate)
         self.spec = spec
         self._changed()
-        return "applied"
 
-    @apply_spec.validator
-    def _validate_apply_spec(self, spec: PolicySpec) -> None:
-        if spec.name != self.spec.name:
-            raise ValueError(f"spec for policy {spec.name!r} sent to policy {self.spec.name!r}")
+    @workflow.signal
+    def pool_members(self, view: PoolMembers) -> None:
+        """The pool's membership changed (a server joined, left or changed health); the next evaluation
+        counts it (no extra evaluation: history grows with decisions, not with membership changes)."""
+        self.members = list(view.servers)
 
     @workflow.query
     def state(self) -> PolicyStateView:

@@ -1,9 +1,11 @@
-"""PoolWorkflow: the single writer of a pool's capacity. It takes manual scale requests (an update), spec
-changes and (later) policy recommendations, reconciles the pool to its desired size one ScalePoolWorkflow
-at a time, mirrors its status to the store and the Temporal UI, and continues-as-new with its state."""
+"""PoolWorkflow: the single writer of a pool's spec, capacity and membership. It takes applied specs (the
+`apply` update, merged like `kubectl apply`), manual scale requests, policy recommendations and health
+changes; writes its accepted spec to the store; runs its policies; reconciles the pool to its desired size
+one ScalePoolWorkflow at a time; runs the delete saga; and continues-as-new with its state."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
@@ -13,39 +15,52 @@ from temporalio.exceptions import ChildWorkflowError
 with workflow.unsafe.imports_passed_through():
     from poolctl import search_attributes as sa
     from poolctl.activities.inventory import InventoryActivities
-    from poolctl.activities.messages import EventFinish, EventStart, PoolRef, PoolStatusUpdate
+    from poolctl.activities.messages import EventFinish, EventStart, PoolRef, PoolSpecRecord, PoolStatusUpdate
+    from poolctl.domain.apply_merge import apply_refusal, merge_apply
     from poolctl.domain.arbitration import arbitrate
     from poolctl.domain.capacity import clamp, pick_victims, plan_scale
     from poolctl.domain.decision import Direction, Recommendation
     from poolctl.domain.health import HealthState, MemberHealth, plan_healing
     from poolctl.domain.health_messages import ServerHealthChange
     from poolctl.domain.names import pool_key, scale_workflow_id
-    from poolctl.domain.pool_spec import PoolSpec, PoolStatus, provider_change_refusal
+    from poolctl.domain.pool_spec import PoolSpec, PoolStatus
     from poolctl.domain.pool_state import (
+        ApplyRequest,
+        ApplyResult,
         EventSummary,
         PoolInput,
         PoolState,
         PoolStatusView,
         ScaleAccepted,
+        ScaleAction,
         ScaleInput,
+        ScaleIntent,
         ScaleRequest,
         ScaleResult,
         ServerRecord,
     )
     from poolctl.workflows.history import history_too_long
+    from poolctl.workflows.pool_api import PoolSignals
     from poolctl.workflows.pool_members import (
         start_health_watches,
         stop_health_watches,
         sync_balancers,
         update_health_specs,
     )
-    from poolctl.workflows.scale_pool import BOOKKEEPING_RETRY, ScalePoolWorkflow, failure_text
+    from poolctl.workflows.pool_policies import (
+        members_view_fingerprint,
+        stop_policies,
+        sync_policies,
+        tell_members,
+    )
+    from poolctl.workflows.retry_policies import BOOKKEEPING_RETRY
+    from poolctl.workflows.scale_pool import ScalePoolWorkflow, failure_text
 
 MAX_REMEMBERED_REQUESTS = 50
 
 
 @workflow.defn
-class PoolWorkflow:
+class PoolWorkflow(PoolSignals):
     @workflow.init
     def __init__(self, inp: PoolInput) -> None:
         self.team = inp.team
@@ -55,6 +70,7 @@ class PoolWorkflow:
         self._wake = True
         self._scaling = False
         self._published: tuple[str, str | None, int] | None = None
+        self._converging = asyncio.Lock()  # the loop and the apply handler both write spec and policies
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -63,6 +79,7 @@ class PoolWorkflow:
         if not self.state.adopted:
             await self._adopt_existing_servers()
         while True:
+            await self._converge_spec()
             await self._publish_status()
             try:
                 await workflow.wait_condition(
@@ -76,11 +93,9 @@ class PoolWorkflow:
                 self.state.synced_members = None
             self._wake = False
             if self.state.deleting:
-                await self._remove_all_servers()
-                if self.state.servers:  # some could not be terminated yet: try again, never leak them
+                if not await self._delete():  # some servers could not be terminated yet: try again
                     self._wake = False
                     continue
-                await self._publish_status()
                 return "deleted"
             await self._reconcile()
             await self._tend_members()
@@ -104,6 +119,26 @@ class PoolWorkflow:
         self.state.adopted = True
         self.state.epoch = workflow.info().run_id[:8]
 
+    async def _converge_spec(self) -> None:
+        """Bring the store and the policy workflows in line with the spec this workflow holds. Idempotent
+        and versioned: an interrupted apply (or a crashed worker) is finished here, by the workflow."""
+        async with self._converging:
+            version = self.state.spec_version
+            if self.state.stored_version < version:
+                await workflow.execute_activity_method(
+                    InventoryActivities.store_pool_spec,
+                    PoolSpecRecord(team=self.team, spec=self.spec, desired=self.state.desired),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=BOOKKEEPING_RETRY,
+                    summary=f"store spec v{version}",
+                )
+                self.state.stored_version = version
+            if not self.state.deleting and self.state.policies_version < version:
+                self.state.policies = await sync_policies(
+                    self.team, self.spec, self.state.policies, self.state.servers, self.runtime.history_budget
+                )
+                self.state.policies_version = version
+
     def target(self) -> int:
         return clamp(self.state.desired, self.spec.min_servers, self.spec.max_servers)
 
@@ -119,7 +154,7 @@ class PoolWorkflow:
                 wake = min(wake, (until - now).total_seconds() + 0.5)
         if self.spec.auto_healing and self.spec.heal_after_s > 0:  # re-check when a server is due for healing
             for s in self.state.servers:
-                if s.health == "unhealthy" and s.health_changed_at is not None:
+                if s.health is HealthState.UNHEALTHY and s.health_changed_at is not None:
                     due = (s.health_changed_at - now).total_seconds() + self.spec.heal_after_s
                     if due > 0:
                         wake = min(wake, due + 0.2)
@@ -149,9 +184,13 @@ class PoolWorkflow:
         self.state.last_decision = decision
         self.state.desired = decision.desired
         winner = max((r for r in recs if r.desired == decision.desired), key=lambda r: r.policy, default=None)
-        self.state.pending_policy = winner.policy if winner else None
-        self.state.pending_cause = f"policy {winner.policy if winner else '?'}: {decision.reason.value}"
-        self.state.pending_decision = decision.model_dump(mode="json")
+        name = winner.policy if winner else "?"
+        self.state.desired_set_by = f"policy {name}"
+        self.state.intent = ScaleIntent(
+            cause=f"policy {name}: {decision.reason.value}",
+            policy=winner.policy if winner else None,
+            decision=decision.model_dump(mode="json"),
+        )
         self.state.cooldowns = self.state.cooldowns.after_decision(decision, workflow.now())
 
     async def _reconcile(self) -> None:
@@ -165,7 +204,7 @@ class PoolWorkflow:
         if plan.direction is Direction.NONE:
             await self._heal()
             return
-        await self._run_scaling(plan.direction.value, plan.count, plan.target)
+        await self._run_scaling(ScaleAction(plan.direction.value), plan.count, plan.target)
 
     async def _heal(self) -> None:
         """Auto-healing: replace servers that stay unhealthy, a batch at a time (launch before terminate);
@@ -176,8 +215,8 @@ class PoolWorkflow:
         members = [
             MemberHealth(
                 server_id=s.server_id,
-                state=HealthState(s.health),
-                unhealthy_since=s.health_changed_at if s.health == "unhealthy" else None,
+                state=s.health,
+                unhealthy_since=s.health_changed_at if s.health is HealthState.UNHEALTHY else None,
             )
             for s in self.state.servers
         ]
@@ -195,10 +234,12 @@ class PoolWorkflow:
         self._set_status(PoolStatus.ACTIVE, None)
         if plan.replace:
             victims = [s for s in self.state.servers if s.server_id in set(plan.replace)]
-            self.state.pending_cause = (
-                f"auto-healing: replace unhealthy {', '.join(v.server_id for v in victims)}"
+            self.state.intent = ScaleIntent(
+                cause=f"auto-healing: replace unhealthy {', '.join(v.server_id for v in victims)}"
             )
-            await self._run_scaling("replace", len(victims), len(self.state.servers), victims=victims)
+            await self._run_scaling(
+                ScaleAction.REPLACE, len(victims), len(self.state.servers), victims=victims
+            )
 
     async def _record_note(self, direction: str, cause: str, status: str) -> None:
         """A scaling event for something the pool decided not to do (e.g. healing stopped)."""
@@ -239,23 +280,47 @@ class PoolWorkflow:
         self.state.synced_members = await sync_balancers(
             self.team, self.spec, self.state.servers, self.state.synced_members
         )
+        seen = members_view_fingerprint(self.state.servers)
+        if seen != self.state.members_told:
+            await tell_members(self.team, self.spec.name, sorted(self.state.policies), self.state.servers)
+            self.state.members_told = seen
 
-    async def _remove_all_servers(self) -> None:
+    async def _delete(self) -> bool:
+        """The delete saga: stop the policies, terminate every server (drained first), then forget the
+        pool in the store. False while servers remain (the loop tries again; nothing leaks)."""
         self._set_status(PoolStatus.DELETING, "pool deleted")
+        async with self._converging:
+            names = set(self.state.policies) | {p.name for p in self.spec.policies}
+            if names:
+                await stop_policies(self.team, self.spec.name, sorted(names))
+                self.state.policies = {}
+                self.state.recommendations = {}
         if self.state.servers:
-            self.state.pending_cause = "pool deleted"
-            await self._run_scaling("down", len(self.state.servers), 0)
+            self.state.intent = ScaleIntent(cause="pool deleted")
+            await self._run_scaling(ScaleAction.DOWN, len(self.state.servers), 0)
+        if self.state.servers:
+            return False
+        await self._publish_status()
+        await workflow.execute_activity_method(
+            InventoryActivities.forget_pool,
+            PoolRef(team=self.team, pool=self.spec.name),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=BOOKKEEPING_RETRY,
+            summary="remove the pool from the store",
+        )
+        return True
 
     async def _run_scaling(
-        self, direction: str, count: int, target: int, *, victims: list[ServerRecord] | None = None
+        self, direction: ScaleAction, count: int, target: int, *, victims: list[ServerRecord] | None = None
     ) -> None:
         self.state.seq += 1
         seq = self.state.seq
         current = len(self.state.servers)
+        intent, self.state.intent = self.state.intent, ScaleIntent(cause="reconcile")  # consumed here
         if victims is None:
             victims = (
                 pick_victims(self.state.servers, count, self.spec.termination_policy)
-                if direction == "down"
+                if direction is ScaleAction.DOWN
                 else []
             )
         if not self.state.deleting:
@@ -271,9 +336,9 @@ class PoolWorkflow:
             count=count,
             from_count=current,
             to_count=target,
-            cause=self.state.pending_cause,
-            policy_name=self.state.pending_policy,
-            decision=self.state.pending_decision,
+            cause=intent.cause,
+            policy_name=intent.policy,
+            decision=intent.decision,
             provider=self.spec.provider,
             provider_options=self.spec.provider_options,
             weight=self.spec.server_weight,
@@ -287,7 +352,7 @@ class PoolWorkflow:
                 ScalePoolWorkflow.run,
                 inp,
                 id=scale_workflow_id(self.team, self.spec.name, seq),
-                static_summary=f"scale {direction} {current} -> {target}: {self.state.pending_cause}",
+                static_summary=f"scale {direction} {current} -> {target}: {intent.cause}",
                 search_attributes=TypedSearchAttributes(
                     [
                         SearchAttributePair(sa.POOL_ID, pool_key(self.team, self.spec.name)),
@@ -308,7 +373,7 @@ class PoolWorkflow:
         for added in result.added:
             # without a check, a server that answered at boot counts as healthy
             if self.spec.effective_health_check is None:
-                added.health = "healthy"
+                added.health = HealthState.HEALTHY
             self.state.servers.append(added)
         self.state.last_event = EventSummary(
             seq=inp.seq,
@@ -320,14 +385,11 @@ class PoolWorkflow:
             error=result.error,
             finished_at=workflow.now(),
         )
-        self.state.pending_policy = None
-        self.state.pending_decision = None
         if result.status != "succeeded":
             self._set_status(
                 PoolStatus.ERROR, f"scale {inp.direction} #{inp.seq} {result.status}: {result.error}"
             )
         elif not self.state.deleting:
-            self.state.pending_cause = "reconcile"
             self._set_status(PoolStatus.ACTIVE, None)
             self._wake = True  # re-check at once: the target may have moved while we scaled
 
@@ -374,9 +436,8 @@ class PoolWorkflow:
                 -MAX_REMEMBERED_REQUESTS:
             ]
         self.state.desired = req.desired
-        self.state.pending_cause = req.reason
-        self.state.pending_policy = None
-        self.state.pending_decision = None
+        self.state.desired_set_by = "operator" if req.reason == "manual scale" else f"operator ({req.reason})"
+        self.state.intent = ScaleIntent(cause=req.reason)
         if self.state.status is PoolStatus.ERROR:
             self._set_status(PoolStatus.ACTIVE, None)
         self._wake = True
@@ -393,38 +454,73 @@ class PoolWorkflow:
             )
 
     @workflow.update
-    async def apply_spec(self, spec: PoolSpec) -> ScaleAccepted:
-        """A re-applied spec: new bounds, provider options, policies; desired follows the spec when it names one."""
+    async def apply(self, req: ApplyRequest) -> ApplyResult:
+        """An applied spec (`poolctl apply` sends each pool's whole spec with update-with-start).
+
+        Merged against the last applied spec (domain.apply_merge): `desired_servers` moves the pool only when
+        it changed in the file. The accepted spec is written to the store and the policy workflows follow
+        it before this returns; if the caller dies first, the workflow still finishes both."""
         previous = self.state.desired
-        self.state.health_spec_changed |= spec.effective_health_check != self.spec.effective_health_check
-        self.spec = spec
-        if spec.desired_servers is not None:
-            self.state.desired = spec.desired_servers
-        self.state.desired = clamp(self.state.desired, spec.min_servers, spec.max_servers)
-        self.state.pending_cause = "spec applied"
-        names = {p.name for p in spec.policies}
-        self.state.recommendations = {k: v for k, v in self.state.recommendations.items() if k in names}
-        if self.state.status in (PoolStatus.ERROR, PoolStatus.PAUSED):
-            self._set_status(PoolStatus.ACTIVE, None)
+        first = self.state.applies == 0 and req.spec == self.spec  # the spec this workflow was started with
+        plan = merge_apply(
+            None if first else self.spec,
+            req.spec,
+            desired=self.state.desired,
+            desired_set_by=self.state.desired_set_by,
+        )
+        self.state.applies += 1
+        if req.spec != self.spec:
+            self.state.health_spec_changed |= (
+                req.spec.effective_health_check != self.spec.effective_health_check
+            )
+            self.spec = req.spec
+            self.state.spec_version += 1
+            names = {p.name for p in req.spec.policies}
+            self.state.recommendations = {k: v for k, v in self.state.recommendations.items() if k in names}
+            if self.state.status in (PoolStatus.ERROR, PoolStatus.PAUSED):
+                self._set_status(PoolStatus.ACTIVE, None)
+        if plan.desired != self.state.desired:
+            self.state.intent = ScaleIntent(cause="spec applied")
+        self.state.desired = plan.desired
+        self.state.desired_set_by = plan.desired_set_by
         self._wake = True
-        return ScaleAccepted(
-            previous_desired=previous, desired=self.state.desired, current=len(self.state.servers)
+        await self._converge_spec()
+        return ApplyResult(
+            action=plan.action,
+            changes=plan.changes,
+            kept=plan.kept,
+            previous_desired=previous,
+            desired=self.target(),
+            current=len(self.state.servers),
         )
 
-    @apply_spec.validator
-    def _validate_apply_spec(self, spec: PoolSpec) -> None:
-        if spec.name != self.spec.name:
-            raise ValueError(f"spec for pool {spec.name!r} sent to pool {self.spec.name!r}")
-        if self.state.deleting:
-            raise ValueError(f"pool {self.spec.name} is being deleted")
-        if spec.provider != self.spec.provider and self.state.servers:
-            raise ValueError(
-                provider_change_refusal(self.spec.provider, spec.provider, len(self.state.servers))
-            )
+    @apply.validator
+    def _validate_apply(self, req: ApplyRequest) -> None:
+        refusal = self.apply_refusal(req)
+        if refusal is not None:
+            raise ValueError(refusal)
+
+    @workflow.query
+    def apply_refusal(self, req: ApplyRequest) -> str | None:
+        """Why `apply` would refuse this spec ("field: message"), or None: lets `poolctl apply` check every
+        pool before it sends any (an apply is all-or-nothing)."""
+        refusal = apply_refusal(
+            team=self.team,
+            current=self.spec,
+            servers=len(self.state.servers),
+            deleting=self.state.deleting,
+            request_team=req.team,
+            new=req.spec,
+        )
+        return None if refusal is None else f"{refusal[0]}: {refusal[1]}"
 
     @workflow.update
     async def delete(self) -> int:
-        """Terminate every server, then end the workflow. Returns how many servers will be removed."""
+        """Stop the policies, terminate every server, forget the pool in the store, then end the workflow.
+        Idempotent (a repeat while deleting is fine). Returns how many servers will be removed."""
+        await workflow.wait_condition(
+            lambda: self.state.adopted
+        )  # a fresh workflow adopts stored servers first
         self.state.deleting = True
         self._wake = True
         return len(self.state.servers)
@@ -432,6 +528,8 @@ class PoolWorkflow:
     @workflow.signal
     def recommend(self, rec: Recommendation) -> None:
         """A policy's latest recommendation (PolicyWorkflow sends it when it changes)."""
+        if self.state.deleting or rec.policy not in {p.name for p in self.spec.policies}:
+            return  # a stopped or removed policy's last word no longer counts
         self.state.recommendations[rec.policy] = rec
         self._wake = True
 
@@ -440,15 +538,9 @@ class PoolWorkflow:
         """A HealthCheckWorkflow saw a transition: update the member, re-balance, maybe heal."""
         for s in self.state.servers:
             if s.server_id == change.server_id:
-                s.health = change.state.value
+                s.health = change.state
                 s.health_changed_at = change.at
                 self._wake = True
-
-    @workflow.signal
-    def forget_policy(self, name: str) -> None:
-        """A policy was removed or stopped: its recommendation no longer counts."""
-        self.state.recommendations.pop(name, None)
-        self._wake = True
 
     @workflow.query
     def status(self) -> PoolStatusView:
@@ -468,4 +560,5 @@ class PoolWorkflow:
             recommendations=self._active_recommendations(),
             cooldowns=self.state.cooldowns,
             last_decision=self.state.last_decision,
+            desired_set_by=self.state.desired_set_by,
         )

@@ -7,7 +7,7 @@ import hashlib
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
@@ -15,16 +15,13 @@ with workflow.unsafe.imports_passed_through():
     from poolctl import search_attributes as sa
     from poolctl.activities.balancer_activities import BalancerActivities, SyncBalancersInput
     from poolctl.domain.balancing import members_for
+    from poolctl.domain.health import HealthState
     from poolctl.domain.health_messages import HealthInput, HealthRuntime
     from poolctl.domain.names import health_workflow_id, pool_key
     from poolctl.domain.pool_spec import PoolSpec
     from poolctl.domain.pool_state import PoolRuntime, ServerRecord
     from poolctl.workflows.health_check import HealthCheckWorkflow
-
-
-SYNC_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5), maximum_attempts=4
-)
+    from poolctl.workflows.retry_policies import SYNC_RETRY
 
 
 def health_runtime(rt: PoolRuntime) -> HealthRuntime:
@@ -78,14 +75,19 @@ async def start_health_watches(
         server.watched = True
 
 
-async def stop_health_watches(team: str, pool: str, server_ids: list[str]) -> None:
-    """Cancel the HealthCheckWorkflows of removed servers (a missing one is fine)."""
-    for sid in server_ids:
-        handle = workflow.get_external_workflow_handle(health_workflow_id(team, pool, sid))
+async def cancel_workflows(workflow_ids: list[str]) -> None:
+    """Cancel workflows the pool started (health checks, policies); one already ended is fine."""
+    for wf_id in workflow_ids:
+        handle = workflow.get_external_workflow_handle(wf_id)
         try:
             await handle.cancel()
         except Exception as e:  # noqa: BLE001 - already ended or never started
-            workflow.logger.info("health workflow of %s not cancelled: %s", sid, e)
+            workflow.logger.info("%s not cancelled: %s", wf_id, e)
+
+
+async def stop_health_watches(team: str, pool: str, server_ids: list[str]) -> None:
+    """Cancel the HealthCheckWorkflows of removed servers (a missing one is fine)."""
+    await cancel_workflows([health_workflow_id(team, pool, sid) for sid in server_ids])
 
 
 async def update_health_specs(team: str, spec: PoolSpec, servers: list[ServerRecord]) -> None:
@@ -95,7 +97,7 @@ async def update_health_specs(team: str, spec: PoolSpec, servers: list[ServerRec
         await stop_health_watches(team, spec.name, [s.server_id for s in servers if s.watched])
         for server in servers:
             server.watched = False
-            server.health = "healthy"
+            server.health = HealthState.HEALTHY
         return
     for server in servers:
         if server.watched:

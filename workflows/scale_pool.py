@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -15,21 +14,8 @@ with workflow.unsafe.imports_passed_through():
     from poolctl.activities.inventory import InventoryActivities
     from poolctl.activities.messages import EventFinish, EventStart, ProvisionInput, TerminateInput
     from poolctl.activities.provisioning import ProvisioningActivities
-    from poolctl.domain.errors import NON_RETRYABLE_ERROR_TYPES
-    from poolctl.domain.pool_state import PoolRuntime, ScaleInput, ScaleResult, ServerRecord
-
-BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
-
-
-def provider_retry(runtime: PoolRuntime) -> RetryPolicy:
-    """Exponential backoff for provider calls; `scale_attempts` tries in all (3 as in the original system)."""
-    return RetryPolicy(
-        initial_interval=timedelta(seconds=runtime.retry_initial_interval_s),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(seconds=runtime.retry_max_interval_s),
-        maximum_attempts=runtime.scale_attempts,
-        non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
-    )
+    from poolctl.domain.pool_state import ScaleAction, ScaleInput, ScaleResult, ServerRecord
+    from poolctl.workflows.retry_policies import BOOKKEEPING_RETRY, DRAIN_RETRY, provider_retry
 
 
 def failure_text(err: BaseException) -> str:
@@ -64,9 +50,9 @@ class ScalePoolWorkflow:
             retry_policy=BOOKKEEPING_RETRY,
             summary=f"record start of scale {inp.direction} {inp.from_count}->{inp.to_count}",
         )
-        if inp.direction == "up":
+        if inp.direction is ScaleAction.UP:
             result = await self._scale_up(inp)
-        elif inp.direction == "down":
+        elif inp.direction is ScaleAction.DOWN:
             result = await self._scale_down(inp)
         else:  # replace: launch the replacements first, then drain and terminate the old servers
             result = await self._scale_up(inp)
@@ -139,7 +125,7 @@ async def _drain_best_effort(inp: ScaleInput, victim: ServerRecord) -> None:
             ),
             start_to_close_timeout=timedelta(seconds=inp.drain_timeout_s + 60),
             heartbeat_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
+            retry_policy=DRAIN_RETRY,
             summary=f"drain {victim.server_id} from the balancers",
         )
     except ActivityError as e:

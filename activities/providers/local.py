@@ -42,15 +42,12 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,147 +61,33 @@ from poolctl.activities.providers.base import (
     ServerInfo,
     ServerState,
 )
+from poolctl.localserver.processes import (  # noqa: F401 - re-exported for the driver's users
+    TERMINATE_GRACE_S,
+    _children,
+    _children_lock,
+    _now,
+    find_server_process,
+    kill_all_local_servers,
+    pid_alive,
+    proc_start_time,
+    reap,
+    stop_process,
+)
+from poolctl.localserver.processes import (
+    read_json as _read_json,
+)
+from poolctl.localserver.processes import (
+    write_json_atomic as _write_json_atomic,
+)
 
 HOST = "127.0.0.1"
 DEFAULT_STARTUP_TIMEOUT_S = 15.0
-TERMINATE_GRACE_S = 5.0
 KNOWN_OPTIONS = {"quota", "command", "startup_timeout_s"}
-
-# Popen objects of the processes this process spawned, by pid, so they can be reaped
-# (kept module-wide: every LocalProvider instance in a process shares them).
-_children: dict[int, subprocess.Popen[bytes]] = {}
-_children_lock = threading.Lock()
 
 
 def server_id_for(idempotency_key: str) -> str:
     """The deterministic server id of an idempotency key."""
     return "srv-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:10]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-# ---------------------------------------------------------------- process helpers
-
-
-def proc_start_time(pid: int) -> int | None:
-    """The start time of a process (clock ticks since boot, from /proc), or None if unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    try:
-        return int(fields[19])  # field 22 of stat; fields here start at field 3
-    except (IndexError, ValueError):
-        return None
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rfind(")") + 2 :].split()[0]
-
-
-def find_server_process(server_id: str, state_dir: Path) -> int | None:
-    """The pid of a live local-server process started for `server_id` under `state_dir`, found through
-    /proc. A worker killed between spawning a server and recording its pid leaves such a process behind;
-    the retried provision adopts it instead of starting a second one."""
-    wanted = [b"poolctl.localserver", b"--server-id\0" + server_id.encode() + b"\0", str(state_dir).encode()]
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if all(w in cmdline for w in wanted) and pid_alive(int(entry)):
-            return int(entry)
-    return None
-
-
-def reap(pid: int) -> None:
-    """Collect the exit status of `pid` if it is our child and has exited (no zombie left behind)."""
-    with _children_lock:
-        popen = _children.get(pid)
-        if popen is not None:
-            if popen.poll() is not None:
-                del _children[pid]
-            return
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def pid_alive(pid: int | None, start: int | None = None) -> bool:
-    """Is `pid` a live (non-zombie) process, and the same one that started at `start` if given?"""
-    if not pid or pid <= 0:
-        return False
-    reap(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    if _proc_state(pid) in ("Z", "X"):
-        return False
-    if start is not None:
-        current = proc_start_time(pid)
-        if current is not None and current != start:
-            return False  # pid reused by another process
-    return True
-
-
-def _signal(pid: int, pgid: int | None, sig: int) -> None:
-    """Signal the process group `pgid` (a server runs in its own session), or only `pid` when the
-    group is unknown or is our own (a server started without a new session)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        if pgid and pgid > 1 and pgid != os.getpgid(0):
-            os.killpg(pgid, sig)
-        else:
-            os.kill(pid, sig)
-
-
-def stop_process(pid: int, pgid: int | None, start: int | None, grace_s: float = TERMINATE_GRACE_S) -> bool:
-    """SIGTERM the process group, wait up to `grace_s`, then SIGKILL. Blocking. True if it was alive."""
-    if not pid_alive(pid, start):
-        return False
-    _signal(pid, pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if not pid_alive(pid, start):
-            break
-        time.sleep(0.02)
-    else:
-        _signal(pid, pgid, signal.SIGKILL)
-        deadline = time.monotonic() + 5.0
-        while pid_alive(pid, start) and time.monotonic() < deadline:
-            time.sleep(0.02)
-    reap(pid)
-    return True
-
-
-# ---------------------------------------------------------------- files
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class LocalProvider:
@@ -502,49 +385,3 @@ def _tail(log: str | None, n: int = 400) -> str:
     except OSError:
         return ""
     return data.decode(errors="replace").strip()
-
-
-def kill_all_local_servers(state_dir: Path, grace_s: float = 3.0) -> int:
-    """Stop every local server process of `state_dir` — provider-managed ones (their records are
-    marked terminated) and any process that wrote a ``servers/*.json`` (e.g. a benchmark's
-    multi-port server). Blocking; safe to call when nothing runs. Returns how many were stopped."""
-    servers_dir = Path(state_dir).resolve() / "servers"
-    if not servers_dir.is_dir():
-        return 0
-    records_dir = servers_dir / "records"
-    records_dir.mkdir(parents=True, exist_ok=True)
-    targets: dict[int, tuple[int | None, int | None]] = {}  # pid -> (pgid, proc_start)
-    lock_path = servers_dir / ".lock"
-    with open(lock_path, "a+") as lf:
-        fcntl.flock(lf.fileno(), fcntl.LOCK_EX)
-        try:
-            for path in sorted(records_dir.glob("*.json")):
-                rec = _read_json(path)
-                if rec is None:
-                    continue
-                if rec.get("pid"):
-                    targets[rec["pid"]] = (rec.get("pgid"), rec.get("proc_start"))
-                if rec.get("status") != "terminated":
-                    rec["status"] = "terminated"
-                    rec["terminated_at"] = _now()
-                    _write_json_atomic(path, rec)
-        finally:
-            fcntl.flock(lf.fileno(), fcntl.LOCK_UN)
-    for path in sorted(servers_dir.glob("*.json")):
-        runtime = _read_json(path)
-        if runtime and isinstance(runtime.get("pid"), int) and runtime["pid"] not in targets:
-            targets[runtime["pid"]] = (runtime.get("pgid"), None)
-    stopped = 0
-    for pid, (pgid, start) in targets.items():
-        if pgid and pgid != pid and not pid_alive(pgid):
-            pgid = None  # never signal a group whose leader is gone (its id may be reused)
-        if pid == os.getpid():
-            continue
-        if stop_process(pid, pgid, start, grace_s=grace_s):
-            stopped += 1
-    for path in servers_dir.glob("*.json"):
-        runtime = _read_json(path)
-        if runtime and isinstance(runtime.get("pid"), int) and not pid_alive(runtime["pid"]):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-    return stopped
