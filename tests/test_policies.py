@@ -15,6 +15,7 @@ from poolctl.domain.health_messages import ServerHealthChange
 from poolctl.domain.names import policy_workflow_id, pool_workflow_id
 from poolctl.settings import Settings
 from poolctl.starter import policy_ops
+from poolctl.workflows.policy import PolicyWorkflow
 from poolctl.workflows.pool import PoolWorkflow
 from tests.helpers import apply_yaml, eventually, pool_view, settled
 from tests.policy_helpers import CpuPinner, events, policy_state, stored_decisions
@@ -186,7 +187,7 @@ async def test_cooldown_survives_worker_restart_and_continue_as_new(client: Clie
         async with build_worker(client, settings):
             for _ in range(40):
                 await pool_handle.signal(PoolWorkflow.server_health, no_such_server)
-                await policy_handle.signal("pause_scale_in")
+                await policy_handle.signal(PolicyWorkflow.pause_scale_in)
             await eventually(lambda: pool_handle.describe(), lambda d: d.run_id != pool_run, timeout=20)
             await eventually(lambda: policy_handle.describe(), lambda d: d.run_id != policy_run, timeout=20)
             view = await pool_view(client, settings, "web")
