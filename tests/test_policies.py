@@ -157,12 +157,12 @@ async def test_cooldown_survives_worker_restart_and_continue_as_new(client: Clie
     settings.history_budget = 100
     migrate(settings.resolved_database_url)
     cooldown = 30.0
-    await apply_yaml(client, settings, _threshold(max_servers=4, cooldown=cooldown))
     pool_handle = client.get_workflow_handle(pool_workflow_id(settings.team, "web"))
     policy_handle = client.get_workflow_handle(policy_workflow_id(settings.team, "web", "cpu"))
     pinner = CpuPinner(settings, "web", 50.0)
     async with pinner.running():
         async with build_worker(client, settings):
+            await apply_yaml(client, settings, _threshold(max_servers=4, cooldown=cooldown))
             await settled(client, settings, "web", 1)
             await pinner.set(90.0)
             view = await settled(client, settings, "web", 2, timeout=20)
