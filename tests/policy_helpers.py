@@ -33,6 +33,8 @@ class CpuPinner:
 
     def urls(self) -> list[tuple[str, str]]:
         with session_scope(self.settings.resolved_database_url) as s:
+            if inventory.find_pool(s, self.settings.team, self.pool) is None:
+                return []  # not applied yet (the pool's workflow writes it to the store)
             return [
                 (r.id, f"http://{r.host}:{r.port}")
                 for r in inventory.list_servers(s, self.settings.team, self.pool)
