@@ -7,10 +7,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from poolctl.activities.housekeeping import HousekeepingActivities, HousekeepingInput, HousekeepingResult
+    from poolctl.workflows.retry_policies import HOUSEKEEPING_RETRY
 
 
 @workflow.defn
@@ -21,6 +21,6 @@ class HousekeepingWorkflow:
             HousekeepingActivities.clean_up_store,
             inp,
             start_to_close_timeout=timedelta(minutes=10),
-            retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=10)),
+            retry_policy=HOUSEKEEPING_RETRY,
             summary="remove records older than the retention",
         )

@@ -8,22 +8,14 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from poolctl.activities.webhooks import WEBHOOK_REJECTED, DeliveryInput, WebhookActivities
+    from poolctl.activities.webhooks import DeliveryInput, WebhookActivities
     from poolctl.domain.model import Message
     from poolctl.domain.notifications import WebhookEvent, WebhookSpec, receivers_for
-
-DELIVERY_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=5),
-    maximum_attempts=12,  # about 20 minutes of tries
-    non_retryable_error_types=[WEBHOOK_REJECTED],
-)
+    from poolctl.workflows.retry_policies import DELIVERY_RETRY
 
 
 class NotificationInput(Message):

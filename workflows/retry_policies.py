@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from temporalio.common import RetryPolicy
 
+from poolctl.activities.webhooks import WEBHOOK_REJECTED
 from poolctl.domain.errors import NON_RETRYABLE_ERROR_TYPES
 from poolctl.domain.pool_state import PoolRuntime
 
@@ -28,6 +29,18 @@ READ_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_a
 
 # The balancer statistics roll-up run by a Schedule.
 ROLLUP_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=5))
+
+# The weekly clean-up of old records run by a Schedule.
+HOUSEKEEPING_RETRY = RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=10))
+
+# A webhook delivery: about 20 minutes of tries; a receiver that rejects the event is not retried.
+DELIVERY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=5),
+    maximum_attempts=12,
+    non_retryable_error_types=[WEBHOOK_REJECTED],
+)
 
 
 def provider_retry(runtime: PoolRuntime) -> RetryPolicy:
