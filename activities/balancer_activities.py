@@ -2,7 +2,7 @@
 balancer statistics up into the store.
 
 Which balancers: every `active` load balancer of the pool in the store (the applied spec). How they are
-reached: `activities.balancers.base.make_driver(spec, token)`: the builtin admin endpoint on
+reached: `activities.balancers.registry.make_driver(spec, token)`: the builtin admin endpoint on
 127.0.0.1:`effective_admin_port` with the token from `poolctl.balancer.credentials.balancer_token`, or
 HAProxy's Runtime API socket named in the spec.
 
@@ -33,8 +33,8 @@ from poolctl.activities.balancers.base import (
     BalancerError,
     BalancerRejectedError,
     UnknownMemberError,
-    make_driver,
 )
+from poolctl.activities.balancers.registry import make_driver
 from poolctl.balancer.credentials import balancer_token
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import BalancerStats, Member, SyncResult

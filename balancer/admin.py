@@ -151,7 +151,7 @@ def render_metrics(proxy: AdminTarget) -> str:
         "# HELP poolctl_lb_requests_total Requests received by the balancer.",
         "# TYPE poolctl_lb_requests_total counter",
         f'poolctl_lb_requests_total{{balancer="{lb}"}} {snap.requests}',
-        "# HELP poolctl_lb_no_member_responses_total Requests answered 502 because no server was in rotation.",
+        "# HELP poolctl_lb_no_member_responses_total Requests answered 503 because no server was in rotation.",
         "# TYPE poolctl_lb_no_member_responses_total counter",
         f'poolctl_lb_no_member_responses_total{{balancer="{lb}"}} {snap.no_member_responses}',
         "# HELP poolctl_lb_server_responses_total Responses per server and status class.",

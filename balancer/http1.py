@@ -32,7 +32,13 @@ from httptools import (
     HttpResponseParser,
 )
 
-from poolctl.domain.balancing import Balancing, NoHealthyMember
+from poolctl.domain.balancing import (
+    NO_MEMBER_RETRY_AFTER_S,
+    NO_MEMBER_STATUS,
+    Balancing,
+    NoHealthyMember,
+    no_member_body,
+)
 
 log = logging.getLogger("poolctl.balancer")
 
@@ -856,10 +862,10 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
             self.queue.popleft()
             self._drop_parts(req)
             self._reply(
-                502,
-                f"502 Bad Gateway: load balancer {proxy.config.name!r} has no server in rotation\n",
+                NO_MEMBER_STATUS,
+                no_member_body(proxy.config.name),
                 close=not req.complete or not req.keep,
-                extra=b"Retry-After: 1\r\n",
+                extra=b"Retry-After: %d\r\n" % NO_MEMBER_RETRY_AFTER_S,
             )
             return
         member = pick.member

@@ -15,6 +15,7 @@ import logging
 import secrets
 import socket
 import ssl
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -63,6 +64,8 @@ class ProxyConfig:
     algorithm: str = "round_robin"
     sticky: bool = False
     sticky_cookie: str = "POOLCTL_SRV"
+    drain_sticky: str = "keep"  # sticky clients of a draining member: keep | move
+    slow_start_s: float = 0.0  # a member entering rotation ramps up to its weight over this time
     certfile: str | None = None
     keyfile: str | None = None
     members: list[Member] = field(default_factory=list)
@@ -89,6 +92,8 @@ class ProxyConfig:
             algorithm=spec.algorithm,
             sticky=spec.sticky_sessions,
             sticky_cookie=spec.sticky_cookie,
+            drain_sticky=spec.drain_sticky,
+            slow_start_s=spec.slow_start_s,
             certfile=spec.ssl_certificate if spec.ssl_enabled else None,
             keyfile=spec.ssl_key if spec.ssl_enabled else None,
             members=list(members),
@@ -197,7 +202,13 @@ class BalancerProxy:
             raise ValueError("TLS needs both a certificate and a key")
         self.config = config
         self.balancing = Balancing(
-            config.algorithm, config.members, sticky=config.sticky, sticky_key=_sticky_key(config)
+            config.algorithm,
+            config.members,
+            sticky=config.sticky,
+            sticky_key=_sticky_key(config),
+            drain_sticky=config.drain_sticky,
+            slow_start_s=config.slow_start_s,
+            now=time.monotonic(),
         )
         self.stats = ProxyStats()
         self.ssl_context: ssl.SSLContext | None = None
@@ -238,7 +249,9 @@ class BalancerProxy:
             raise ValueError("a server_id appears twice in the member list")
         result = diff_members(self.balancing.members.values(), desired)
         if result.changed:
-            self.balancing.set_members(m.model_copy(update={"active_connections": 0}) for m in desired)
+            self.balancing.set_members(
+                (m.model_copy(update={"active_connections": 0}) for m in desired), time.monotonic()
+            )
             self._pool.close_addresses({m.address for m in desired})
             log.info(
                 "balancer %s members: +%s -%s ~%s",
@@ -318,7 +331,7 @@ class BalancerProxy:
         log.info("balancer %s listening on %s (admin %s)", cfg.name, self.url, self.admin_url)
 
     async def _sweep(self) -> None:
-        """Refresh the coarse clock; enforce the read, send, request-head, keep-alive and pool idle timeouts."""
+        """Refresh the coarse clock; move slow start ramps on; enforce the read, send, request-head, keep-alive and pool idle timeouts."""
         cfg = self.config
         loop = asyncio.get_running_loop()
         read_s, send_s, head_s, idle_s = (
@@ -328,10 +341,14 @@ class BalancerProxy:
             cfg.keepalive_timeout_s,
         )
         interval = max(0.01, min(1.0, read_s / 4, idle_s / 4, head_s / 4, send_s / 4))
+        if cfg.slow_start_s > 0:  # at least 20 steps per ramp (HAProxy steps once a second)
+            interval = min(interval, max(0.05, cfg.slow_start_s / 20))
         while True:
             await asyncio.sleep(interval)
             now = self._pool.clock = loop.time()
             try:
+                if self.balancing.ramping:
+                    self.balancing.advance(time.monotonic())
                 for c in list(self._clients):
                     if c.linger_since:
                         if now - c.linger_since > LINGER_S and c.transport is not None:

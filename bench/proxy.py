@@ -117,9 +117,9 @@ def run_wrk(wrk: str, url: str, duration: float, connections: int, pid: int | No
 
 
 async def start_haproxy(ports: list[int]) -> tuple[object, int]:
-    from poolctl.activities.balancers.haproxy import HAProxyProcess, temp_workdir
     from poolctl.domain.balancer_spec import LoadBalancerSpec
     from poolctl.domain.balancing import Member
+    from poolctl.starter.haproxy_stack import HAProxyProcess, temp_workdir
 
     port = free_port()
     spec = LoadBalancerSpec(
@@ -143,7 +143,7 @@ def main() -> int:
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from poolctl.activities.balancers.haproxy import haproxy_binary
+    from poolctl.starter.haproxy_stack import haproxy_binary
 
     binary = haproxy_binary()
     wrk = shutil.which("wrk")

@@ -70,6 +70,19 @@ class LoadBalancerSpec(StrictModel):
     drain_timeout_s: Annotated[Seconds, Field(le=86_400)] = Field(
         default=30.0, description="max wait for a drained server"
     )
+    drain_sticky: Literal["keep", "move"] = Field(
+        default="keep",
+        description="sticky clients of a draining server: keep (HAProxy's behaviour: it serves them until "
+        "the drain ends, at most drain_timeout_s) or move (re-balanced at once)",
+    )
+    slow_start_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="a server entering rotation ramps from 1/16 of its weight to its weight over this time "
+        "(HAProxy slowstart); 0 = full weight at once",
+    )
 
     # builtin data-plane limits (HAProxy / nginx terms in the descriptions; docs/security.md)
     request_head_timeout_s: float = Field(
@@ -123,6 +136,11 @@ class LoadBalancerSpec(StrictModel):
                 raise ValueError(f"ssl_enabled: true needs {' and '.join(missing)} (paths to PEM files)")
         if self.haproxy is not None and self.driver != "haproxy":
             raise ValueError("'haproxy' options are given but driver is not 'haproxy'")
+        if self.driver == "haproxy" and self.slow_start_s != int(self.slow_start_s):
+            raise ValueError(
+                f"slow_start_s {self.slow_start_s} is not a whole number of seconds: HAProxy's slowstart "
+                "counts whole seconds (driver: haproxy); use a whole number or driver: builtin"
+            )
         if self.driver == "builtin":
             admin = self.effective_admin_port
             if admin > 65535:

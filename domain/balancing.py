@@ -18,13 +18,25 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from poolctl.domain.errors import PoolctlError
+from poolctl.domain.slow_start import WEIGHT_SCALE, slow_start_weight
 
 VNODES_PER_MEMBER = 160
 """Points per member on the consistent-hash ring: share std-dev is about 1/sqrt(160) ~ 8% of 1/N."""
 
 
+NO_MEMBER_STATUS = 503
+"""What both drivers answer when no member is in rotation (HAProxy's and nginx's answer: nothing is wrong
+with a gateway, no server is available), with `Retry-After: NO_MEMBER_RETRY_AFTER_S` and `no_member_body`."""
+NO_MEMBER_RETRY_AFTER_S = 1
+
+
+def no_member_body(balancer: str) -> str:
+    """The short text/plain body of the no-server answer, the same on the built-in proxy and HAProxy."""
+    return f"503 Service Unavailable: load balancer {balancer!r} has no server in rotation\n"
+
+
 class NoHealthyMember(PoolctlError):
-    """No member is in rotation: the request cannot be balanced (the proxy answers 502)."""
+    """No member is in rotation: the request cannot be balanced (both drivers answer 503, see NO_MEMBER_STATUS)."""
 
 
 class MemberState(StrEnum):
@@ -166,7 +178,7 @@ class BalancerStats(BaseModel):
     algorithm: str = ""
     requests: int = 0
     no_member_responses: int = Field(
-        default=0, description="requests answered 502 because nobody was in rotation"
+        default=0, description="requests answered 503 because nobody was in rotation"
     )
     servers: list[ServerStats] = Field(default_factory=list)
 
@@ -195,23 +207,46 @@ def sticky_token(server_id: str, key: bytes = b"") -> str:
 class Selector:
     """Per-balancer selection state. `set_members` replaces the membership; `pick` chooses one candidate.
 
-    Candidates are ordered by server_id so the order never depends on how a caller listed them.
+    Candidates are ordered by server_id so the order never depends on how a caller listed them. Each
+    candidate has an effective weight in WEIGHT_SCALE units (`eweights`): `weight * WEIGHT_SCALE` unless
+    the caller gives others (a slow start ramp, see `Balancing`); an algorithm that ignores weights
+    (round robin, IP hash) sees `WEIGHT_SCALE` for every candidate at full speed.
     """
 
-    def __init__(self, members: Iterable[Member] = ()) -> None:
+    uses_weights = True
+    """False: the member's weight only says in (above 0) or out; effective weights come from ramps alone."""
+
+    def __init__(self, members: Iterable[Member] = (), eweights: Mapping[str, int] | None = None) -> None:
         self.members: dict[str, Member] = {}
         self.candidates: list[Member] = []
-        self.set_members(members)
+        self.eweights: dict[str, int] = {}
+        self.set_members(members, eweights)
 
-    def set_members(self, members: Iterable[Member]) -> None:
+    def full_weight(self, m: Member) -> int:
+        """A candidate's effective weight at full speed (WEIGHT_SCALE units)."""
+        return (m.weight if self.uses_weights else 1) * WEIGHT_SCALE
+
+    def set_members(self, members: Iterable[Member], eweights: Mapping[str, int] | None = None) -> None:
+        """Replace the membership. `eweights` (by server_id, WEIGHT_SCALE units, at least 1) overrides the
+        full weight of the candidates it names."""
         self.members = {m.server_id: m for m in members}
         self.candidates = sorted(
             (m for m in self.members.values() if m.is_candidate), key=lambda m: m.server_id
         )
+        given = eweights or {}
+        self.eweights = {
+            m.server_id: max(1, min(given.get(m.server_id, self.full_weight(m)), self.full_weight(m)))
+            for m in self.candidates
+        }
         self._rebuild()
 
+    @property
+    def ramping(self) -> bool:
+        """True while some candidate's effective weight is below its full weight."""
+        return any(self.eweights[m.server_id] < self.full_weight(m) for m in self.candidates)
+
     def _rebuild(self) -> None:
-        """Hook: recompute algorithm state after a membership change."""
+        """Hook: recompute algorithm state after a membership or weight change."""
 
     def pick(self, client_key: str = "", connections: Mapping[str, int] | None = None) -> Member:
         """Choose a candidate. `client_key` (client IP) matters to ip_hash; `connections` (live in-flight
@@ -224,9 +259,74 @@ class Selector:
         raise NotImplementedError
 
 
+class _SmoothWeighted:
+    """nginx's smooth weighted round robin over (candidate, weight) pairs: over any `sum(weights)`
+    consecutive picks each candidate is chosen exactly `weight` times, interleaved."""
+
+    __slots__ = ("current", "total", "signature")
+
+    def __init__(self) -> None:
+        self.current: dict[str, int] = {}
+        self.total = 0
+        self.signature: tuple[tuple[str, int], ...] = ()
+
+    def reset(self, signature: tuple[tuple[str, int], ...]) -> None:
+        """Restart the cycle when the candidates or their weights changed (else keep it)."""
+        if signature != self.signature:
+            self.signature = signature
+            self.current = {sid: 0 for sid, _ in signature}
+            self.total = sum(w for _, w in signature)
+
+    def pick(self, candidates: Sequence[Member], eweights: Mapping[str, int]) -> Member:
+        current = self.current
+        best: Member | None = None
+        best_w = 0
+        for m in candidates:
+            w = current[m.server_id] + eweights[m.server_id]
+            current[m.server_id] = w
+            if best is None or w > best_w:
+                best, best_w = m, w
+        assert best is not None
+        current[best.server_id] = best_w - self.total
+        return best
+
+
 class RoundRobinSelector(Selector):
     """Each candidate in turn (weights other than 0 are ignored). A membership change keeps the turn:
-    the next pick is the first candidate after the last one picked."""
+    the next pick is the first candidate after the last one picked. While a candidate ramps up (slow
+    start), turns follow the effective weights (smooth weighted round robin), as HAProxy's roundrobin does."""
+
+    uses_weights = False
+    _next: int = 0
+    _last: str | None = None
+    _smooth: _SmoothWeighted | None = None
+
+    def _rebuild(self) -> None:
+        ids = [m.server_id for m in self.candidates]
+        self._next = bisect.bisect_right(ids, self._last) if self._last is not None else 0
+        if self.ramping:
+            if self._smooth is None:
+                self._smooth = _SmoothWeighted()
+            self._smooth.reset(tuple((m.server_id, self.eweights[m.server_id]) for m in self.candidates))
+        else:
+            self._smooth = None
+
+    def _pick(self, client_key: str, connections: Mapping[str, int] | None) -> Member:
+        if self._smooth is not None:
+            m = self._smooth.pick(self.candidates, self.eweights)
+            self._last = m.server_id
+            return m
+        n = len(self.candidates)
+        m = self.candidates[self._next % n]
+        self._next = (self._next + 1) % n
+        self._last = m.server_id
+        return m
+
+
+class LeastConnectionsSelector(Selector):
+    """Weighted least connections (HAProxy `leastconn`, nginx `least_conn`): the candidate with the lowest
+    active connections / effective weight; ties go in round-robin order (the first tied candidate after
+    the last one picked). With weights 3:1 and 40 long requests in flight: 30 and 10."""
 
     _next: int = 0
     _last: str | None = None
@@ -236,28 +336,20 @@ class RoundRobinSelector(Selector):
         self._next = bisect.bisect_right(ids, self._last) if self._last is not None else 0
 
     def _pick(self, client_key: str, connections: Mapping[str, int] | None) -> Member:
-        n = len(self.candidates)
-        m = self.candidates[self._next % n]
-        self._next = (self._next + 1) % n
-        self._last = m.server_id
-        return m
-
-
-class LeastConnectionsSelector(RoundRobinSelector):
-    """The candidate with the fewest active connections; ties go in round-robin order."""
-
-    def _pick(self, client_key: str, connections: Mapping[str, int] | None) -> Member:
         cands = self.candidates
+        eweights = self.eweights
         n = len(cands)
         start = self._next % n
         best_i = start
-        best_c: int | None = None
+        best_c = -1
+        best_w = 1
         for k in range(n):
             i = (start + k) % n
             m = cands[i]
             c = connections.get(m.server_id, 0) if connections is not None else m.active_connections
-            if best_c is None or c < best_c:
-                best_i, best_c = i, c
+            w = eweights[m.server_id]
+            if best_c < 0 or c * best_w < best_c * w:  # c / w < best_c / best_w, in integers
+                best_i, best_c, best_w = i, c, w
                 if c == 0:
                     break
         self._next = (best_i + 1) % n
@@ -268,38 +360,28 @@ class LeastConnectionsSelector(RoundRobinSelector):
 class SmoothWeightedSelector(Selector):
     """nginx's smooth weighted round robin: over any `sum(weights)` consecutive picks each candidate is
     chosen exactly `weight` times, interleaved (weights 5,1,1 give a a b a c a a, not a a a a a b c).
-    A change of the candidate set or of a weight restarts the cycle."""
+    A change of the candidate set or of a weight restarts the cycle. (Effective weights are the weights
+    times WEIGHT_SCALE; the sequence does not change when every weight is scaled alike.)"""
 
-    _current: dict[str, int]
-    _total: int = 0
-    _signature: tuple[tuple[str, int], ...] = ()
+    _smooth: _SmoothWeighted
 
     def _rebuild(self) -> None:
-        signature = tuple((m.server_id, m.weight) for m in self.candidates)
-        if signature != self._signature or not hasattr(self, "_current"):
-            self._signature = signature
-            self._current = {sid: 0 for sid, _ in signature}
-            self._total = sum(w for _, w in signature)
+        if not hasattr(self, "_smooth"):
+            self._smooth = _SmoothWeighted()
+        self._smooth.reset(tuple((m.server_id, self.eweights[m.server_id]) for m in self.candidates))
 
     def _pick(self, client_key: str, connections: Mapping[str, int] | None) -> Member:
-        current = self._current
-        best: Member | None = None
-        best_w = 0
-        for m in self.candidates:
-            w = current[m.server_id] + m.weight
-            current[m.server_id] = w
-            if best is None or w > best_w:
-                best, best_w = m, w
-        assert best is not None
-        current[best.server_id] = best_w - self._total
-        return best
+        return self._smooth.pick(self.candidates, self.eweights)
 
 
 class ConsistentHashSelector(Selector):
     """IP hash on a consistent-hash ring: each candidate owns VNODES_PER_MEMBER points; a client key maps
     to the first point clockwise. When a member leaves only the keys it owned move (about 1/N of them);
-    the others keep their server. Weights other than 0 are ignored."""
+    the others keep their server. Weights other than 0 are ignored; a candidate ramping up (slow start)
+    owns a share of its points in proportion to its effective weight (HAProxy's consistent hash does the
+    same), so it only takes keys over as it ramps."""
 
+    uses_weights = False
     _points: list[int]
     _owners: list[Member]
 
@@ -307,7 +389,7 @@ class ConsistentHashSelector(Selector):
         ring = sorted(
             (stable_hash(f"{m.server_id}#{i}"), m.server_id, m)
             for m in self.candidates
-            for i in range(VNODES_PER_MEMBER)
+            for i in range(max(1, VNODES_PER_MEMBER * self.eweights[m.server_id] // WEIGHT_SCALE))
         )
         self._points = [p for p, _, _ in ring]
         self._owners = [m for _, _, m in ring]
@@ -333,7 +415,7 @@ def make_selector(algorithm: str, members: Iterable[Member] = ()) -> Selector:
     return cls(members)
 
 
-# --- sticky sessions + the per-balancer object the proxy uses --------------------------------------------
+# --- sticky sessions, slow start + the per-balancer object the proxy uses --------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,38 +427,101 @@ class Pick:
 
 
 class Balancing:
-    """All selection state of one balancer: the algorithm's selector plus sticky-session resolution.
+    """All selection state of one balancer: the algorithm's selector, sticky-session resolution and the
+    slow start ramps.
 
-    With `sticky`, a request whose cookie names a member still in rotation goes to that member; any other
-    request is picked by the algorithm and told to set the cookie."""
+    With `sticky`, a request whose cookie names a member still in rotation goes to that member; so does
+    one naming a draining member when `drain_sticky` is "keep" (HAProxy's behaviour: persistence is
+    honoured until the drain ends); any other request is picked by the algorithm and told to set the cookie.
+
+    With `slow_start_s` > 0, a member that enters rotation (added in rotation, or back from `out`; not
+    from `draining`, which kept serving) starts at a small effective weight that `advance(now)` ramps up
+    (`domain.slow_start`). `now` is any monotonic clock in seconds, the same in every call."""
 
     def __init__(
-        self, algorithm: str, members: Sequence[Member] = (), *, sticky: bool = False, sticky_key: bytes = b""
+        self,
+        algorithm: str,
+        members: Sequence[Member] = (),
+        *,
+        sticky: bool = False,
+        sticky_key: bytes = b"",
+        drain_sticky: str = "keep",
+        slow_start_s: float = 0.0,
+        now: float = 0.0,
     ) -> None:
         self.algorithm = algorithm
         self.sticky = sticky
         self.sticky_key = sticky_key
-        self.selector = make_selector(algorithm, members)
+        self.keep_draining_sticky = drain_sticky == "keep"
+        self.slow_start_s = slow_start_s
+        self.selector = make_selector(algorithm)
+        self._entered: dict[str, float] = {}  # server_id -> when it entered rotation (ramping ones only)
         self._by_token: dict[str, Member] = {}
         self._token_of: dict[str, str] = {}
-        self._index_tokens()
+        self.set_members(members, now)
 
     @property
     def members(self) -> dict[str, Member]:
         return self.selector.members
 
-    def set_members(self, members: Iterable[Member]) -> None:
-        self.selector.set_members(members)
+    @property
+    def ramping(self) -> bool:
+        """True while a slow start ramp is under way (the caller should `advance` now and then)."""
+        return bool(self._entered)
+
+    def set_members(self, members: Iterable[Member], now: float = 0.0) -> None:
+        members = list(members)
+        if self.slow_start_s > 0:
+            before = self.selector.members
+            for m in members:
+                prev = before.get(m.server_id)
+                if not m.is_candidate:
+                    self._entered.pop(m.server_id, None)
+                elif prev is None or prev.state is MemberState.OUT or prev.weight == 0:
+                    self._entered[m.server_id] = now
+            for sid in set(self._entered) - {m.server_id for m in members}:
+                del self._entered[sid]
+        self.selector.set_members(members, self._eweights(members, now))
         self._index_tokens()
 
+    def advance(self, now: float) -> bool:
+        """Move the slow start ramps to `now`. Returns True when an effective weight changed."""
+        if not self._entered:
+            return False
+        members = list(self.selector.members.values())
+        was_ramping = set(self._entered)
+        eweights = self._eweights(members, now)
+        ended = was_ramping - set(self._entered)
+        if not ended and all(self.selector.eweights.get(sid) == w for sid, w in eweights.items()):
+            return False
+        self.selector.set_members(members, eweights)
+        return True
+
+    def _eweights(self, members: Sequence[Member], now: float) -> dict[str, int]:
+        """Effective weights of the ramping candidates; ramps that reached full speed end here."""
+        out: dict[str, int] = {}
+        by_id = {m.server_id: m for m in members}
+        for sid, since in list(self._entered.items()):
+            elapsed = now - since
+            if elapsed >= self.slow_start_s:
+                del self._entered[sid]
+                continue
+            m = by_id[sid]
+            base = m.weight if self.selector.uses_weights else 1
+            out[sid] = slow_start_weight(base, elapsed, self.slow_start_s)
+        return out
+
     def _index_tokens(self) -> None:
+        keep = self.keep_draining_sticky
         self._token_of = {
-            m.server_id: sticky_token(m.server_id, self.sticky_key) for m in self.selector.candidates
+            m.server_id: sticky_token(m.server_id, self.sticky_key)
+            for m in self.selector.members.values()
+            if m.is_candidate or (keep and m.state is MemberState.DRAINING)
         }
         self._by_token = {t: self.selector.members[sid] for sid, t in self._token_of.items()}
 
     def resolve_sticky(self, cookie: str | None) -> Member | None:
-        """The member a sticky cookie names if it is still a candidate, else None (re-pick)."""
+        """The member a sticky cookie names if it may still serve the client, else None (re-pick)."""
         if not cookie:
             return None
         return self._by_token.get(cookie)

@@ -118,7 +118,7 @@ def haproxy_config(
     team: TeamOpt = None,
 ) -> None:
     """Print an HAProxy 2.6 configuration for a stored haproxy balancer (members arrive via the Runtime API)."""
-    from poolctl.activities.balancers.haproxy import render_haproxy_config
+    from poolctl.starter.haproxy_stack import render_haproxy_config
 
     spec = _stored(name, pool, team).spec
     sock = spec.haproxy.stats_socket if spec.haproxy else "/run/haproxy/admin.sock"

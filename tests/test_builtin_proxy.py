@@ -137,7 +137,7 @@ async def test_sticky_cookie_keeps_client_on_its_server(backends: list[Backend])
         await proxy.stop()
 
 
-async def test_member_out_of_rotation_gets_nothing_and_502_when_none(backends: list[Backend]) -> None:
+async def test_member_out_of_rotation_gets_nothing_and_503_when_none(backends: list[Backend]) -> None:
     proxy = await start_proxy([b.member() for b in backends])
     assert proxy.admin_url is not None
     try:
@@ -150,7 +150,7 @@ async def test_member_out_of_rotation_gets_nothing_and_502_when_none(backends: l
             assert "s1" not in await who(c, proxy.url, 10)
             await driver.sync_members([b.member(state=MemberState.OUT) for b in backends])
             r = await c.get(proxy.url + "/")
-            assert r.status_code == 502 and "no server in rotation" in r.text
+            assert r.status_code == 503 and "no server in rotation" in r.text
             # back: a new member added, one removed
             res = await driver.sync_members([backends[2].member()])
             assert res.removed == ["s0", "s1"] and res.updated == ["s2"]

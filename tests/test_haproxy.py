@@ -11,19 +11,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from poolctl.activities.balancers.base import UnknownMemberError, make_driver
+from poolctl.activities.balancers.base import UnknownMemberError
 from poolctl.activities.balancers.haproxy import (
     HAProxyDriver,
-    HAProxyProcess,
     decode_server_name,
     encode_server_name,
-    haproxy_binary,
     parse_stat_csv,
-    render_haproxy_config,
-    temp_workdir,
 )
+from poolctl.activities.balancers.registry import make_driver
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import MemberState
+from poolctl.starter.haproxy_stack import HAProxyProcess, haproxy_binary, render_haproxy_config, temp_workdir
 from tests.backends import Backend, free_port, who
 
 HAPROXY = haproxy_binary()

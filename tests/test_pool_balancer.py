@@ -217,8 +217,8 @@ async def test_pool_drives_its_balancer(client: Client, settings: Settings, work
     # drain + scale-in, a server out of and back into rotation) ...
     first_ok = next(i for i, h in enumerate(traffic.hits) if h.status == 200)
     assert [h for h in traffic.hits[first_ok:] if h.status != 200] == []
-    # ... and before anything was healthy the balancer said so (502, nobody in rotation)
-    assert {h.status for h in traffic.hits[:first_ok]} <= {502}
+    # ... and before anything was healthy the balancer said so (503, nobody in rotation)
+    assert {h.status for h in traffic.hits[:first_ok]} <= {503}
     # no server answered a request before the probe loop had seen it healthy
     answered = {h.server for h in traffic.hits if h.server}
     for sid in answered:

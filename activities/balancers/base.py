@@ -15,7 +15,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from types import TracebackType
 
-from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import BalancerStats, Member, MemberState, SyncResult, diff_members
 
 __all__ = [
@@ -30,7 +29,6 @@ __all__ = [
     "SyncResult",
     "UnknownMemberError",
     "diff_members",
-    "make_driver",
 ]
 
 # Error type names for temporalio ApplicationError(type=...): the first two are not worth retrying.
@@ -108,17 +106,3 @@ class BalancerDriver(ABC):
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
-
-
-def make_driver(spec: LoadBalancerSpec, token: str) -> BalancerDriver:
-    """The driver for a balancer spec. `token` is the builtin admin token (unused by haproxy, whose
-    Runtime API socket is protected by its file mode)."""
-    if spec.driver == "builtin":
-        from poolctl.activities.balancers.builtin import BuiltinBalancerDriver
-
-        return BuiltinBalancerDriver.from_spec(spec, token)
-    if spec.driver == "haproxy":
-        from poolctl.activities.balancers.haproxy import HAProxyDriver
-
-        return HAProxyDriver.from_spec(spec)
-    raise NotImplementedError(f"balancer driver {spec.driver!r} is not implemented")

@@ -1,5 +1,5 @@
-"""The `haproxy` balancer driver: HAProxy's Runtime API on its stats socket, plus a config renderer and a
-small process manager (tests, dev, bench).
+"""The `haproxy` balancer driver: HAProxy's Runtime API on its stats socket (the configuration it expects
+and a process manager live in `starter/haproxy_stack.py`).
 
 Membership lives in *dynamic servers* (`add server` / `del server`) of one backend. What HAProxy 2.6 does,
 and how this driver copes:
@@ -12,7 +12,7 @@ and how this driver copes:
 - `del server` needs maintenance first and no connections: removal is `state maint`, `shutdown sessions`,
   then `del server`, retried briefly while HAProxy releases idle connections;
 - `cookie` is refused on dynamic servers: sticky sessions use a stick table instead (see
-  `render_haproxy_config`: the balancer sets a cookie holding a hash of the server name and a stick table
+  `starter.haproxy_stack.render_haproxy_config`: the balancer sets a cookie holding a hash of the server name and a stick table
   maps that hash back to the server);
 - dynamic servers vanish on reload/restart: `sync_members` compares against what HAProxy really has, so
   after a restart it simply adds everything again.
@@ -26,17 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import hashlib
 import io
 import ipaddress
-import os
-import shutil
-import signal
 import socket
 import string
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from poolctl.activities.balancers.base import (
     BalancerDriver,
@@ -47,27 +42,11 @@ from poolctl.activities.balancers.base import (
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import BalancerStats, Member, MemberState, ServerStats, SyncResult, diff_members
 
-HAPROXY_BINARY_CANDIDATES = ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy")
-
 _NAME_SAFE = set(string.ascii_letters + string.digits + "-.:")
 _STATE_VERB = {MemberState.IN_ROTATION: "ready", MemberState.DRAINING: "drain", MemberState.OUT: "maint"}
 # srv_admin_state bits (server.h): FMAINT 0x01, IMAINT 0x02, CMAINT 0x04, FDRAIN 0x08, IDRAIN 0x10, RMAINT 0x20, HMAINT 0x40
 _ADMIN_MAINT = 0x01 | 0x02 | 0x04 | 0x20 | 0x40
 _ADMIN_DRAIN = 0x08 | 0x10
-_ALGORITHMS = {
-    "round_robin": "roundrobin",
-    "weighted": "roundrobin",
-    "least_connections": "leastconn",
-    "ip_hash": "source",
-}
-
-
-def haproxy_binary() -> str | None:
-    """The HAProxy executable (Debian puts it in /usr/sbin, often not on a user's PATH), or None."""
-    for c in HAPROXY_BINARY_CANDIDATES:
-        if os.access(c, os.X_OK):
-            return c
-    return shutil.which("haproxy")
 
 
 def encode_server_name(prefix: str, server_id: str) -> str:
@@ -94,6 +73,17 @@ def decode_server_name(prefix: str, name: str) -> str | None:
             out.append(s[i])
             i += 1
     return "".join(out)
+
+
+STICKY_KEY_EXPR = "srv_name,sha2(256),bytes(0,8),hex"
+"""The HAProxy sample expression of a server's sticky cookie value (the configuration uses it; see
+`sticky_key`, which computes the same value here)."""
+
+
+def sticky_key(server_name: str) -> str:
+    """The sticky cookie value HAProxy gives clients of `server_name` (`STICKY_KEY_EXPR`: the first 8 bytes of
+    SHA-256 of the name, upper-case hex): the key of that server's entry in the backend's stick table."""
+    return hashlib.sha256(server_name.encode()).digest()[:8].hex().upper()
 
 
 def effective_weight(algorithm: str, weight: int) -> int:
@@ -196,6 +186,8 @@ class HAProxyDriver(BalancerDriver):
         algorithm: str = "round_robin",
         prefix: str = "srv",
         health_check: tuple[float, int, int] | None = None,
+        slow_start_s: float = 0.0,
+        move_sticky_on_drain: bool = False,
         name: str = "",
         timeout_s: float = 5.0,
         delete_wait_s: float = 5.0,
@@ -205,6 +197,10 @@ class HAProxyDriver(BalancerDriver):
         self.algorithm = algorithm
         self.prefix = prefix
         self.health_check = health_check  # (interval_s, rise, fall) or None
+        self.slow_start_s = slow_start_s  # HAProxy `slowstart` of every server added
+        # drain_sticky: move (with sticky sessions): a draining server's stick-table entry is flagged (gpc0 = 1)
+        # and the configuration skips `stick match` for flagged entries, so its sticky clients are re-balanced
+        self.move_sticky_on_drain = move_sticky_on_drain
         self.name = name or backend
         self.delete_wait_s = delete_wait_s
 
@@ -219,6 +215,8 @@ class HAProxyDriver(BalancerDriver):
             health_check=(spec.health_check_interval, spec.healthy_threshold, spec.unhealthy_threshold)
             if spec.health_check_enabled
             else None,
+            slow_start_s=spec.slow_start_s,
+            move_sticky_on_drain=spec.sticky_sessions and spec.drain_sticky == "move",
             name=spec.name,
         )
 
@@ -323,8 +321,17 @@ class HAProxyDriver(BalancerDriver):
             if cur.weight != new.weight:
                 await self._cmd(f"set server {ref} weight {new.weight}")
             if cur.state != new.state:
-                await self._cmd(f"set server {ref} state {_STATE_VERB[new.state]}")
+                await self._set_state(sid, new.state)
         return plan
+
+    async def _set_state(self, server_id: str, state: MemberState) -> None:
+        """`set server ... state`, flagging the server's sticky entry first when it starts draining and
+        clearing the flag otherwise (drain_sticky: move; see `move_sticky_on_drain`)."""
+        if self.move_sticky_on_drain:
+            key = sticky_key(encode_server_name(self.prefix, server_id))
+            flag = 1 if state is MemberState.DRAINING else 0
+            await self._cmd(f"set table {self.backend} key {key} data.gpc0 {flag}")
+        await self._cmd(f"set server {self._ref(server_id)} state {_STATE_VERB[state]}")
 
     async def _add(self, m: Member) -> None:
         ref = self._ref(m.server_id)
@@ -336,6 +343,8 @@ class HAProxyDriver(BalancerDriver):
         if self.health_check is not None:
             inter, rise, fall = self.health_check
             args.append(f"check inter {max(int(inter * 1000), 100)} rise {rise} fall {fall}")
+        if self.slow_start_s > 0:
+            args.append(f"slowstart {max(round(self.slow_start_s * 1000), 1)}")
         try:
             await self._cmd(" ".join(args), ok=("New server registered",))
         except BalancerRejectedError as e:
@@ -343,8 +352,9 @@ class HAProxyDriver(BalancerDriver):
                 raise
         if self.health_check is not None:
             await self._cmd(f"enable health {ref}")
-        # dynamic servers start in maintenance: put it in its desired state
-        await self._cmd(f"set server {ref} state {_STATE_VERB[m.state]}")
+        # dynamic servers start in maintenance: put it in its desired state (leaving maintenance starts the
+        # slow start ramp, as a server back from a failed check does)
+        await self._set_state(m.server_id, m.state)
 
     async def _delete(self, server_id: str) -> None:
         ref = self._ref(server_id)
@@ -355,6 +365,9 @@ class HAProxyDriver(BalancerDriver):
         while True:
             reply = (await self.runtime.command(f"del server {ref}")).strip()
             if not reply or reply.startswith("Server deleted") or "No such server" in reply:
+                if self.move_sticky_on_drain:  # a later server of the same name starts unflagged
+                    key = sticky_key(encode_server_name(self.prefix, server_id))
+                    await self._cmd(f"set table {self.backend} key {key} data.gpc0 0")
                 return
             if loop.time() >= deadline:
                 raise BalancerUnavailableError(f"HAProxy kept {ref}: {reply} (retry later)")
@@ -363,7 +376,7 @@ class HAProxyDriver(BalancerDriver):
     async def drain(self, server_id: str) -> None:
         if server_id not in await self._server_rows():
             raise UnknownMemberError(f"server {server_id!r} is not a member of backend {self.backend}")
-        await self._cmd(f"set server {self._ref(server_id)} state drain")
+        await self._set_state(server_id, MemberState.DRAINING)
 
     async def active_connections(self, server_id: str) -> int:
         stats, _ = await self._stat_rows()
@@ -408,227 +421,13 @@ class HAProxyDriver(BalancerDriver):
         )
 
 
-# --- configuration ----------------------------------------------------------------------------------------
-
-
-def render_haproxy_config(
-    spec: LoadBalancerSpec,
-    socket_path: str,
-    *,
-    stats_port: int | None = None,
-    pem_path: str | None = None,
-    maxconn: int = 4000,
-    nbthread: int | None = None,
-    sticky_table_size: str = "1m",
-) -> str:
-    """An HAProxy 2.6 configuration for one balancer: a frontend on the spec's address and port, an empty
-    backend (members arrive as dynamic servers through the Runtime API), and the stats socket at
-    `socket_path` with `level admin`. `stats_port` adds an HTTP stats page and Prometheus `/metrics`.
-    `pem_path` is the combined certificate + key PEM for TLS (HAProxy wants them in one file)."""
-    backend = spec.haproxy_backend
-    bind = f"[{spec.ip_address}]" if ":" in spec.ip_address else spec.ip_address
-    lines = [
-        "# generated by poolctl: members are dynamic servers managed through the Runtime API",
-        "global",
-        f"    stats socket {socket_path} mode 600 level admin expose-fd listeners",
-        "    stats timeout 30s",
-        f"    maxconn {maxconn}",
-    ]
-    if nbthread:
-        lines.append(f"    nbthread {nbthread}")
-    lines += [
-        "",
-        "defaults",
-        "    mode http",
-        "    option redispatch",
-        "    retries 2",
-        "    timeout connect 5s",
-        f"    timeout client {round(spec.client_send_timeout_s * 1000)}ms",
-        f"    timeout http-request {round(spec.request_head_timeout_s * 1000)}ms",
-        "    timeout server 300s",
-        "    timeout http-keep-alive 30s",
-        "",
-        f"frontend fe_{spec.name}",
-    ]
-    if spec.ssl_enabled:
-        crt = pem_path or spec.ssl_certificate
-        lines.append(f"    bind {bind}:{spec.port} ssl crt {crt}")
-        proto = "https"
-    else:
-        lines.append(f"    bind {bind}:{spec.port}")
-        proto = "http"
-    lines += [
-        f"    maxconn {spec.max_client_connections}",
-        "    option forwardfor",
-        f"    http-request set-header X-Forwarded-Proto {proto}",
-        f"    default_backend {backend}",
-        "",
-        f"backend {backend}",
-        f"    balance {_ALGORITHMS[spec.algorithm]}",
-    ]
-    if spec.algorithm == "ip_hash":
-        lines.append(
-            "    hash-type consistent"
-        )  # 2.6 accepts dynamic servers with hashing only when consistent
-    if spec.sticky_sessions:
-        c = spec.sticky_cookie
-        secure = "; Secure" if spec.ssl_enabled else ""
-        lines += [
-            "    # sticky sessions: `cookie` is refused on dynamic servers in 2.6, so a stick table maps the",
-            "    # cookie (a hash of the server name) to the server; a server out of rotation is re-balanced",
-            f"    stick-table type string len 32 size {sticky_table_size} expire 24h",
-            f"    http-request set-var(txn.lb_ck) req.cook({c})",
-            f"    stick match req.cook({c})",
-            "    stick store-response srv_name,xxh64,hex",
-            "    http-response set-var(txn.lb_sv) srv_name,xxh64,hex",
-            f'    http-response add-header Set-Cookie "{c}=%[var(txn.lb_sv)]; Path=/; HttpOnly; SameSite=Lax{secure}"'
-            " if !{ var(txn.lb_ck),strcmp(txn.lb_sv) eq 0 }",
-        ]
-    if spec.health_check_enabled:
-        lines += [f"    option httpchk GET {spec.health_check_path}", "    http-check expect status 200-399"]
-    if stats_port is not None:
-        lines += [
-            "",
-            "frontend stats",
-            f"    bind 127.0.0.1:{stats_port}",
-            "    http-request use-service prometheus-exporter if { path /metrics }",
-            "    stats enable",
-            "    stats uri /stats",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-# --- a process manager for tests, dev and bench -------------------------------------------------------------
-
-
-@dataclass
-class HAProxyProcess:
-    """Runs HAProxy in the foreground (`haproxy -f cfg -db`) with a generated config in `workdir`.
-
-    `restart()` stops and starts it again: like a reload, every dynamic server is gone afterwards."""
-
-    spec: LoadBalancerSpec
-    workdir: Path
-    binary: str | None = None
-    stats_port: int | None = None
-    nbthread: int | None = None
-    proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def socket_path(self) -> str:
-        return str(self.workdir / "admin.sock")
-
-    @property
-    def config_path(self) -> Path:
-        return self.workdir / "haproxy.cfg"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "haproxy.log"
-
-    def driver(self) -> HAProxyDriver:
-        return HAProxyDriver.from_spec(self.spec, self.socket_path)
-
-    def write_config(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        pem = None
-        if self.spec.ssl_enabled and self.spec.ssl_certificate and self.spec.ssl_key:
-            pem_file = self.workdir / "tls.pem"
-            pem_file.write_text(
-                Path(self.spec.ssl_certificate).read_text() + Path(self.spec.ssl_key).read_text()
-            )
-            pem_file.chmod(0o600)
-            pem = str(pem_file)
-        text = render_haproxy_config(
-            self.spec, self.socket_path, stats_port=self.stats_port, pem_path=pem, nbthread=self.nbthread
-        )
-        self.config_path.write_text(text)
-
-    async def start(self, timeout_s: float = 15.0) -> None:
-        binary = self.binary or haproxy_binary()
-        if binary is None:
-            raise RuntimeError("HAProxy is not installed (scripts/install-system-deps.sh installs it)")
-        self.write_config()
-        check = await asyncio.create_subprocess_exec(
-            binary,
-            "-c",
-            "-q",
-            "-f",
-            str(self.config_path),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await check.communicate()
-        if check.returncode != 0:
-            raise RuntimeError(f"HAProxy refused {self.config_path}: {out.decode(errors='replace')}")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
-        log = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # handed to the child
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                binary,
-                "-f",
-                str(self.config_path),
-                "-db",
-                stdout=log,
-                stderr=log,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-        finally:
-            os.close(log)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        runtime = HAProxyRuntime(self.socket_path, 2.0)
-        while True:
-            if self.proc.returncode is not None:
-                raise RuntimeError(
-                    f"HAProxy exited at start; see {self.log_path}: {self.log_path.read_text()[-2000:]}"
-                )
-            try:
-                if "Name:" in await runtime.command("show info"):
-                    return
-            except BalancerUnavailableError:
-                pass
-            if loop.time() > deadline:
-                await self.stop()
-                raise RuntimeError(f"HAProxy's stats socket did not open; see {self.log_path}")
-            await asyncio.sleep(0.05)
-
-    async def stop(self, timeout_s: float = 10.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-    async def restart(self) -> None:
-        await self.stop()
-        await self.start()
-
-    async def __aenter__(self) -> HAProxyProcess:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-
-def temp_workdir(prefix: str = "poolctl-haproxy-") -> Path:
-    """A short path for the unix socket (sun_path is limited to 107 bytes)."""
-    return Path(tempfile.mkdtemp(prefix=prefix))
-
-
 __all__ = [
+    "STICKY_KEY_EXPR",
     "HAProxyDriver",
-    "HAProxyProcess",
     "HAProxyRuntime",
     "decode_server_name",
+    "effective_weight",
     "encode_server_name",
-    "haproxy_binary",
     "parse_stat_csv",
-    "render_haproxy_config",
+    "sticky_key",
 ]

@@ -1,0 +1,22 @@
+"""Balancer drivers by spec: `make_driver(spec, token)` picks the `builtin` or `haproxy` driver.
+
+Kept apart from `base` so the interface module imports no driver (the drivers import `base`)."""
+
+from __future__ import annotations
+
+from poolctl.activities.balancers.base import BalancerDriver
+from poolctl.activities.balancers.builtin import BuiltinBalancerDriver
+from poolctl.activities.balancers.haproxy import HAProxyDriver
+from poolctl.domain.balancer_spec import LoadBalancerSpec
+
+__all__ = ["make_driver"]
+
+
+def make_driver(spec: LoadBalancerSpec, token: str) -> BalancerDriver:
+    """The driver for a balancer spec. `token` is the builtin admin token (unused by haproxy, whose
+    Runtime API socket is protected by its file mode)."""
+    if spec.driver == "builtin":
+        return BuiltinBalancerDriver.from_spec(spec, token)
+    if spec.driver == "haproxy":
+        return HAProxyDriver.from_spec(spec)
+    raise NotImplementedError(f"balancer driver {spec.driver!r} is not implemented")
