@@ -18,6 +18,7 @@ class Backend:
         self.server_id = server_id
         self.release = asyncio.Event()
         self.slow_started = asyncio.Event()
+        self.in_flight = 0  # `/slow` requests waiting for `release`
         self.seen_headers: list[dict[str, str]] = []
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -28,8 +29,12 @@ class Backend:
         return web.Response(text=f"{self.server_id} {request.method} {request.path_qs} {len(body)}")
 
     async def _slow(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
         self.slow_started.set()
-        await self.release.wait()
+        try:
+            await self.release.wait()
+        finally:
+            self.in_flight -= 1
         return web.Response(text=f"{self.server_id} slow done")
 
     async def _big(self, request: web.Request) -> web.StreamResponse:

@@ -72,8 +72,9 @@ def test_stat_csv_parse() -> None:
 
 @needs_haproxy
 @pytest.mark.parametrize("algorithm", ["round_robin", "least_connections", "ip_hash", "weighted"])
-def test_rendered_config_is_valid(tmp_path: Path, algorithm: str) -> None:
-    spec = make_spec(algorithm=algorithm, sticky_sessions=True)
+@pytest.mark.parametrize("drain_sticky", ["keep", "move"])
+def test_rendered_config_is_valid(tmp_path: Path, algorithm: str, drain_sticky: str) -> None:
+    spec = make_spec(algorithm=algorithm, sticky_sessions=True, drain_sticky=drain_sticky)
     text = render_haproxy_config(spec, str(tmp_path / "s.sock"), stats_port=free_port())
     assert "level admin" in text and f"bind 127.0.0.1:{spec.port}" in text
     if algorithm == "ip_hash":
