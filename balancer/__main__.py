@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithm", choices=ALGORITHMS, default="round_robin")
     p.add_argument("--sticky", action="store_true", help="sticky sessions by cookie")
     p.add_argument("--sticky-cookie", default="POOLCTL_SRV")
+    p.add_argument(
+        "--drain-sticky", choices=("keep", "move"), default="keep", help="sticky clients of a draining member"
+    )
+    p.add_argument(
+        "--slow-start-s", type=float, default=0.0, help="ramp a member entering rotation up over this time"
+    )
     p.add_argument("--cert", help="PEM certificate: terminate TLS")
     p.add_argument("--key", help="PEM private key")
     p.add_argument(
@@ -69,6 +75,8 @@ async def _main(args: argparse.Namespace) -> None:
         algorithm=args.algorithm,
         sticky=args.sticky,
         sticky_cookie=args.sticky_cookie,
+        drain_sticky=args.drain_sticky,
+        slow_start_s=args.slow_start_s,
         certfile=args.cert,
         keyfile=args.key,
         members=args.member,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poolctl.domain.balancing import Balancing, Member, MemberState, stable_hash
@@ -53,6 +53,7 @@ def share(bal: Balancing, n: int) -> Counter[str]:
     return conns
 
 
+@settings(deadline=None)
 @given(st.sampled_from(["round_robin", "weighted", "least_connections"]), st.integers(1, 4))
 def test_a_new_member_ramps_up_then_gets_its_full_share(algorithm: str, weight: int) -> None:
     bal = Balancing(algorithm, [member("a", weight)], slow_start_s=10.0, now=0.0)
@@ -80,6 +81,7 @@ def test_back_from_out_ramps_but_back_from_draining_does_not() -> None:
     assert bal.ramping and share(bal, 64)["b"] < 16  # back from unhealthy: cold again
 
 
+@settings(max_examples=40, deadline=None)  # each example builds a few 1,000-point rings
 @given(st.lists(st.text("abcdef", min_size=1, max_size=4), min_size=1, max_size=6, unique=True))
 def test_ip_hash_ramp_only_moves_keys_to_the_newcomer(names: list[str]) -> None:
     keys = [f"10.0.{i // 256}.{i % 256}" for i in range(300)]
