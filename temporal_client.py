@@ -1,14 +1,21 @@
-"""Connecting to Temporal with poolctl's settings and its one data converter: pydantic models on the wire,
-every payload (and failure message) encrypted by `poolctl.payload_codec.EncryptionCodec`."""
+"""Connecting to Temporal with poolctl's settings and its one data converter (pydantic models on the wire,
+every payload and failure message encrypted by `poolctl.payload_codec.EncryptionCodec`), and the
+short-lived Temporal runtime a command line process connects through (`command_runtime`)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import gc
+import traceback
+import weakref
+from collections.abc import AsyncIterator
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
-from temporalio.runtime import Runtime
+from temporalio.runtime import Runtime, TelemetryConfig
 
 from poolctl.payload_codec import EncryptionCodec, cached_keyring
 from poolctl.settings import Settings, get_settings
@@ -33,14 +40,103 @@ def data_converter(settings: Settings | None = None) -> DataConverter:
 
 DATA_CONVERTER = data_converter()
 
+# The runtime of the running command, if any. A plain module global on purpose: a context variable's value
+# is copied into every task's context and into each bridge call's task locals, and those copies are released
+# late (from Tokio threads), which would keep the runtime alive past `command_runtime`.
+_command_runtime: list[Runtime] = []
+
 
 async def connect(settings: Settings, *, runtime: Runtime | None = None) -> Client:
-    """A client with poolctl's converter; `runtime` (the worker's, exporting SDK metrics) or the default."""
+    """A client with poolctl's converter on `runtime` (the worker's, exporting SDK metrics), else on the
+    runtime of the enclosing `command_runtime()` (a CLI command), else on temporalio's default runtime
+    (tests, which live as long as their process)."""
     return await Client.connect(
         settings.temporal_address,
-        runtime=runtime,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
         api_key=settings.temporal_api_key,
         tls=settings.temporal_tls or bool(settings.temporal_api_key),
+        runtime=runtime or (_command_runtime[-1] if _command_runtime else None),
     )
+
+
+_left_behind: list[str] = []
+
+
+def runtimes_left_behind() -> list[str]:
+    """What kept each runtime of a finished `command_runtime` alive (empty when every one shut down). A
+    runtime left behind is a bug; its threads outlive the loop, so the process must end without
+    interpreter finalization (see `poolctl.starter.cli.main`)."""
+    return list(_left_behind)
+
+
+@contextlib.asynccontextmanager
+async def command_runtime() -> AsyncIterator[None]:
+    """Give the clients connected inside this block a Temporal runtime of their own and shut it down, in
+    order, before the event loop closes.
+
+    Why: temporalio's default runtime (a Rust Tokio thread pool) is a module global that lives until
+    interpreter finalization. A Tokio thread completing an RPC calls back into Python (it takes the GIL to
+    hand the result to the event loop); if that happens while the interpreter finalizes, CPython 3.11
+    ends the thread with `pthread_exit`, its GIL guard unwinds, and the process aborts with
+    ``Fatal Python error: PyGILState_Release: thread state ... must be current when releasing`` (exit 134)
+    after the command did its work (temporalio/sdk-python#300). Dropping the last reference to a runtime
+    shuts its Tokio pool down with the GIL released and waits for its threads, so every callback finishes
+    while the loop still runs.
+
+    Order on exit: cancel and await the loop's other tasks (so no RPC is in flight), drop the runtime
+    (the caller's clients must be gone: the frames that held them have returned, tracebacks are cleared by
+    `poolctl.starter.runner`), collect, then check that the runtime is really gone; if it is not, say
+    what holds it in `runtimes_left_behind()`."""
+    runtime = Runtime(telemetry=TelemetryConfig(), worker_heartbeat_interval=None)
+    gone = weakref.ref(runtime)
+    _command_runtime.append(runtime)
+    del runtime
+    try:
+        yield
+    finally:
+        _command_runtime.pop()
+        await _cancel_other_tasks()
+        gc.collect()
+        left = gone()
+        if left is not None:
+            _left_behind.append(", ".join(sorted({type(r).__name__ for r in gc.get_referrers(left)})))
+            del left
+
+
+async def _cancel_other_tasks() -> None:
+    me = asyncio.current_task()
+    others = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    for t in others:
+        t.cancel()
+    if others:
+        await asyncio.wait(others)
+    for t in others:
+        release_task(t)
+
+
+def release_task(task: asyncio.Future[object]) -> None:
+    """Let go of what a finished task's exception references. A cancelled task keeps its CancelledError,
+    whose traceback holds the frames it was cancelled in (a client among their locals), in a slot the
+    garbage collector does not traverse on Python 3.11: the cycle through it is never collected. Taking
+    the exception out of the task (`result()` hands it over) and clearing its frames breaks it."""
+    if not task.done():
+        return
+    try:
+        task.result()
+    except BaseException as e:  # noqa: BLE001 - whatever it failed with, only its frames matter here
+        clear_frames(e)
+
+
+def clear_frames(e: BaseException) -> None:
+    """Drop the local variables of the finished frames an exception, its cause and its context reference:
+    a traceback would otherwise keep a Temporal client alive past the loop."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        traceback.clear_frames(x.__traceback__)
+        todo += [x.__cause__, x.__context__]

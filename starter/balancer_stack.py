@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from poolctl.settings import Settings
-from poolctl.starter.devstack import Component, _read_pid, _spawn, _stop, pid_alive, port_open
+from poolctl.starter.processes import Component, pid_alive, port_open, read_pid, spawn, stop
 from poolctl.store import queries as store
 from poolctl.store.db import session_scope
 
@@ -65,7 +65,7 @@ def up(settings: Settings, *, say=print, wait_s: float = 15.0) -> list[str]:  # 
         stale = b is None
         if b is not None and meta.exists():
             stale = json.loads(meta.read_text()).get("spec_hash") != _spec_hash(b.spec.model_dump_json())
-        if stale and _stop(_read_pid(pid_file), 10):
+        if stale and stop(read_pid(pid_file), 10):
             say(f"balancer {key[len(PREFIX) :]} stopped" + (" (spec changed)" if b is not None else ""))
         if stale:
             pid_file.unlink(missing_ok=True)
@@ -73,7 +73,7 @@ def up(settings: Settings, *, say=print, wait_s: float = 15.0) -> list[str]:  # 
     started = []
     for key, b in wanted.items():
         pid_file = pids / f"{key}.pid"
-        if pid_alive(_read_pid(pid_file)):
+        if pid_alive(read_pid(pid_file)):
             continue
         if port_open(b.spec.ip_address, b.spec.port, 0.2):
             say(
@@ -82,7 +82,7 @@ def up(settings: Settings, *, say=print, wait_s: float = 15.0) -> list[str]:  # 
             continue
         cmd = [sys.executable, "-m", "poolctl.starter.cli", "balancer", "serve",
                "--team", b.team, "--pool", b.pool, "--name", b.spec.name]  # fmt: skip
-        pid = _spawn(cmd, logs / f"{key}.log", _env(settings))
+        pid = spawn(cmd, logs / f"{key}.log", _env(settings))
         pid_file.write_text(str(pid))
         pid_file.with_suffix(".json").write_text(
             json.dumps({"spec_hash": _spec_hash(b.spec.model_dump_json()), "port": b.spec.port})
@@ -94,7 +94,7 @@ def up(settings: Settings, *, say=print, wait_s: float = 15.0) -> list[str]:  # 
     deadline = time.monotonic() + wait_s
     for key in started:
         b = wanted[key]
-        pid = _read_pid(pids / f"{key}.pid")
+        pid = read_pid(pids / f"{key}.pid")
         while (
             time.monotonic() < deadline
             and pid_alive(pid)
@@ -109,7 +109,7 @@ def up(settings: Settings, *, say=print, wait_s: float = 15.0) -> list[str]:  # 
 def down(settings: Settings, *, say=print) -> None:  # type: ignore[no-untyped-def]
     pids, _ = _dirs(settings)
     for pid_file in sorted(pids.glob(f"{PREFIX}*.pid")):
-        if _stop(_read_pid(pid_file), 10):
+        if stop(read_pid(pid_file), 10):
             say(f"balancer {pid_file.stem[len(PREFIX) :]} stopped")
         pid_file.unlink(missing_ok=True)
         pid_file.with_suffix(".json").unlink(missing_ok=True)
@@ -119,7 +119,7 @@ def status(settings: Settings) -> list[Component]:
     pids, logs = _dirs(settings)
     out = []
     for pid_file in sorted(pids.glob(f"{PREFIX}*.pid")):
-        pid = _read_pid(pid_file)
+        pid = read_pid(pid_file)
         meta = pid_file.with_suffix(".json")
         port = json.loads(meta.read_text()).get("port") if meta.exists() else None
         out.append(
@@ -136,15 +136,14 @@ def status(settings: Settings) -> list[Component]:
 
 def ensure_schedule(settings: Settings) -> None:
     """Create (or update) poolctl's Schedules (statistics roll-up, housekeeping); called by `poolctl dev up`."""
-    import asyncio
-
+    from poolctl.starter.runner import run_command
     from poolctl.starter.schedules import ensure_schedules
     from poolctl.temporal_client import connect
 
     async def go() -> None:
         await ensure_schedules(await connect(settings), settings)
 
-    asyncio.run(go())
+    run_command(go)
 
 
 async def after_apply(client: Any, settings: Settings, *, say=print) -> None:  # type: ignore[no-untyped-def]
@@ -152,9 +151,8 @@ async def after_apply(client: Any, settings: Settings, *, say=print) -> None:  #
     newly declared built-in balancers (the pools' membership syncs retry until they answer)."""
     import asyncio
 
-    from poolctl.starter import devstack
     from poolctl.starter.schedules import ensure_schedules
 
     await ensure_schedules(client, settings)
-    if any(c.name == "worker" and c.alive for c in devstack.status(settings)):
+    if pid_alive(read_pid(_dirs(settings)[0] / "worker.pid")):  # the dev stack's worker runs
         await asyncio.to_thread(up, settings, say=say)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -20,10 +19,12 @@ from poolctl.starter import (
     local_cli,
     policy_cli,
     pool_ops,
+    runner,
     schedules_cli,
+    waiting,
 )
 from poolctl.starter.balancer_cli import balancer_app
-from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
+from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, err_console, fail, print_json, table
 from poolctl.starter.progress import wait_with_progress
 from poolctl.starter.specfile import load_spec_files, stored_pools
 from poolctl.store import queries
@@ -33,7 +34,9 @@ from poolctl.temporal_client import connect
 app = typer.Typer(
     name="poolctl",
     help="Keep server pools at the right size and traffic on healthy servers, durably, on Temporal.\n\n"
-    "Start with `poolctl dev up`, then `poolctl apply -f examples/demo.yaml` and `poolctl status`.",
+    "Start with `poolctl dev up`, then `poolctl apply -f examples/demo.yaml` and `poolctl status`.\n\n"
+    "Exit codes: 0 done; 2 bad input or refused; 3 timed out waiting (for a worker, or for a pool to settle: "
+    "--timeout); 130 interrupted (Ctrl-C); 1 anything else.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -62,6 +65,12 @@ TeamOpt = Annotated[
     typer.Option("--team", "-t", help="Team that owns the pool [default: POOLCTL_TEAM or 'default']."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        help="Seconds to wait for a worker (and, with --wait, for the pool to settle); exit code 3 when they run out."
+    ),
+]
 
 
 def _settings() -> Settings:
@@ -72,10 +81,12 @@ def _team(team: str | None) -> str:
     return team or _settings().team
 
 
-def run(make: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine, turning poolctl's errors into clear messages and exit codes."""
+def run(make: Callable[[], Awaitable[T]], timeout: float = waiting.DEFAULT_TIMEOUT_S) -> T:
+    """Run a command's async body (see `runner.run_async`: the Temporal runtime is shut down before the loop
+    closes, `waiting.for_worker` calls share the `timeout` budget), turning poolctl's errors into one line
+    and the documented exit codes: 2 bad input or refused, 3 timed out waiting, 130 Ctrl-C, 1 the rest."""
     try:
-        return asyncio.run(make())  # type: ignore[arg-type]
+        return runner.run_command(make, timeout)
     except SpecError as e:
         fail(str(e), EXIT_BAD_INPUT)
     except pool_ops.RequestRefused as e:
@@ -117,8 +128,9 @@ def dev_down(
         bool, typer.Option(help="Also stop every local server and delete the state directory.")
     ] = False,
 ) -> None:
-    """Stop the worker and the Temporal dev server (local servers keep running unless --purge)."""
-    devstack.down(_settings(), purge=purge, say=console.print)
+    """Stop the worker and the Temporal dev server. Local servers keep running unless --purge: it says which,
+    and how to stop them."""
+    devstack.down(_settings(), purge=purge, say=lambda m: console.print(m, highlight=False, soft_wrap=True))
 
 
 @dev_app.command("status")
@@ -160,7 +172,7 @@ def validate(
 def apply(
     files: Annotated[list[Path], typer.Option("--file", "-f", help="Spec file (YAML); repeatable.")],
     wait: Annotated[bool, typer.Option(help="Wait until every pool reaches its size.")] = True,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 180.0,
+    timeout: TimeoutOpt = waiting.DEFAULT_TIMEOUT_S,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate specs and send each pool's whole spec to its workflow (started if none runs).
@@ -174,8 +186,8 @@ def apply(
         fail(str(e), EXIT_BAD_INPUT)
 
     async def go() -> list[pool_ops.ApplyOutcome]:
-        client = await _client()
-        outcomes = await pool_ops.apply_documents(client, _settings(), docs)
+        client = await _client()  # reach Temporal before writing anything
+        outcomes = await waiting.for_worker(pool_ops.apply_documents(client, _settings(), docs))
         await balancer_stack.after_apply(client, _settings(), say=lambda m: console.print(m, highlight=False))
         if not as_json:
             for o in outcomes:
@@ -191,12 +203,12 @@ def apply(
                 )
         if wait:
             for o in outcomes:
-                view = await wait_with_progress(client, o.team, o.pool, timeout)
+                view = await wait_with_progress(client, o.team, o.pool)
                 if view is not None and view.status.value == "error":
                     fail(f"pool {o.pool} is in error: {view.status_reason}")
         return outcomes
 
-    outcomes = run(go)
+    outcomes = run(go, timeout)
     if as_json:
         print_json([{**o.__dict__, "workflow": o.workflow} for o in outcomes])
 
@@ -209,6 +221,7 @@ def status(
     pool: Annotated[str | None, typer.Argument(help="Pool name; all pools when omitted.")] = None,
     team: TeamOpt = None,
     as_json: JsonOpt = False,
+    timeout: TimeoutOpt = waiting.DEFAULT_TIMEOUT_S,
 ) -> None:
     """Pools with their size, bounds and state (live from the pool workflows)."""
     s = _settings()
@@ -222,7 +235,7 @@ def status(
         client = await _client()
         out = []
         for t, name, lo, hi, db_status, db_reason in pools:
-            view = await pool_ops.query_status(client, t, name)
+            view = await waiting.for_worker(pool_ops.query_status(client, t, name))
             out.append(
                 {
                     "team": t,
@@ -240,7 +253,7 @@ def status(
             )
         return out
 
-    data = run(go)
+    data = run(go, timeout)
     if as_json:
         print_json(data)
         return
@@ -377,26 +390,26 @@ def scale(
     team: TeamOpt = None,
     reason: Annotated[str, typer.Option(help="Recorded as the cause of the scaling event.")] = "manual scale",
     wait: Annotated[bool, typer.Option(help="Wait until the pool reaches the new size.")] = True,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 180.0,
+    timeout: TimeoutOpt = waiting.DEFAULT_TIMEOUT_S,
 ) -> None:
     """Set a pool's desired size by hand. Out-of-range requests are refused and change nothing."""
     t = _team(team)
 
     async def go() -> None:
         client = await _client()
-        before = await pool_ops.query_status(client, t, pool)
+        before = await waiting.for_worker(pool_ops.query_status(client, t, pool))
         if before is None:
             raise NotFoundError(f"pool {pool!r} (team {t}) has no running workflow: apply its spec first")
-        accepted = await pool_ops.request_scale(client, t, pool, desired, reason)
+        accepted = await waiting.for_worker(pool_ops.request_scale(client, t, pool, desired, reason))
         console.print(
             f"{pool}: desired {accepted.previous_desired} -> {accepted.desired} (now {accepted.current} servers)"
         )
         if wait:
-            view = await wait_with_progress(client, t, pool, timeout, after_seq=before.seq)
+            view = await wait_with_progress(client, t, pool, after_seq=before.seq)
             if view is not None and view.status.value == "error":
                 fail(f"pool {pool} is in error: {view.status_reason}")
 
-    run(go)
+    run(go, timeout)
 
 
 @delete_app.command("pool")
@@ -404,6 +417,7 @@ def delete_pool(
     pool: Annotated[str, typer.Argument(help="Pool name.")],
     team: TeamOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    timeout: TimeoutOpt = waiting.DEFAULT_TIMEOUT_S,
 ) -> None:
     """Delete a pool through its workflow: stop its policies, terminate its servers, remove it from the
     store, end the workflow. Re-running an interrupted delete finishes it."""
@@ -413,12 +427,12 @@ def delete_pool(
 
     async def go() -> int:
         client = await _client()
-        n = await pool_ops.delete_pool(client, _settings(), t, pool)
+        n = await waiting.for_worker(pool_ops.delete_pool(client, _settings(), t, pool))
         # with the dev stack running, its balancers are stopped too (they are no longer declared)
         await balancer_stack.after_apply(client, _settings(), say=lambda m: console.print(m, highlight=False))
         return n
 
-    n = run(go)
+    n = run(go, timeout)
     console.print(f"pool {t}/{pool} deleted ({n} server(s) terminated)")
 
 
@@ -453,7 +467,33 @@ def worker() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        _exit_if_a_runtime_was_left_behind()
+
+
+def _exit_if_a_runtime_was_left_behind() -> None:
+    """Every command shuts its Temporal runtime down before its loop closes (`temporal_client.command_runtime`).
+    Should one be left behind (a bug: something kept a client), its threads could abort the interpreter's
+    finalization with exit 134 after the command did its work: say so in one line and end the process
+    without finalization, keeping the command's exit code."""
+    import os
+    import sys
+
+    from poolctl.temporal_client import runtimes_left_behind
+
+    left = runtimes_left_behind()
+    if not left:
+        return
+    code = sys.exc_info()[1]
+    status = code.code if isinstance(code, SystemExit) else (1 if code else 0)
+    err_console.print(
+        f"warning: a Temporal runtime was left behind (held by {'; '.join(left)})", highlight=False
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status if isinstance(status, int) else 1)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,13 @@ from poolctl.settings import Settings
 from poolctl.starter import balancer_stack, devstack, pool_ops
 from poolctl.starter.output import console, fail, table
 from poolctl.starter.progress import wait_with_progress
+from poolctl.starter.runner import run_command
 from poolctl.starter.specfile import load_spec_files
 from poolctl.store import queries
 from poolctl.store.db import session_scope
 from poolctl.temporal_client import connect
 
+DEMO_TIMEOUT_S = 900.0  # the whole story, load included: each wait inside bounds itself
 DEMO_SPEC = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 
 
@@ -47,7 +49,7 @@ def run_demo(settings: Settings, spec_path: Path = DEMO_SPEC, *, with_load: bool
     if settings.worker_metrics_port:
         say(f"  worker metrics: curl http://127.0.0.1:{settings.worker_metrics_port}/metrics | grep poolctl_")
     docs = load_spec_files([spec_path])
-    asyncio.run(_story(settings, spec_path, docs[0], with_load))
+    run_command(lambda: _story(settings, spec_path, docs[0], with_load), DEMO_TIMEOUT_S)
 
 
 async def _story(settings: Settings, spec_path: Path, doc: SpecDocument, with_load: bool) -> None:

@@ -5,25 +5,26 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from poolctl import search_attributes
 from poolctl.settings import Settings
+from poolctl.starter.processes import (
+    Component,
+    PortHolder,
+    host_port,
+    pid_alive,
+    port_holder,
+    port_open,
+    read_pid,
+    spawn,
+    stop,
+    wait_for,
+)
 
-
-@dataclass
-class Component:
-    name: str
-    pid: int | None
-    alive: bool
-    log: Path
-    detail: str = ""
+PORT_RELEASE_WAIT_S = 30.0
+"""How long `up` waits for a port still held by a stopping server of this stack (a `dev down` just before)."""
 
 
 def temporal_binary() -> str:
@@ -52,57 +53,8 @@ def _paths(settings: Settings) -> dict[str, Path]:
     }
 
 
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host or "127.0.0.1", int(port)
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> int:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
-    return proc.pid
-
-
 def temporal_command(settings: Settings, db_file: Path) -> list[str]:
-    host, port = _host_port(settings.temporal_address)
+    host, port = host_port(settings.temporal_address)
     return [
         temporal_binary(),
         "server",
@@ -127,39 +79,40 @@ def temporal_command(settings: Settings, db_file: Path) -> list[str]:
     ]
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.25) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
 def up(settings: Settings, *, say=print) -> None:  # type: ignore[no-untyped-def]
     """Start Temporal (if not running) and the worker (if not running). Idempotent."""
     p = _paths(settings)
-    host, port = _host_port(settings.temporal_address)
+    host, port = host_port(settings.temporal_address)
     if settings.payload_key is None:  # the client and the worker must share one key: make it before either
         from poolctl.payload_codec import ensure_dev_key
 
         say(f"payload encryption key: {ensure_dev_key(settings)} (set POOLCTL_PAYLOAD_KEY to use your own)")
-    tpid = _read_pid(p["temporal_pid"])
+    tpid = read_pid(p["temporal_pid"])
+    holder = port_holder(port) if not pid_alive(tpid) and port_open(host, port) else None
     if pid_alive(tpid):
         say(f"Temporal dev server already running (pid {tpid})")
-    elif port_open(host, port):
+    elif port_open(host, port) and not _ours(holder, p["temporal_db"]):
+        if holder is not None and not any("temporal" in arg for arg in holder.cmdline[:3]):
+            raise RuntimeError(
+                f"port {port} is held by {holder.describe()}, not a Temporal server; stop it, or choose "
+                "another address with POOLCTL_TEMPORAL_ADDRESS"
+            )
         say(
-            f"Temporal is already listening on {settings.temporal_address} (not started by poolctl); using it"
+            f"Temporal is already listening on {settings.temporal_address} (not started by poolctl"
+            + (f": {holder.describe()}" if holder else "")
+            + "); using it"
         )
     else:
-        tpid = _spawn(temporal_command(settings, p["temporal_db"]), p["temporal_log"])
+        _claim_port(host, port, "POOLCTL_TEMPORAL_ADDRESS", p["temporal_db"], say)
+        _claim_port(host, settings.temporal_ui_port, "POOLCTL_TEMPORAL_UI_PORT", p["temporal_db"], say)
+        tpid = spawn(temporal_command(settings, p["temporal_db"]), p["temporal_log"])
         p["temporal_pid"].write_text(str(tpid))
         say(f"starting Temporal dev server (pid {tpid}), state in {p['temporal_db']}")
         if not wait_for(lambda: port_open(host, port) or not pid_alive(tpid), 90) or not pid_alive(tpid):
             raise RuntimeError(f"Temporal did not start; see {p['temporal_log']}")
         if not wait_for(lambda: port_open(host, settings.temporal_ui_port), 30):
             say("warning: the web UI port did not open")
-    wpid = _read_pid(p["worker_pid"])
+    wpid = read_pid(p["worker_pid"])
     if pid_alive(wpid):
         say(f"worker already running (pid {wpid})")
     else:
@@ -171,7 +124,7 @@ def up(settings: Settings, *, say=print) -> None:  # type: ignore[no-untyped-def
         if settings.database_url:
             env["POOLCTL_DATABASE_URL"] = settings.database_url
         start = p["worker_log"].stat().st_size if p["worker_log"].exists() else 0
-        wpid = _spawn([sys.executable, "-m", "poolctl.worker"], p["worker_log"], env)
+        wpid = spawn([sys.executable, "-m", "poolctl.worker"], p["worker_log"], env)
         p["worker_pid"].write_text(str(wpid))
         say(f"starting worker (pid {wpid}), log {p['worker_log']}")
 
@@ -191,24 +144,25 @@ def up(settings: Settings, *, say=print) -> None:  # type: ignore[no-untyped-def
     balancer_stack.ensure_schedule(settings)
 
 
-def _stop(pid: int | None, timeout: float) -> bool:
-    if not pid_alive(pid):
-        return False
-    assert pid is not None
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return False
-    if not wait_for(lambda: not pid_alive(pid), timeout):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        wait_for(lambda: not pid_alive(pid), 5)
-    return True
+def _ours(holder: PortHolder | None, db_file: Path) -> bool:
+    """Is `holder` a Temporal server of this stack (its command line names this stack's database file)?"""
+    return holder is not None and str(db_file) in holder.cmdline
+
+
+def _claim_port(host: str, port: int, setting: str, db_file: Path, say) -> None:  # type: ignore[no-untyped-def]
+    """Make sure `port` is free before the dev server starts: wait (at most PORT_RELEASE_WAIT_S) for a
+    stopping server of this stack to release it, as after a `dev down`; otherwise raise RuntimeError
+    naming the process that holds it."""
+    if not port_open(host, port):
+        return
+    holder = port_holder(port)
+    if _ours(holder, db_file):
+        assert holder is not None
+        say(f"waiting for the stopping Temporal server ({holder.describe()}) to release port {port}")
+        if wait_for(lambda: not port_open(host, port), PORT_RELEASE_WAIT_S):
+            return
+    who = holder.describe() if holder else "a process poolctl cannot see"
+    raise RuntimeError(f"port {port} is held by {who}; stop it, or choose another port with {setting}")
 
 
 def down(settings: Settings, *, purge: bool = False, say=print) -> None:  # type: ignore[no-untyped-def]
@@ -216,25 +170,62 @@ def down(settings: Settings, *, purge: bool = False, say=print) -> None:  # type
     from poolctl.starter import balancer_stack
 
     balancer_stack.down(settings, say=say)
-    if _stop(_read_pid(p["worker_pid"]), 20):
+    if stop(read_pid(p["worker_pid"]), 20):
         say("worker stopped")
     p["worker_pid"].unlink(missing_ok=True)
-    if _stop(_read_pid(p["temporal_pid"]), 20):
+    if stop(read_pid(p["temporal_pid"]), 20):
         say("Temporal dev server stopped")
     p["temporal_pid"].unlink(missing_ok=True)
-    if purge:
-        from poolctl.localserver.processes import kill_all_local_servers
+    from poolctl.localserver.processes import kill_all_local_servers
 
+    if purge:
         kill_all_local_servers(settings.state_dir)
         shutil.rmtree(settings.state_dir, ignore_errors=True)
         say(f"local servers stopped and {settings.state_dir} removed")
+        return
+    for line in left_running_lines(running_local_servers(settings.state_dir)):
+        say(line)
+
+
+def running_local_servers(state_dir: Path) -> dict[str, list[str]]:
+    """The live local servers of `state_dir` the provider still wants running, as ``team/pool`` -> server
+    ids (read-only, from the provider's records)."""
+    from poolctl.localserver.processes import pid_alive as server_alive
+    from poolctl.localserver.processes import read_json
+
+    out: dict[str, list[str]] = {}
+    for path in sorted((Path(state_dir).resolve() / "servers" / "records").glob("*.json")):
+        rec = read_json(path)
+        if rec and rec.get("status") != "terminated" and server_alive(rec.get("pid"), rec.get("proc_start")):
+            out.setdefault(rec["pool"], []).append(rec["server_id"])
+    return out
+
+
+def left_running_lines(by_pool: dict[str, list[str]]) -> list[str]:
+    """What `dev down` says about the local servers it leaves running (they keep serving without the
+    stack), and how to stop them."""
+    if not by_pool:
+        return []
+    lines = [
+        f"left running: {len(ids)} local server(s) of pool {pool} ({', '.join(sorted(ids))})"
+        for pool, ids in sorted(by_pool.items())
+    ]
+    deletes = "; ".join(
+        f"poolctl delete pool {pool.split('/', 1)[-1]} --team {pool.split('/', 1)[0]} --yes"
+        for pool in sorted(by_pool)
+    )
+    lines.append(
+        f"to stop them: poolctl dev up, then {deletes}; or poolctl dev down --purge "
+        "(stops every local server and deletes the state directory)"
+    )
+    return lines
 
 
 def status(settings: Settings) -> list[Component]:
     p = _paths(settings)
-    host, port = _host_port(settings.temporal_address)
-    tpid = _read_pid(p["temporal_pid"])
-    wpid = _read_pid(p["worker_pid"])
+    host, port = host_port(settings.temporal_address)
+    tpid = read_pid(p["temporal_pid"])
+    wpid = read_pid(p["worker_pid"])
     t_alive = pid_alive(tpid) or port_open(host, port)
     return [
         Component(
@@ -256,5 +247,5 @@ def _balancer_status(settings: Settings) -> list[Component]:
 
 
 def ui_url(settings: Settings) -> str:
-    host, _ = _host_port(settings.temporal_address)
+    host, _ = host_port(settings.temporal_address)
     return f"http://{host}:{settings.temporal_ui_port}"

@@ -3,7 +3,6 @@ uptime over a window (computed from stored transitions) — and the pool's summa
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -18,6 +17,7 @@ from poolctl.domain.names import health_workflow_id
 from poolctl.domain.pool_spec import PoolSpec
 from poolctl.settings import Settings, get_settings
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
+from poolctl.starter.runner import run_command
 from poolctl.store import queries
 from poolctl.store.db import session_scope
 from poolctl.store.models import HealthCheck
@@ -139,7 +139,7 @@ def health(
     try:
         with session_scope(get_settings().resolved_database_url) as s:
             ids = [srv.id for srv in queries.list_servers(s, t, pool)]
-        live = asyncio.run(live_statuses(t, pool, ids))
+        live = run_command(lambda: live_statuses(t, pool, ids))
         report = health_report(t, pool, window * 3600, live=live)
     except NotFoundError as e:
         fail(str(e), EXIT_BAD_INPUT)

@@ -19,8 +19,9 @@ from rich.markup import escape
 from poolctl.domain.decision import Decision, same_recommendation
 from poolctl.domain.errors import NotFoundError, SpecError
 from poolctl.settings import get_settings
-from poolctl.starter import policy_ops, pool_ops
+from poolctl.starter import policy_ops, pool_ops, waiting
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
+from poolctl.starter.runner import run_command
 from poolctl.starter.specfile import load_spec_files
 from poolctl.store import queries
 from poolctl.store.db import session_scope
@@ -48,7 +49,7 @@ def _team(team: str | None) -> str:
 
 def _run(coro_fn: Any) -> Any:
     try:
-        return asyncio.run(coro_fn())
+        return run_command(coro_fn)
     except NotFoundError as e:
         fail(str(e), EXIT_BAD_INPUT)
     except RuntimeError as e:
@@ -76,7 +77,7 @@ def list_policies(pool: PoolArg, team: TeamOpt = None, as_json: JsonOpt = False)
         out = []
         for name, ptype, _active in stored:
             try:
-                v = await policy_ops.query_policy(client, t, pool, name)
+                v = await waiting.for_worker(policy_ops.query_policy(client, t, pool, name))
             except NotFoundError:
                 out.append({"policy": name, "type": ptype, "status": "no workflow"})
                 continue
@@ -155,8 +156,8 @@ def show(
 
     async def go() -> dict[str, Any]:
         client = await connect(get_settings())
-        view = await policy_ops.query_policy(client, t, pool, policy)
-        pool_view = await pool_ops.query_status(client, t, pool)
+        view = await waiting.for_worker(policy_ops.query_policy(client, t, pool, policy))
+        pool_view = await waiting.for_worker(pool_ops.query_status(client, t, pool))
         return {"view": view, "pool": pool_view}
 
     got = _run(go)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from poolctl.starter import pool_ops
+from poolctl.starter import pool_ops, waiting
 from poolctl.starter.output import console
 
 
-async def wait_with_progress(client: Any, team: str, pool: str, timeout: float, after_seq: int = -1) -> Any:
+async def wait_with_progress(
+    client: Any, team: str, pool: str, timeout: float | None = None, after_seq: int = -1
+) -> Any:
+    """Poll the pool until it settles, printing each new `current/desired, state` line. `timeout` (s)
+    defaults to what is left of the command's deadline (`waiting.remaining_s()`). Returns the last view
+    (None: no running workflow); raises `waiting.WaitTimedOut` when the pool has not settled in time."""
+    limit = waiting.remaining_s() if timeout is None else timeout
     last: list[str] = []
 
     def progress(view: Any) -> None:
@@ -17,13 +24,23 @@ async def wait_with_progress(client: Any, team: str, pool: str, timeout: float, 
             last.append(line)
             console.print(line, highlight=False)
 
-    view = await pool_ops.wait_settled(
-        client, team, pool, timeout=timeout, after_seq=after_seq, on_progress=progress
-    )
+    try:  # a query blocks while no worker answers: bound the whole wait, not only the polling loop
+        view = await asyncio.wait_for(
+            pool_ops.wait_settled(
+                client, team, pool, timeout=limit, after_seq=after_seq, on_progress=progress
+            ),
+            limit + 1.0,
+        )
+    except TimeoutError:
+        raise waiting.WaitTimedOut(
+            f"timed out after {limit:g}s waiting for pool {pool} to settle; no answer from its workflow "
+            "(is the worker running? poolctl dev status)"
+        ) from None
     if view is None:
         console.print(f"  {pool}: no running workflow")
-    elif view.current != view.desired or view.scaling:
-        console.print(
-            f"  [yellow]{pool}: still converging after {timeout:.0f}s[/] (see `poolctl status {pool}`)"
+    elif view.status.value != "error" and (view.current != view.desired or view.scaling):
+        raise waiting.WaitTimedOut(
+            f"timed out after {limit:g}s waiting for pool {pool} to settle: {view.current}/{view.desired} "
+            f"servers, {view.status.value} (it carries on; see poolctl status {pool})"
         )
     return view

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -10,6 +9,7 @@ import typer
 
 from poolctl.settings import get_settings
 from poolctl.starter.output import console, fail, print_json, table
+from poolctl.starter.runner import run_command
 from poolctl.starter.schedules import ScheduleView, ensure_schedules, list_schedules
 from poolctl.temporal_client import connect
 
@@ -42,7 +42,7 @@ def schedules(
             await ensure_schedules(client, settings)
         return await list_schedules(client, settings)
 
-    views = asyncio.run(go())
+    views = run_command(go)
     if as_json:
         print_json(
             [

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from temporalio.client import Client
@@ -16,6 +18,24 @@ from poolctl.starter import pool_ops
 from poolctl.starter.specfile import parse_spec
 
 T = TypeVar("T")
+
+POOLCTL = str(Path(sys.executable).parent / "poolctl")
+"""The `poolctl` command of this environment, for tests that run it as a real subprocess."""
+
+EMPTY_POOL_SPEC = """
+pools:
+  - name: web
+    provider: local
+    min_servers: 0
+    max_servers: 2
+    desired_servers: 0
+    policies:
+      - name: cpu
+        type: cpu
+        target: 50
+        evaluation_interval: 60
+"""
+"""A pool of 0 servers with one policy: the cheapest pool that still has a pool and a policy workflow."""
 
 
 async def eventually(
