@@ -19,7 +19,8 @@ pytestmark = pytest.mark.temporal
 
 
 def cli_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POOLCTL_")}
+    keep = {"POOLCTL_PAYLOAD_KEY"}  # the session's key (conftest): the test's worker and the CLI share it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POOLCTL_") or k in keep}
     env.update(
         POOLCTL_STATE_DIR=str(settings.state_dir),
         POOLCTL_DATABASE_URL=settings.resolved_database_url,
