@@ -1,7 +1,8 @@
 """Every Temporal-talking command exits cleanly, every time: `apply`, `scale`, `status`, `policy pause`,
-`dev up` and `dev down`, each run RUNS (50; POOLCTL_TEST_EXIT_RUNS) times as a real `poolctl` subprocess, and every run exits 0
-with nothing on stderr (before the fix about 1 run in 10 aborted with exit 134, `Fatal Python error:
-PyGILState_Release`, after doing its work).
+`dev up` and `dev down`, each run RUNS (50; POOLCTL_TEST_EXIT_RUNS) times as a real `poolctl` subprocess,
+and every run exits 0 with nothing on stderr but, at most, the waiting notice a slow worker earns (before
+the fix about 1 run in 10 aborted with exit 134, `Fatal Python error: PyGILState_Release`, after doing
+its work).
 
 The test runs its own dev stack (`poolctl dev up`) in a temporary POOLCTL_STATE_DIR on free ports, so it
 never touches a developer's stack. Cold and warm runs, to keep the wall time low:
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.slow
 RUNS = int(os.environ.get("POOLCTL_TEST_EXIT_RUNS", "50"))  # fewer only to try the test out by hand
 COLD = 2
 PARALLEL = 4
+NOTICE = "waiting for a worker on task queue poolctl-exits (is the worker running? poolctl dev status)"
 
 
 def free_port() -> int:
@@ -52,7 +54,9 @@ class Run:
 
     @property
     def clean(self) -> bool:
-        return self.code == 0 and self.err == ""
+        """Exit 0 and nothing on stderr but, at most, the waiting notice: a command whose worker takes more
+        than 3 s to answer (a loaded machine) says so, by design (`poolctl.starter.waiting`)."""
+        return self.code == 0 and all(line.startswith(NOTICE) for line in self.err.splitlines())
 
 
 @dataclass
