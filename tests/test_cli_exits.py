@@ -85,6 +85,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         POOLCTL_TEMPORAL_ADDRESS=f"127.0.0.1:{port}",
         POOLCTL_TEMPORAL_UI_PORT=str(free_port()),
         POOLCTL_TASK_QUEUE="poolctl-exits",
+        POOLCTL_WORKER_METRICS_PORT="0",  # no metrics endpoint: its fixed default port may be taken
         POOLCTL_ENV_FILE=str(tmp_path / "none.env"),
     )
     spec = tmp_path / "pool.yaml"
