@@ -6,9 +6,8 @@ its work).
 
 The test runs its own dev stack (`poolctl dev up`) in a temporary POOLCTL_STATE_DIR on free ports, so it
 never touches a developer's stack. Cold and warm runs, to keep the wall time low:
-- `dev up`: 2 cold (Temporal dev server and worker really started; the second right after a `dev down`,
-  with the Temporal port still held by a "stopping server" of the stack that `dev up` must wait for) and
-  48 warm (the stack already up: pid checks, balancers, the statistics Schedule through Temporal);
+- `dev up`: 2 cold (Temporal dev server and worker really started; the second right after a `dev down`)
+  and 48 warm (the stack already up: pid checks, balancers, the statistics Schedule through Temporal);
 - `dev down`: 2 cold (really stopping the stack) and 48 warm (already down);
 - `apply` (one run creates the pool, the rest re-apply it unchanged), `scale` (to the size it has),
   `status` (half with `--json`) and `policy pause`: all 50 against the running stack.
@@ -20,7 +19,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -102,21 +100,6 @@ def unclean(runs: list[Run]) -> str:
     return f"{len(bad)} of {len(runs)} runs not clean; first: {bad[0]!r}" if bad else ""
 
 
-def hold_port_like_a_stopping_server(port: int, db_file: Path, seconds: float) -> subprocess.Popen[bytes]:
-    """A process of this stack (its command line names the stack's Temporal database, as the dev server's
-    does) that still listens on the Temporal port for `seconds`, as a server stopping slowly would."""
-    code = (
-        "import socket, sys, time\n"
-        f"s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-        f"s.bind(('127.0.0.1', {port})); s.listen(); print('listening', flush=True); time.sleep({seconds})"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, "--db-filename", str(db_file)], stdout=subprocess.PIPE
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == b"listening"
-    return proc
-
-
 def test_every_temporal_talking_command_exits_0_with_nothing_on_stderr_every_time(stack: Stack):
     started = time.monotonic()
     cold_up = [stack.run("dev", "up")]
@@ -135,15 +118,8 @@ def test_every_temporal_talking_command_exits_0_with_nothing_on_stderr_every_tim
     assert not unclean(warm_up), unclean(warm_up)
 
     cold_down = [stack.run("dev", "down")]
-    holder = hold_port_like_a_stopping_server(
-        stack.temporal_port, stack.state_dir / "temporal" / "temporal.db", seconds=3
-    )
-    try:
-        cold_up.append(stack.run("dev", "up"))  # waits for the port, then starts the stack again
-    finally:
-        holder.wait(30)  # it ends by itself; never signalled
+    cold_up.append(stack.run("dev", "up"))  # right after the down: starts the stack again
     assert cold_up[1].clean, cold_up[1]
-    assert "waiting for the stopping Temporal server" in cold_up[1].out
     assert "starting Temporal dev server" in cold_up[1].out
     cold_down.append(stack.run("dev", "down"))
     assert not unclean(cold_down), unclean(cold_down)
