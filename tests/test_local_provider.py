@@ -300,7 +300,7 @@ async def test_process_spawned_by_a_worker_killed_before_recording_it_is_adopted
         "server_id": sid, "provider": "local", "pool": "team/web", "idempotency_key": key, "status": "pending",
         "host": "127.0.0.1", "port": 0, "pid": None, "created_at": "2026-01-01T00:00:00+00:00", "restarts": 0,
     }  # fmt: skip
-    provider.records.save(dict(intent))  # what the dead worker had written: intent, no pid
+    provider._save(dict(intent))  # what the dead worker had written: intent, no pid
     spawned = dict(intent)
     provider._spawn(spawned, {})  # ...and the process it started, never recorded
     orphan = spawned["pid"]
