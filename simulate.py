@@ -3,8 +3,9 @@
 The model: the policy is evaluated every `evaluation_interval` seconds from the trace's first timestamp
 to its last, seeing the latest trace value at or before that moment; the pool arbitrates the policy's
 recommendation at once (as `PoolWorkflow` does when a recommendation arrives) and starts the cooldowns
-at the decision time. New servers serve only after `boot_delay_s`; a scale-in removes booting servers
-first, then serving ones, immediately.
+at the decision time. New servers serve only after `boot_delay_s`, and their metrics count only once they
+serve and the policy's `instance_warmup_s` has passed (the same readiness rule as the live read); a
+scale-in removes booting servers first, then serving ones, immediately.
 
 What the trace value means:
 - default (`load_model=False`): the metric exactly as observed, whatever the capacity. This is what the
@@ -25,7 +26,8 @@ from pydantic import BaseModel
 from poolctl.domain.arbitration import CooldownState, arbitrate
 from poolctl.domain.decision import Decision, Direction
 from poolctl.domain.evaluation import PolicyState, evaluate_policy
-from poolctl.domain.policy_spec import PolicySpec
+from poolctl.domain.policy_spec import PolicySpec, ScrapeSource
+from poolctl.domain.readiness import sample_server
 
 
 class SimStep(BaseModel):
@@ -36,6 +38,7 @@ class SimStep(BaseModel):
     metric: float | None
     current: int
     serving: int
+    ready: int = 0
     desired: int
     policy_decision: Decision
     pool_decision: Decision
@@ -82,6 +85,12 @@ def load_trace_csv(path: str | Path) -> list[tuple[datetime, float]]:
     return trace
 
 
+class _SimServer(BaseModel):
+    server_id: str
+    created_at: datetime
+    booted_at: datetime
+
+
 def simulate(
     spec: PolicySpec,
     trace: list[tuple[datetime, float]],
@@ -92,7 +101,13 @@ def simulate(
     pool_max: int,
     load_model: bool = False,
 ) -> list[SimStep]:
-    """Run `spec` over `trace` (sorted by time) with a pool of `start` servers. `dry_run` is ignored here."""
+    """Run `spec` over `trace` (sorted by time) with a pool of `start` servers. `dry_run` is ignored here.
+
+    The policy sees the pool as the live read does (`domain.readiness`): a server is booting (health
+    `initial`) until `boot_delay_s` after its creation, then healthy; its metrics count once it is healthy
+    and `instance_warmup_s` has passed. A scrape source gets one value per ready server, any other
+    source the pool-level value.
+    """
     if not trace:
         return []
     if spec.dry_run:
@@ -102,8 +117,14 @@ def simulate(
     interval = timedelta(seconds=spec.evaluation_interval)
     boot = timedelta(seconds=boot_delay_s)
     cap = 100.0 if spec.type in ("cpu", "memory") else None
+    per_server = isinstance(spec.source, ScrapeSource)
 
-    ready_at: list[datetime] = [t0] * start  # one entry per server, oldest first
+    # the starting servers have booted and warmed up; one entry per server, oldest first
+    warm = timedelta(seconds=spec.instance_warmup_s)
+    servers = [
+        _SimServer(server_id=f"s{n}", created_at=t0 - warm - boot, booted_at=t0 - warm) for n in range(start)
+    ]
+    created = start
     desired = start
     state = PolicyState()
     cooldowns = CooldownState()
@@ -114,13 +135,31 @@ def simulate(
         while i + 1 < len(points) and points[i + 1][0] <= now:
             i += 1
         value = points[i][1]
-        serving = sum(1 for r in ready_at if r <= now)
+        serving = sum(1 for s in servers if s.booted_at <= now)
         metric: float | None = value
         if load_model:
             metric = None if serving == 0 else value * start / serving
             if metric is not None and cap is not None:
                 metric = min(cap, metric)
-        decision, state = evaluate_policy(spec, current=desired, metric=metric, now=now, state=state)
+        samples = [
+            sample_server(
+                s.server_id,
+                created_at=s.created_at,
+                health="healthy" if s.booted_at <= now else "initial",
+                now=now,
+                instance_warmup_s=spec.instance_warmup_s,
+                value=metric if per_server else None,
+            )
+            for s in servers
+        ]
+        decision, state = evaluate_policy(
+            spec,
+            current=desired,
+            metric=None if per_server else metric,
+            now=now,
+            state=state,
+            servers=samples,
+        )
         verdict = arbitrate(
             [decision.as_recommendation()],
             current=desired,
@@ -131,10 +170,12 @@ def simulate(
         )
         before = desired
         if verdict.direction is Direction.UP:
-            ready_at += [now + boot] * (verdict.desired - desired)
+            for _ in range(verdict.desired - desired):
+                servers.append(_SimServer(server_id=f"s{created}", created_at=now, booted_at=now + boot))
+                created += 1
         elif verdict.direction is Direction.DOWN:
-            ready_at.sort()
-            del ready_at[verdict.desired :]  # the newest (still booting first) go
+            servers.sort(key=lambda s: s.created_at)
+            del servers[verdict.desired :]  # the newest (still booting first) go
         if verdict.direction is not Direction.NONE:
             cooldowns = cooldowns.after_decision(verdict)
             desired = verdict.desired
@@ -142,9 +183,10 @@ def simulate(
             SimStep(
                 at=now,
                 trace_value=value,
-                metric=metric,
+                metric=decision.metric,
                 current=before,
                 serving=serving,
+                ready=sum(1 for s in samples if s.ready),
                 desired=desired,
                 policy_decision=decision,
                 pool_decision=verdict,

@@ -38,6 +38,14 @@ class ReasonCode(StrEnum):
     SCHEDULE_ACTIVE = "ScheduleActive"
     SCHEDULE_INACTIVE = "ScheduleInactive"
     NO_RECOMMENDATION = "NoRecommendation"
+    SCALE_UP_STABILIZED = "ScaleUpStabilized"
+    SCALE_UP_LIMIT = "ScaleUpLimit"
+    SCALE_DOWN_LIMIT = "ScaleDownLimit"
+    SERVERS_NOT_READY = "ServersNotReady"
+    MISSING_SERVER_METRICS = "MissingServerMetrics"
+    BELOW_ACTIVATION_THRESHOLD = "BelowActivationThreshold"
+    SCALE_FROM_ZERO = "ScaleFromZero"
+    EVALUATION_ERROR = "EvaluationError"
 
 
 _DIRECTION_RANK = {"down": -1, "none": 0, "up": 1}

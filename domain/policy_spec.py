@@ -5,11 +5,12 @@ Durations are numbers of seconds (`*_s`); `cooldown_minutes` is accepted as the 
 
 from __future__ import annotations
 
+import calendar
 import math
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import Field, field_validator, model_validator
 
 from poolctl.domain.bounds import (
@@ -46,7 +47,31 @@ def validate_cron(expr: str) -> str:
         raise ValueError(f"cron expression {expr!r} must have 5 fields (minute hour day month weekday)")
     if not croniter.is_valid(expr):
         raise ValueError(f"cron expression {expr!r} does not parse")
+    check_cron_can_fire(expr)
     return expr
+
+
+def check_cron_can_fire(expr: str) -> None:
+    """Refuse an expression that never fires, such as `0 0 30 2 *` (30 February) or `0 0 31 4 *`.
+
+    With the weekday field `*`, cron fires only on the listed days of the listed months; if no listed day
+    exists in any listed month (29 February counts: leap years have it), the schedule can never fire.
+    When both day fields are restricted, cron fires on either (it can always fire).
+    """
+    minutes, hours, days, months, weekdays = croniter(expr).expanded
+    if weekdays == ["*"] and days != ["*"] and "l" not in days:
+        month_numbers = range(1, 13) if months == ["*"] else [int(m) for m in months]
+        # the longest each month can be (a leap year's February)
+        if not any(int(d) <= calendar.monthrange(2024, m)[1] for m in month_numbers for d in days):
+            names = ", ".join(calendar.month_name[m] for m in month_numbers)
+            listed = ", ".join(str(d) for d in days)
+            raise ValueError(
+                f"cron expression {expr!r} can never fire: day {listed} does not exist in {names}"
+            )
+    try:
+        croniter(expr).get_next(float)
+    except CroniterBadDateError as e:  # any other combination croniter cannot place
+        raise ValueError(f"cron expression {expr!r} can never fire ({e})") from e
 
 
 # --- metric sources -------------------------------------------------------------------------------
@@ -120,6 +145,53 @@ class Step(StrictModel):
         return math.inf if self.upper_bound is None else self.upper_bound
 
 
+def check_step_table(steps: list[Step]) -> list[Step]:
+    """The step table AWS `StepAdjustment` rules allow, sorted by bound; errors name `steps`.
+
+    The steps' bounds (relative to `threshold`) must join without gaps or overlaps and reach the threshold
+    (bound 0); a direction that has steps must end in an open-ended one (no upper bound above the threshold,
+    no lower bound below it), and no step may be open at both ends. Every metric value in a direction that
+    has steps then falls in exactly one step.
+    """
+    ordered = sorted(steps, key=lambda s: s.lower)
+
+    def span(s: Step) -> str:
+        lo = "-inf" if s.lower_bound is None else f"{s.lower_bound:g}"
+        hi = "+inf" if s.upper_bound is None else f"{s.upper_bound:g}"
+        return f"[{lo}, {hi}]"
+
+    for s in ordered:
+        if s.lower_bound is None and s.upper_bound is None:
+            raise ValueError(
+                f"steps: step {span(s)} has neither bound; give it the threshold (0) as one bound"
+            )
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if a.upper > b.lower:
+            raise ValueError(f"steps overlap: {span(a)} and {span(b)}")
+        if a.upper < b.lower:
+            raise ValueError(
+                f"steps leave a gap from {a.upper:g} to {b.lower:g} between {span(a)} and {span(b)}: "
+                "a metric there would fall in no step"
+            )
+    first, last = ordered[0], ordered[-1]
+    if first.lower > 0 or last.upper < 0:
+        reach = first.lower if first.lower > 0 else last.upper
+        raise ValueError(
+            f"steps leave a gap between the threshold (0) and {reach:g}: the first step must start at 0"
+        )
+    if last.upper > 0 and last.upper_bound is not None:
+        raise ValueError(
+            f"steps: the highest step {span(last)} needs no upper_bound (open-ended), "
+            f"or a metric above threshold + {last.upper:g} falls in no step"
+        )
+    if first.lower < 0 and first.lower_bound is not None:
+        raise ValueError(
+            f"steps: the lowest step {span(first)} needs no lower_bound (open-ended), "
+            f"or a metric below threshold {first.lower:g} falls in no step"
+        )
+    return ordered
+
+
 class ScheduleSpec(StrictModel):
     """A window that opens at each `cron` fire (in `timezone`) and lasts `duration_s` or until `end_cron`."""
 
@@ -163,6 +235,57 @@ class ScheduleSpec(StrictModel):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+
+# --- rate limits per direction (Kubernetes HPA `behavior`) ----------------------------------------
+
+
+class RatePolicy(StrictModel):
+    """At most `value` servers (`type: servers`) or `value` percent of the count at the start of the
+    period (`type: percent`) added or removed within any `period_s` (HPA `HPAScalingPolicy`)."""
+
+    type: Literal["servers", "percent"]
+    value: float = Field(gt=0)
+    period_s: float = Field(gt=0, le=1800, description="seconds; HPA allows up to 30 minutes")
+
+    @model_validator(mode="after")
+    def _whole_servers(self) -> RatePolicy:
+        if self.type == "servers" and self.value != int(self.value):
+            raise ValueError(f"a servers rate policy takes a whole number of servers, got {self.value:g}")
+        return self
+
+
+class ScalingRules(StrictModel):
+    """One direction's rules (HPA `HPAScalingRules`): a stabilization window and rate policies.
+
+    `select_policy`: `max` takes the policy that allows the largest change, `min` the smallest, `disabled`
+    forbids scaling in this direction. No policies: no rate limit.
+    """
+
+    stabilization_window_s: float | None = Field(default=None, ge=0, le=3600)
+    select_policy: Literal["max", "min", "disabled"] = "max"
+    policies: list[RatePolicy] = Field(default_factory=list)
+
+
+class Behavior(StrictModel):
+    """Rate limits and stabilization per direction, as HPA `behavior` (`scale_up`, `scale_down`)."""
+
+    scale_up: ScalingRules | None = None
+    scale_down: ScalingRules | None = None
+
+
+def check_behavior_windows(behavior: Behavior | None, stabilization_window_s: float, given: bool) -> float:
+    """The scale-in stabilization window: `behavior.scale_down.stabilization_window_s` is the same setting
+    as `stabilization_window_s`; giving both with different values is refused."""
+    down = behavior.scale_down if behavior is not None else None
+    if down is None or down.stabilization_window_s is None:
+        return stabilization_window_s
+    if given and down.stabilization_window_s != stabilization_window_s:
+        raise ValueError(
+            "behavior.scale_down.stabilization_window_s and stabilization_window_s are the same setting: "
+            "give one"
+        )
+    return down.stabilization_window_s
 
 
 # --- the policy -----------------------------------------------------------------------------------
@@ -225,6 +348,15 @@ class PolicySpec(StrictModel):
     max_step: ServerDelta | None = Field(
         default=None, description="most servers added or removed per evaluation"
     )
+    behavior: Behavior | None = Field(
+        default=None, description="HPA-style rate limits and stabilization per direction"
+    )
+    activation_threshold: float = Field(
+        default=0.0, description="from zero servers, a metric above this asks for at least one server (KEDA)"
+    )
+    instance_warmup_s: float = Field(
+        default=0.0, ge=0, description="seconds after its creation before a new server's metrics count (AWS)"
+    )
     dry_run: bool = False
     on_metric_error: OnMetricError = "hold"
     fallback_servers: ServerCount | None = None
@@ -264,6 +396,9 @@ class PolicySpec(StrictModel):
             raise ValueError(
                 f"min_servers ({self.min_servers}) is greater than max_servers ({self.max_servers})"
             )
+        self.stabilization_window_s = check_behavior_windows(
+            self.behavior, self.stabilization_window_s, "stabilization_window_s" in self.model_fields_set
+        )
         if self.on_metric_error == "fallback" and self.fallback_servers is None:
             raise ValueError("on_metric_error 'fallback' needs fallback_servers")
         if self.on_metric_error != "fallback" and self.fallback_servers is not None:
@@ -287,6 +422,9 @@ class PolicySpec(StrictModel):
                 "max_servers",
                 "on_metric_error",
                 "fallback_servers",
+                "behavior",
+                "activation_threshold",
+                "instance_warmup_s",
             )
             + _THRESHOLD_FIELDS
             + _STEP_FIELDS
@@ -353,14 +491,14 @@ class PolicySpec(StrictModel):
                 raise ValueError(f"steps[{i}].adjustment must be a whole number for {self.adjustment_type}")
             if self.adjustment_type == "exact_capacity" and s.adjustment < 0:
                 raise ValueError(f"steps[{i}].adjustment is a capacity and cannot be negative")
-        ordered = sorted(self.steps, key=lambda s: s.lower)
-        for a, b in zip(ordered, ordered[1:], strict=False):
-            if a.upper > b.lower:
-                raise ValueError(
-                    f"steps overlap: [{a.lower_bound}, {a.upper_bound}) and [{b.lower_bound}, {b.upper_bound})"
-                )
-        self.steps = ordered
+        self.steps = check_step_table(self.steps)
 
     @property
     def is_metric_policy(self) -> bool:
         return self.type != "schedule"
+
+    @property
+    def scale_up_stabilization_window_s(self) -> float:
+        """HPA `behavior.scaleUp.stabilizationWindowSeconds`: 0 (none) unless `behavior.scale_up` sets it."""
+        up = self.behavior.scale_up if self.behavior is not None else None
+        return up.stabilization_window_s or 0.0 if up is not None else 0.0

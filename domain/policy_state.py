@@ -13,6 +13,7 @@ from poolctl.domain.evaluation import PolicyState
 from poolctl.domain.model import Message
 from poolctl.domain.policy_spec import MetricSource, PolicySpec
 from poolctl.domain.pool_state import ServerRecord
+from poolctl.domain.readiness import ServerSample
 
 # Decisions that changed the recommendation, kept in the workflow for `poolctl policy show`.
 MAX_DECISIONS = 20
@@ -36,23 +37,29 @@ class PolicyInput(Message):
 
 
 class MetricReadRequest(Message):
-    """`read_policy_metric`'s input: the pool's members (as the pool told its policy) and which source
-    (None: only count the servers)."""
+    """`read_policy_metric`'s input: the pool's members (as the pool told its policy), which source
+    (None: only count the servers), and how long after its creation a server's metrics start to count."""
 
     team: str
     pool: str
     source: MetricSource | None = None
     servers: list[ServerRecord] = Field(default_factory=list)
+    instance_warmup_s: float = 0.0
 
 
 class MetricReading(Message):
-    """`read_policy_metric`'s answer: the value (None when unavailable, with `error`) and the pool's size."""
+    """`read_policy_metric`'s answer: the value (None when unavailable, with `error`) and the pool's size.
+
+    `servers`: each counted server with its readiness and, for a scrape source, its own value (the
+    decision code aggregates the ready ones); None from a reader that predates per-server samples.
+    """
 
     value: float | None = None
     error: str | None = None
     current: int = 0
     ready: int = Field(default=0, description="members whose health check passes (health `healthy`)")
     servers_read: int = 0
+    servers: list[ServerSample] | None = None
 
 
 class DecisionRecord(Message):

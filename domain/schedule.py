@@ -1,8 +1,10 @@
 """Schedule math: when a cron expression fires in an IANA time zone, and whether a schedule window is open.
 
-Pure: `now` is always passed in. Cron fields are matched against local wall-clock time, with cron's
-usual DST rules: a time skipped by a spring-forward gap fires at the end of the gap (02:30 → 03:00), and
-a time repeated by a fall-back fires once, at its first occurrence.
+Pure: `now` is always passed in. Cron fields are matched against local wall-clock time, with Vixie
+cron's DST rules: a fixed-time job (minute and hour fields without `*`) fires once — a time skipped by a
+spring-forward gap at the end of the gap (02:30 → 03:00), a time repeated by a fall-back at its first
+occurrence; a wildcard job (`*` or `*/n` in the minute or hour field) runs by the clock — in both
+occurrences of a repeated hour, and not in a skipped one.
 
 Instants are returned in UTC: Python never finds an ambiguous local time equal to anything in another
 zone (PEP 495), so local times make poor values to compare.
@@ -57,32 +59,86 @@ def fire_instant(wall: datetime, tz: ZoneInfo) -> datetime:
     return hi.replace(microsecond=0)
 
 
+# Vixie cron's @aliases as five fields (its wildcard rule reads the minute and hour fields).
+_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
+def is_wildcard_job(expr: str) -> bool:
+    """Vixie cron's rule: a job whose minute or hour field starts with `*` (`*`, `*/30`) is a wildcard job,
+    run by the clock (again in a repeated hour, never in a skipped one); any other is a fixed-time job."""
+    fields = _ALIASES.get(expr.strip().lower(), expr).split()
+    return fields[0].startswith("*") or fields[1].startswith("*")
+
+
+def _instants(wall: datetime, tz: ZoneInfo, wildcard: bool) -> list[datetime]:
+    """The instants (UTC) at which a fire at local wall-clock `wall` happens.
+
+    Fixed-time jobs: once (a repeated time at its first occurrence, a skipped time at the end of the gap).
+    Wildcard jobs: at each occurrence of the wall time (twice in a repeated hour), none in a skipped hour.
+    """
+    first = fire_instant(wall, tz)
+    if not wildcard:
+        return [first]
+    if _wall(first, tz) != wall:
+        return []  # skipped by a spring-forward gap
+    second = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)
+    return [first, second] if second != first and _wall(second, tz) == wall else [first]
+
+
+def _near_transition(at: datetime, tz: ZoneInfo) -> bool:
+    """Whether the zone's UTC offset changes within _FOLD_MARGIN of `at` (where wall times misorder)."""
+    return (at - _FOLD_MARGIN).astimezone(tz).utcoffset() != (at + _FOLD_MARGIN).astimezone(tz).utcoffset()
+
+
 def _cron_next(expr: str, tz: ZoneInfo, after: datetime) -> datetime:
     """First fire strictly after instant `after` (UTC)."""
-    it = croniter(expr, _wall(after, tz))
+    wildcard = is_wildcard_job(expr)
+    start = _wall(after, tz) - (_FOLD_MARGIN if _near_transition(after, tz) else timedelta(0))
+    it = croniter(expr, start)
+    best: datetime | None = None
     for _ in range(_MAX_ITERATIONS):
-        candidate = fire_instant(it.get_next(datetime), tz)
-        if candidate > after:
-            return candidate
+        wall = it.get_next(datetime)
+        # fire_instant is monotone in the wall time and a wall's instants are never before it
+        if best is not None and fire_instant(wall, tz) >= best:
+            return best
+        for candidate in _instants(wall, tz, wildcard):
+            if candidate > after and (best is None or candidate < best):
+                best = candidate
+    if best is not None:
+        return best
     raise ValueError(f"cron {expr!r} has no fire after {after.isoformat()}")
 
 
 def _cron_prev(expr: str, tz: ZoneInfo, at: datetime) -> datetime | None:
     """Last fire at or before instant `at` (UTC), or None if there is none."""
-    local = at.astimezone(tz)
-    start = local.replace(tzinfo=None, fold=0) + timedelta(seconds=1)
-    if local.fold:  # in a repeated hour: later wall times may already have fired (first occurrence)
+    wildcard = is_wildcard_job(expr)
+    start = _wall(at, tz) + timedelta(seconds=1)
+    if _near_transition(at, tz):  # later wall times may already have fired (a repeated hour)
         start += _FOLD_MARGIN
     it = croniter(expr, start)
+    best: datetime | None = None
+    margin = timedelta(0)
     for _ in range(_MAX_ITERATIONS):
         try:
             wall = it.get_prev(datetime)
         except Exception:  # croniter gives up far in the past
-            return None
-        candidate = fire_instant(wall, tz)
-        if candidate <= at:
-            return candidate
-    return None
+            return best
+        # an earlier wall fires no later than its own instant plus the DST shift (near a transition)
+        if best is not None and fire_instant(wall, tz) + margin <= best:
+            return best
+        for candidate in _instants(wall, tz, wildcard):
+            if candidate <= at and (best is None or candidate > best):
+                best = candidate
+                margin = _FOLD_MARGIN if _near_transition(best, tz) else timedelta(0)
+    return best
 
 
 def next_fire(spec: ScheduleSpec | PolicySpec, after: datetime) -> datetime:

@@ -270,6 +270,7 @@ def _step_json(s: Any, changed: bool) -> dict[str, Any]:
         "metric": s.metric,
         "current": s.current,
         "serving": s.serving,
+        "ready": s.ready,
         "desired": s.desired,
         "policy": dec(s.policy_decision),
         "pool": dec(s.pool_decision),

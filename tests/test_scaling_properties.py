@@ -120,7 +120,7 @@ def test_target_tracking_is_monotone_in_the_metric(current: int, m1: float, m2: 
     assert d_lo.raw <= d_hi.raw
 
 
-@given(current=counts, ratio=st.floats(min_value=0.9, max_value=1.1))
+@given(current=st.integers(min_value=1, max_value=200), ratio=st.floats(min_value=0.9, max_value=1.1))
 def test_target_tracking_holds_within_tolerance(current: int, ratio: float) -> None:
     d, _ = evaluate_policy(tt(), current=current, metric=50 * ratio, now=T0, state=PolicyState())
     assert d.desired == current and d.reason is ReasonCode.WITHIN_TOLERANCE
@@ -131,8 +131,11 @@ def test_target_tracking_formula_and_zero() -> None:
     assert d.desired == 8 and d.reason is ReasonCode.TARGET_TRACKING and "ceil(4 x 1.800)" in d.formula
     d0, _ = evaluate_policy(tt(), current=0, metric=120, now=T0, state=PolicyState())
     assert d0.desired == 3
-    d00, _ = evaluate_policy(tt(), current=0, metric=10, now=T0, state=PolicyState())
-    assert d00.desired == 0
+    # from zero, a metric above activation_threshold (default 0) asks for at least one server
+    d01, _ = evaluate_policy(tt(), current=0, metric=10, now=T0, state=PolicyState())
+    assert (d01.desired, d01.reason) == (1, ReasonCode.SCALE_FROM_ZERO)
+    d00, _ = evaluate_policy(tt(), current=0, metric=0, now=T0, state=PolicyState())
+    assert (d00.desired, d00.reason) == (0, ReasonCode.BELOW_ACTIVATION_THRESHOLD)
 
 
 # --- step -----------------------------------------------------------------------------------------
@@ -171,15 +174,11 @@ def test_step_edges_follow_aws_rules(diff: float) -> None:
         assert s.lower < diff <= s.upper
 
 
-def test_step_gap_holds_and_percent_rounding() -> None:
-    gap = PolicySpec.model_validate(
-        {
-            "name": "g",
-            "threshold": 50,
-            "steps": [{"lower_bound": 0, "adjustment": 1}, {"upper_bound": -10, "adjustment": -1}],
-        }
+def test_step_one_sided_table_holds_on_the_other_side_and_percent_rounding() -> None:
+    out_only = PolicySpec.model_validate(
+        {"name": "g", "threshold": 50, "steps": [{"lower_bound": 0, "adjustment": 1}]}
     )
-    d, _ = evaluate_policy(gap, current=5, metric=45, now=T0, state=PolicyState())
+    d, _ = evaluate_policy(out_only, current=5, metric=45, now=T0, state=PolicyState())
     assert d.desired == 5 and d.reason is ReasonCode.WITHIN_THRESHOLDS
     assert percent_change(10, 25, None) == 2  # 2.5 rounds toward zero
     assert percent_change(2, 10, None) == 1  # 0.2 never rounds to zero

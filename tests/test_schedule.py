@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
 
 from poolctl.domain.arbitration import CooldownState, arbitrate
 from poolctl.domain.decision import ReasonCode
@@ -55,13 +56,122 @@ def test_europe_berlin_transitions() -> None:
     assert next_fire(s, utc(2024, 10, 26, 23)) == utc(2024, 10, 27, 0, 30)  # 02:30 CEST, once
     assert next_fire(s, utc(2024, 10, 27, 0, 30)) == utc(2024, 10, 28, 1, 30)  # 02:30 CET next day
     hourly = sched("0 * * * *", "Europe/Berlin")
-    # every wall-clock hour fires once; the repeated 02:00 does not fire twice
+    # a wildcard hour runs by the clock (Vixie cron): the repeated 02:00 fires in both occurrences
     fires = []
     at = utc(2024, 10, 26, 22)
     for _ in range(5):
         at = next_fire(hourly, at)
         fires.append(at.astimezone(UTC).hour)
-    assert fires == [23, 0, 2, 3, 4]  # 01:00, 02:00 CEST, (no 02:00 CET), 03:00, 04:00, 05:00 CET
+    assert fires == [23, 0, 1, 2, 3]  # 01:00, 02:00 CEST, 02:00 CET, 03:00, 04:00 CET
+
+
+def fires_between(s: ScheduleSpec, after: datetime, before: datetime) -> list[datetime]:
+    out: list[datetime] = []
+    at = after
+    while (at := next_fire(s, at)) < before:
+        out.append(at)
+    return out
+
+
+def test_wildcard_jobs_fire_in_the_repeated_hour_athens_2013() -> None:
+    """Vixie cron: `*/30 * * * *` in Europe/Athens on 2013-10-27 (04:00 EEST -> 03:00 EET)."""
+    s = sched("*/30 * * * *", "Europe/Athens", duration_s=1800, min_servers=5)
+    assert fires_between(s, utc(2013, 10, 26, 23, 0), utc(2013, 10, 27, 2, 1)) == [
+        utc(2013, 10, 26, 23, 30),
+        utc(2013, 10, 27, 0, 0),
+        utc(2013, 10, 27, 0, 30),
+        utc(2013, 10, 27, 1, 0),
+        utc(2013, 10, 27, 1, 30),
+        utc(2013, 10, 27, 2, 0),
+    ]
+    # the window opened at 01:00Z (03:00 EET, the repeated hour) is open at 01:15Z: the pool keeps 5
+    active, start, end = schedule_window_active(s, utc(2013, 10, 27, 1, 15))
+    assert active and (start, end) == (utc(2013, 10, 27, 1, 0), utc(2013, 10, 27, 1, 30))
+    p = PolicySpec.model_validate(
+        {"name": "night", "type": "schedule", "schedule": s.model_dump(exclude_none=True)}
+    )
+    d, _ = evaluate_policy(p, current=5, metric=None, now=utc(2013, 10, 27, 1, 15), state=PolicyState())
+    assert d.reason is ReasonCode.SCHEDULE_ACTIVE and d.floor == 5
+
+
+def test_wildcard_hour_fires_in_the_repeated_hour_berlin_2025() -> None:
+    s = sched("0 * * * *", "Europe/Berlin")
+    assert fires_between(s, utc(2025, 10, 25, 23, 30), utc(2025, 10, 26, 2, 1)) == [
+        utc(2025, 10, 26, 0),
+        utc(2025, 10, 26, 1),
+        utc(2025, 10, 26, 2),
+    ]
+
+
+@pytest.mark.parametrize(
+    "cron, tz, after, before, expected",
+    [
+        # fixed-time jobs on the same nights still fire once, at the first occurrence
+        (
+            "30 3 * * *",
+            "Europe/Athens",
+            utc(2013, 10, 26, 12),
+            utc(2013, 10, 27, 12),
+            [utc(2013, 10, 27, 0, 30)],
+        ),
+        (
+            "0 3 * * *",
+            "Europe/Athens",
+            utc(2013, 10, 26, 12),
+            utc(2013, 10, 27, 12),
+            [utc(2013, 10, 27, 0, 0)],
+        ),
+        (
+            "30 2 * * *",
+            "Europe/Berlin",
+            utc(2025, 10, 25, 12),
+            utc(2025, 10, 26, 12),
+            [utc(2025, 10, 26, 0, 30)],
+        ),
+        (
+            "0,30 2 * * *",
+            "Europe/Berlin",
+            utc(2025, 10, 25, 12),
+            utc(2025, 10, 26, 12),
+            [utc(2025, 10, 26, 0, 0), utc(2025, 10, 26, 0, 30)],
+        ),
+        # spring forward (Berlin 2025-03-30 02:00 CET -> 03:00 CEST): a wildcard job skips the lost hour,
+        # a fixed-time job in it fires at the end of the gap
+        (
+            "30 * * * *",
+            "Europe/Berlin",
+            utc(2025, 3, 29, 23),
+            utc(2025, 3, 30, 3, 1),
+            [
+                utc(2025, 3, 29, 23, 30),
+                utc(2025, 3, 30, 0, 30),
+                utc(2025, 3, 30, 1, 30),
+                utc(2025, 3, 30, 2, 30),
+            ],
+        ),
+        ("30 2 * * *", "Europe/Berlin", utc(2025, 3, 29, 23), utc(2025, 3, 30, 3, 1), [utc(2025, 3, 30, 1)]),
+    ],
+)
+def test_fixed_and_wildcard_jobs_across_dst(
+    cron: str, tz: str, after: datetime, before: datetime, expected: list[datetime]
+) -> None:
+    assert fires_between(sched(cron, tz), after, before) == expected
+
+
+@pytest.mark.parametrize("field", ["cron", "end_cron"])
+@pytest.mark.parametrize("expr", ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6,9,11 *"])
+def test_a_schedule_that_can_never_fire_is_refused(field: str, expr: str) -> None:
+    doc = {"cron": "0 9 * * *", "end_cron": "0 17 * * *", field: expr}
+    with pytest.raises(ValidationError) as e:
+        sched(doc["cron"], "UTC", end_cron=doc["end_cron"])
+    err = e.value.errors()[0]
+    assert err["loc"] == (field,) and "can never fire" in err["msg"]
+
+
+def test_29_february_stays_valid() -> None:
+    s = sched("0 0 29 2 *", "UTC")
+    assert next_fire(s, utc(2025, 1, 1)) == utc(2028, 2, 29)
+    sched("0 0 30 2 1", "UTC")  # both day fields: cron fires on either (every Monday in February)
 
 
 def test_window_by_duration_and_by_end_cron() -> None:

@@ -97,7 +97,10 @@ class PolicyWorkflow:
         wait = self.spec.evaluation_interval
         if self.spec.type == "schedule" and self.spec.schedule is not None:
             now = workflow.now()
-            active, start, end = schedule_window_active(self.spec.schedule, now)
+            try:
+                active, start, end = schedule_window_active(self.spec.schedule, now)
+            except Exception:  # noqa: BLE001 - recorded by the evaluation as EvaluationError; keep the interval
+                return max(wait, 0.001)
             edge = end if active else start
             if edge is not None:
                 wait = min(wait, max((edge - now).total_seconds(), 0.0))
@@ -109,7 +112,13 @@ class PolicyWorkflow:
         try:
             return await workflow.execute_local_activity_method(
                 PolicyMetricActivities.read_policy_metric,
-                MetricReadRequest(team=self.team, pool=self.pool, source=source, servers=self.members),
+                MetricReadRequest(
+                    team=self.team,
+                    pool=self.pool,
+                    source=source,
+                    servers=self.members,
+                    instance_warmup_s=self.spec.instance_warmup_s,
+                ),
                 start_to_close_timeout=timedelta(seconds=timeout_s),
                 schedule_to_close_timeout=timedelta(seconds=2 * timeout_s + 1),
                 retry_policy=READ_RETRY,
@@ -119,17 +128,34 @@ class PolicyWorkflow:
             cause = e.cause if e.cause is not None else e
             return MetricReading(value=None, error=f"metric read failed: {cause}", current=self.current or 0)
 
+    def _decide(self, reading: MetricReading) -> Decision:
+        """The pure decision (`domain.evaluation`); an exception from it never wedges the loop: it becomes
+        a held decision with reason EvaluationError and the message."""
+        try:
+            decision, self.pstate = evaluation.evaluate_policy(
+                self.spec,
+                current=reading.current,
+                metric=reading.value,
+                now=workflow.now(),
+                state=self.pstate,
+                servers=reading.servers,
+            )
+        except Exception as e:  # noqa: BLE001 - any fault of the decision code, recorded and held
+            workflow.logger.warning("policy %s: evaluation failed: %s", self.spec.name, e)
+            decision = evaluation.evaluation_error_decision(
+                self.spec, current=reading.current, now=workflow.now(), error=e
+            )
+            self.last_error = decision.formula
+            self.pstate = self.pstate.model_copy(
+                update={"evaluations": self.pstate.evaluations + 1, "last_decision": decision}
+            )
+        return decision
+
     async def _evaluate(self) -> None:
         reading = await self._read()
         self.current = reading.current
         self.last_error = reading.error
-        decision, self.pstate = evaluation.evaluate_policy(
-            self.spec,
-            current=reading.current,
-            metric=reading.value,
-            now=workflow.now(),
-            state=self.pstate,
-        )
+        decision = self._decide(reading)
         rec = decision.as_recommendation()
         changed = not same_recommendation(self.last_sent, rec)
         # re-send an unchanged recommendation now and then: a pool whose workflow chain was re-created

@@ -1,4 +1,4 @@
-"""Scrape source: a gauge read from each server's Prometheus text endpoint, aggregated over the pool."""
+"""Scrape source: a gauge read from each server's Prometheus text endpoint, per server or aggregated."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from poolctl.activities.metrics.errors import MetricUnavailableError, get_ok
+from poolctl.domain.readiness import aggregate
 
 
 def parse_prometheus_text(text: str, metric: str) -> float | None:
@@ -27,18 +28,6 @@ def parse_prometheus_text(text: str, metric: str) -> float | None:
     return total
 
 
-def aggregate(values: list[float], how: str) -> float:
-    if how == "avg":
-        return sum(values) / len(values)
-    if how == "max":
-        return max(values)
-    if how == "min":
-        return min(values)
-    if how == "sum":
-        return sum(values)
-    raise ValueError(f"unknown aggregate {how!r}")
-
-
 async def scrape_one(client: httpx.AsyncClient, url: str, metric: str, timeout_s: float) -> float:
     """`metric` as server `url` reports it at that moment."""
     label = f"scrape {url}"
@@ -49,6 +38,31 @@ async def scrape_one(client: httpx.AsyncClient, url: str, metric: str, timeout_s
     if not math.isfinite(value):
         raise MetricUnavailableError(label, f"{metric} is {value}")
     return value
+
+
+async def scrape_servers(
+    metric: str,
+    server_urls: list[str],
+    client: httpx.AsyncClient,
+    *,
+    path: str = "/metrics",
+    timeout_s: float = 5.0,
+) -> list[float | MetricUnavailableError]:
+    """`metric` from each server (base URLs), in order: its value, or the error that kept it from one.
+
+    Never raises for a server that does not answer: the decision code treats it as a missing server.
+    """
+    urls = [u.rstrip("/") + path for u in server_urls]
+    results = await asyncio.gather(
+        *(scrape_one(client, u, metric, timeout_s) for u in urls), return_exceptions=True
+    )
+    out: list[float | MetricUnavailableError] = []
+    for r in results:
+        if isinstance(r, MetricUnavailableError | float):
+            out.append(r)
+        elif isinstance(r, BaseException):
+            raise r
+    return out
 
 
 async def scrape_metric(
