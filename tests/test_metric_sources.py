@@ -145,3 +145,64 @@ async def test_http_json_path(client: httpx.AsyncClient) -> None:
             await read_metric(src.model_copy(update={"url": url + "/nope"}), [], client)
     finally:
         await runner.cleanup()
+
+
+async def test_policy_read_gives_per_server_samples_with_readiness(servers: list[str], tmp_path: Any) -> None:
+    """`read_policy_metric` on the pool's server list: ready servers are scraped one by one, a booting or
+    warming server is not read, and a ready server that does not answer is a sample without a value."""
+    from datetime import UTC, datetime, timedelta
+    from urllib.parse import urlsplit
+
+    from poolctl.activities.policy_metrics import PolicyMetricActivities
+    from poolctl.domain.evaluation import PolicyState, evaluate_policy
+    from poolctl.domain.policy_state import MetricReadRequest
+    from poolctl.domain.pool_state import ServerRecord
+    from poolctl.settings import Settings
+
+    runner, dead = await _serve({})
+    await runner.cleanup()
+    now = datetime.now(UTC)
+    old = now - timedelta(hours=1)
+
+    def record(sid: str, url: str, created_at: datetime, health: str) -> ServerRecord:
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None
+        return ServerRecord(
+            server_id=sid, host=parts.hostname, port=parts.port, created_at=created_at, health=health
+        )
+
+    members = [
+        record("a", servers[0], old, "healthy"),  # 20 %
+        record("b", servers[1], old, "healthy"),  # 60 %
+        record("c", servers[2], now, "healthy"),  # 70 %, but inside instance_warmup_s
+        record("d", dead, old, "initial"),  # still booting: not read
+        record("e", dead, old, "healthy"),  # ready but does not answer: missing
+    ]
+    spec = PolicySpec(name="cpu", target=50, stabilization_window_s=0)
+    activities = PolicyMetricActivities(
+        Settings(state_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'x.db'}")
+    )
+    try:
+        reading = await activities.read_policy_metric(
+            MetricReadRequest(team="t", pool="p", source=spec.source, servers=members, instance_warmup_s=300)
+        )
+    finally:
+        await activities.aclose()
+    assert reading.current == 5 and reading.servers is not None
+    by_id = {s.server_id: s for s in reading.servers}
+    assert [by_id[x].ready for x in "abcde"] == [True, True, False, False, True]
+    assert (by_id["a"].value, by_id["b"].value, by_id["c"].value, by_id["d"].value) == (
+        20.0,
+        60.0,
+        None,
+        None,
+    )
+    assert by_id["e"].value is None and by_id["e"].error
+    assert reading.value == pytest.approx(40.0) and reading.servers_read == 2
+    assert reading.error is not None and "1 of 3 ready servers did not answer" in reading.error
+    # the decision: 2 values averaging 40 %, one missing (at 0 on a scale-out... here a scale-in: at target)
+    d, _ = evaluate_policy(
+        spec, current=5, metric=reading.value, now=now, state=PolicyState(), servers=reading.servers
+    )
+    assert d.metric == pytest.approx(40.0)
+    assert "3 of 5 servers ready" in d.formula and "1 without a value at 50" in d.formula

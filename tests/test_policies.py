@@ -398,3 +398,156 @@ pools:
     ]
     assert "ScaleInStabilized" in [r[3] for r in simulated]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+LIVE_TRACES = {
+    # from zero: below activation, activation, then the new server warms up for the rest of the test
+    "zero": [0, 0, 5, 5, 5, 30, 30, 30, 30],
+    # from 2: the load asks for 4, the scale-up rate policy allows 1 server per 600 s
+    "capped": [50, 90, 90, 90, 90, 90, 90, 90, 90],
+}
+LIVE_SPEC = """
+pools:
+  - name: zero
+    provider: fake
+    min_servers: 0
+    max_servers: 6
+    desired_servers: 0
+    policies:
+      - name: queue
+        type: custom
+        source: {{kind: http_json, url: "http://127.0.0.1:{port}/zero", path: v}}
+        target: 10
+        instance_warmup_s: 600
+        evaluation_interval: 2
+        scale_out_cooldown_s: 0
+        scale_in_cooldown_s: 0
+  - name: capped
+    provider: fake
+    min_servers: 1
+    max_servers: 10
+    desired_servers: 2
+    policies:
+      - name: load
+        type: custom
+        source: {{kind: http_json, url: "http://127.0.0.1:{port}/capped", path: v}}
+        target: 50
+        evaluation_interval: 2
+        scale_out_cooldown_s: 0
+        scale_in_cooldown_s: 0
+        behavior:
+          scale_up:
+            select_policy: max
+            policies: [{{type: servers, value: 1, period_s: 600}}]
+"""
+
+
+async def test_simulate_and_live_agree_on_warmup_activation_and_rate_limits(
+    client: Client, settings: Settings, worker, tmp_path, monkeypatch
+):
+    """Two pools at once on the live loop (fake provider): one scales from zero past its activation
+    threshold and then waits for its new server to warm up; one is held by a scale-up rate policy.
+    `poolctl simulate` runs the same specs over the same traces: the recorded decisions are the same, and
+    `poolctl policy show` explains the clamp with its HPA reason code."""
+    import asyncio
+    import json
+    from contextlib import AsyncExitStack
+
+    from aiohttp import web
+    from typer.testing import CliRunner
+
+    from poolctl.starter.cli import app
+
+    reads: dict[str, list[float]] = {name: [] for name in LIVE_TRACES}
+
+    def serve(name: str):  # type: ignore[no-untyped-def]
+        async def metric(request: web.Request) -> web.Response:
+            trace = LIVE_TRACES[name]
+            value = trace[min(len(reads[name]), len(trace) - 1)]
+            reads[name].append(value)
+            return web.json_response({"v": value})
+
+        return metric
+
+    web_app = web.Application()
+    for name in LIVE_TRACES:
+        web_app.router.add_get(f"/{name}", serve(name))
+    runner = web.AppRunner(web_app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    spec = LIVE_SPEC.format(port=port)
+    without_policies = "\n".join(
+        line
+        for line in spec.splitlines()
+        if not line.startswith(("    policies", "      ", "        ", "          "))
+    )
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(runner.cleanup)
+        await apply_yaml(client, settings, without_policies)
+        await settled(client, settings, "capped", 2)
+        await apply_yaml(client, settings, spec)
+        await eventually(
+            lambda: _async(lambda: min(len(r) for r in reads.values())),
+            lambda n: n >= max(len(t) for t in LIVE_TRACES.values()) + 1,
+            timeout=90,
+        )
+        live = {}
+        for pool, policy in (("zero", "queue"), ("capped", "load")):
+            state = await policy_state(client, settings, pool, policy)
+            assert state is not None
+            live[pool] = [
+                (d.current, d.desired, d.direction.value, d.reason.value, d.metric) for d in state.decisions
+            ]
+
+        monkeypatch.setenv("POOLCTL_STATE_DIR", str(settings.state_dir))
+        monkeypatch.setenv("POOLCTL_DATABASE_URL", settings.resolved_database_url)
+        monkeypatch.setenv("POOLCTL_TEMPORAL_ADDRESS", settings.temporal_address)
+        monkeypatch.setenv("POOLCTL_TASK_QUEUE", settings.task_queue)
+        monkeypatch.setenv("POOLCTL_TEAM", settings.team)
+        # the CLI runs its own event loop: call it from a thread, as a user's shell would
+        shown = await asyncio.to_thread(CliRunner().invoke, app, ["policy", "show", "capped", "load"])
+        assert shown.exit_code == 0, shown.output
+        assert "ScaleUpLimit" in shown.output and "servers 1/600s from 2 -> 3" in shown.output
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(spec)
+    simulated = {}
+    for pool, policy, start in (("zero", "queue", "0"), ("capped", "load", "2")):
+        trace_file = tmp_path / f"{pool}.csv"
+        trace_file.write_text(
+            "".join(f"{1_700_000_000 + i * 2},{v}\n" for i, v in enumerate(LIVE_TRACES[pool]))
+        )
+        result = CliRunner().invoke(
+            app,
+            ["simulate", "-f", str(spec_file), "--pool", pool, "--policy", policy, "--trace", str(trace_file)]
+            + ["--start", start, "--boot-delay", "0", "--json"],
+        )
+        assert result.exit_code == 0, result.output
+        simulated[pool] = [
+            (
+                s["current"],
+                s["policy"]["desired"],
+                s["policy"]["direction"],
+                s["policy"]["reason"],
+                s["metric"],
+            )
+            for s in json.loads(result.output)
+            if s["policy_changed"]
+        ]
+    assert simulated["zero"] == [
+        (0, 0, "none", "BelowActivationThreshold", 0.0),
+        (0, 1, "up", "ScaleFromZero", 5.0),
+        (1, 1, "none", "ServersNotReady", 5.0),
+    ]
+    assert simulated["capped"] == [
+        (2, 2, "none", "WithinTolerance", 50.0),
+        (2, 3, "up", "ScaleUpLimit", 90.0),
+        (3, 3, "none", "ScaleUpLimit", 90.0),
+    ]
+    for pool in LIVE_TRACES:
+        side_by_side = "\n".join(
+            f"live {a!s:55} sim {b}" for a, b in zip(live[pool], simulated[pool], strict=False)
+        )
+        assert live[pool][: len(simulated[pool])] == simulated[pool], side_by_side

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,8 +12,16 @@ from pydantic import ValidationError
 
 from poolctl.domain.arbitration import CooldownState, arbitrate
 from poolctl.domain.decision import Direction, ReasonCode, Recommendation
-from poolctl.domain.evaluation import MAX_HISTORY, PolicyState, evaluate_policy, pause, resume
-from poolctl.domain.policy_spec import PolicySpec
+from poolctl.domain.evaluation import (
+    MAX_HISTORY,
+    PolicyState,
+    evaluate_policy,
+    evaluation_error_decision,
+    pause,
+    resume,
+)
+from poolctl.domain.policy_spec import Behavior, PolicySpec
+from poolctl.domain.readiness import ServerSample, sample_server, server_readiness
 from poolctl.domain.strategies import find_step, percent_change
 
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
@@ -401,3 +410,369 @@ def test_policy_and_pool_compose_through_recommendation() -> None:
     )
     assert verdict.desired == 5 and verdict.reason is ReasonCode.SCALE_OUT_THRESHOLD
     assert "3 -> 5" in verdict.explain()
+
+
+# --- issue: scaling decisions right where autoscalers are known to fail ---------------------------
+
+QUEUE = {"type": "custom", "source": {"kind": "http_json", "url": "http://127.0.0.1:1/q", "path": "v"}}
+
+
+@pytest.mark.parametrize("metric, expected", [(0, 0), (5, 1), (9.5, 1), (10, 1), (11, 1), (11.5, 2), (30, 3)])
+def test_scale_from_zero_with_activation_keda_table(metric: float, expected: int) -> None:
+    """A custom target-tracking policy (target 10) at 0 servers: the issue's table, exactly."""
+    spec = PolicySpec.model_validate({"name": "q", "target": 10, **QUEUE})
+    assert spec.activation_threshold == 0
+    d, _ = evaluate_policy(spec, current=0, metric=metric, now=T0, state=PolicyState())
+    assert d.desired == expected
+    reason = ReasonCode.BELOW_ACTIVATION_THRESHOLD if expected == 0 else ReasonCode.SCALE_FROM_ZERO
+    assert d.reason is reason
+
+
+@given(
+    metric=metrics,
+    activation=st.floats(min_value=0, max_value=500),
+    strategy=st.sampled_from(["target_tracking", "threshold", "step"]),
+)
+def test_every_strategy_leaves_zero_exactly_when_the_metric_passes_activation(
+    metric: float, activation: float, strategy: str
+) -> None:
+    doc: dict[str, object] = {
+        "target_tracking": {"target": 10},
+        "threshold": {"threshold_up": 80, "threshold_down": 20},
+        "step": {
+            "threshold": 50,
+            "adjustment_type": "percent_change_in_capacity",
+            "steps": [{"lower_bound": 0, "adjustment": 50}, {"upper_bound": 0, "adjustment": -50}],
+        },
+    }[strategy]
+    spec = PolicySpec.model_validate({"name": "z", "activation_threshold": activation, **QUEUE, **doc})
+    d, _ = evaluate_policy(spec, current=0, metric=metric, now=T0, state=PolicyState())
+    assert (d.desired >= 1) == (metric > activation)
+
+
+def samples(ready_values: list[float | None], not_ready: int = 0) -> list[ServerSample]:
+    out = [
+        ServerSample(server_id=f"r{i}", created_at=T0 - timedelta(hours=1), value=v)
+        for i, v in enumerate(ready_values)
+    ]
+    out += [
+        ServerSample(
+            server_id=f"b{i}", created_at=T0, health="initial", ready=False, not_ready_reason="booting"
+        )
+        for i in range(not_ready)
+    ]
+    return out
+
+
+def test_a_booting_server_is_not_scaled_for_twice_hpa_and_aws() -> None:
+    """CPU target 50: 4 servers at 62.5 % and a 5th booting. The right answer is 5, not 7."""
+    scrape = tt()  # cpu: a scrape of the servers, per-server values
+    d, _ = evaluate_policy(
+        scrape, current=5, metric=None, now=T0, state=PolicyState(), servers=samples([62.5] * 4, 1)
+    )
+    assert (d.desired, d.reason) == (5, ReasonCode.WITHIN_TOLERANCE)  # (4 x 62.5 + 0) / 5 = 50 %
+    assert "1 not ready at 0" in d.formula
+    pool_level = PolicySpec.model_validate({"name": "q", "target": 50, **QUEUE})
+    d, _ = evaluate_policy(
+        pool_level, current=5, metric=62.5, now=T0, state=PolicyState(), servers=samples([None] * 4, 1)
+    )
+    assert d.desired == 5  # AWS: ceil(4 x 1.25)
+    # without the booting server, the same load asks for the 5th
+    d, _ = evaluate_policy(
+        scrape, current=4, metric=None, now=T0, state=PolicyState(), servers=samples([62.5] * 4)
+    )
+    assert d.desired == 5
+
+
+def test_missing_server_counts_at_target_on_scale_in_and_zero_on_scale_out() -> None:
+    spec = tt(stabilization_window_s=0)
+    # scale-in: 3 ready at 10 % and one without a value (counted at 50 %): (30 + 50) / 4 = 20 % -> ceil(4 x 0.4)
+    d, _ = evaluate_policy(
+        spec, current=4, metric=None, now=T0, state=PolicyState(), servers=samples([10, 10, 10, None])
+    )
+    assert d.desired == 2 and "1 without a value at 50" in d.formula
+    # scale-out: 3 at 100 % and one missing at 0: (300 + 0) / 4 = 75 % -> ceil(4 x 1.5) = 6
+    d, _ = evaluate_policy(
+        spec, current=4, metric=None, now=T0, state=PolicyState(), servers=samples([100, 100, 100, None])
+    )
+    assert d.desired == 6
+    # a fill that turns the direction around holds (HPA): 1 at 60 %, 3 missing at 0 -> 15 %
+    d, _ = evaluate_policy(
+        spec, current=4, metric=None, now=T0, state=PolicyState(), servers=samples([60, None, None, None])
+    )
+    assert d.desired == 4
+
+
+def test_threshold_and_step_count_booting_servers_toward_a_scale_out() -> None:
+    """AWS warm-up: a scale-out adds to the ready servers; servers still booting count toward it."""
+    spec = thr()  # scale_up_by 2
+    d, _ = evaluate_policy(
+        spec, current=6, metric=90, now=T0, state=PolicyState(), servers=samples([90] * 4, 2)
+    )
+    assert (d.desired, d.reason) == (6, ReasonCode.SERVERS_NOT_READY)  # 4 ready + 2 = 6: already there
+    d, _ = evaluate_policy(
+        spec, current=5, metric=90, now=T0, state=PolicyState(), servers=samples([90] * 4, 1)
+    )
+    assert d.desired == 6
+    d, _ = evaluate_policy(
+        STEP, current=11, metric=75, now=T0, state=PolicyState(), servers=samples([75] * 8, 3)
+    )
+    assert d.desired == 11  # 8 ready + 3 = 11
+    # a ready server without a value: no scale-in on partial data
+    d, _ = evaluate_policy(
+        thr(stabilization_window_s=0),
+        current=4,
+        metric=None,
+        now=T0,
+        state=PolicyState(),
+        servers=samples([5, 5, 5, None]),
+    )
+    assert (d.desired, d.reason) == (4, ReasonCode.MISSING_SERVER_METRICS)
+    # nobody ready yet: hold, whatever the strategy
+    for spec in (tt(), thr(), STEP):
+        d, _ = evaluate_policy(
+            spec, current=2, metric=None, now=T0, state=PolicyState(), servers=samples([], 2)
+        )
+        assert (d.desired, d.reason) == (2, ReasonCode.SERVERS_NOT_READY)
+
+
+def test_readiness_health_and_instance_warmup() -> None:
+    old, new = T0 - timedelta(seconds=600), T0 - timedelta(seconds=100)
+    assert server_readiness(created_at=old, health="healthy", now=T0, instance_warmup_s=300) == (True, "")
+    ready, why = server_readiness(created_at=new, health="healthy", now=T0, instance_warmup_s=300)
+    assert not ready and why.startswith("warming up until")
+    assert server_readiness(created_at=old, health="initial", now=T0, instance_warmup_s=0) == (
+        False,
+        "booting",
+    )
+    assert not server_readiness(created_at=old, health="unhealthy", now=T0, instance_warmup_s=0)[0]
+    s = sample_server("a", created_at=new, health="healthy", now=T0, instance_warmup_s=300, value=90.0)
+    assert not s.ready and s.value is None  # a warming server's value never counts
+
+
+@settings(max_examples=200)
+@given(
+    ready_values=st.lists(st.floats(min_value=0, max_value=200), min_size=1, max_size=12),
+    not_ready=st.integers(min_value=0, max_value=12),
+)
+def test_not_ready_servers_never_make_target_tracking_ask_for_more(
+    ready_values: list[float], not_ready: int
+) -> None:
+    """Booting servers count toward a scale-out: adding them to a pool never makes target tracking ask
+    for more than the ready servers alone do (or than the pool already has)."""
+    spec = tt(stabilization_window_s=0)
+    n = len(ready_values)
+    alone, _ = evaluate_policy(
+        spec, current=n, metric=None, now=T0, state=PolicyState(), servers=samples(ready_values)
+    )
+    d, _ = evaluate_policy(
+        spec,
+        current=n + not_ready,
+        metric=None,
+        now=T0,
+        state=PolicyState(),
+        servers=samples(ready_values, not_ready),
+    )
+    assert d.desired <= max(alone.desired, n + not_ready)
+
+
+@pytest.mark.parametrize(
+    "steps, fragment",
+    [
+        (  # the issue's first table: a gap from 50 to 100
+            [
+                {"lower_bound": 0, "upper_bound": 50, "adjustment": 1},
+                {"lower_bound": 100, "adjustment": 3},
+                {"upper_bound": 0, "adjustment": -1},
+            ],
+            "gap from 50 to 100",
+        ),
+        ([{"lower_bound": 0, "upper_bound": 50, "adjustment": 1}], "needs no upper_bound"),  # issue's second
+        ([{"lower_bound": -50, "upper_bound": 0, "adjustment": -1}], "needs no lower_bound"),
+        (
+            [{"lower_bound": 0, "upper_bound": 20, "adjustment": 1}, {"lower_bound": 10, "adjustment": 2}],
+            "overlap",
+        ),
+        ([{"lower_bound": 10, "adjustment": 1}], "gap between the threshold"),
+        ([{"adjustment": 1}], "neither bound"),
+        ([{"lower_bound": 0, "adjustment": 1}, {"upper_bound": -10, "adjustment": -1}], "gap from -10 to 0"),
+    ],
+)
+def test_step_tables_aws_would_refuse(steps: list[dict[str, float]], fragment: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        PolicySpec.model_validate({"name": "s", "threshold": 100, "steps": steps})
+    message = str(e.value)
+    assert "steps" in message and fragment in message
+
+
+@given(
+    cuts=st.lists(st.integers(min_value=1, max_value=500), min_size=0, max_size=4, unique=True),
+    below=st.lists(st.integers(min_value=1, max_value=500), min_size=0, max_size=4, unique=True),
+    with_below=st.booleans(),
+    diff=st.floats(min_value=-1e4, max_value=1e4),
+)
+def test_a_valid_step_table_covers_every_metric_in_its_directions(
+    cuts: list[int], below: list[int], with_below: bool, diff: float
+) -> None:
+    ups = [0, *sorted(cuts)]
+    steps = [
+        {"lower_bound": lo, **({"upper_bound": hi} if hi is not None else {}), "adjustment": 1}
+        for lo, hi in zip(ups, [*ups[1:], None], strict=True)
+    ]
+    if with_below:
+        downs = [0, *sorted(-b for b in below)][::-1]  # 0, -b1, -b2 ... descending
+        downs = sorted({0, *(-b for b in below)}, reverse=True)
+        for hi, lo in zip(downs, [*downs[1:], None], strict=True):
+            steps.append(
+                {"upper_bound": hi, **({"lower_bound": lo} if lo is not None else {}), "adjustment": -1}
+            )
+    spec = PolicySpec.model_validate({"name": "s", "threshold": 0, "steps": steps})
+    found = find_step(spec.steps or [], diff)
+    assert (found is not None) == (diff >= 0 or with_below)
+
+
+def test_rate_limits_issue_example_and_hpa_period_rule() -> None:
+    """From 20 servers with a low metric, scale-in policies percent 10 / 60 s and servers 4 / 60 s with
+    select_policy min remove 2 in the first period; the next period starts from 18."""
+    spec = tt(
+        stabilization_window_s=0,
+        behavior={
+            "scale_down": {
+                "select_policy": "min",
+                "policies": [
+                    {"type": "percent", "value": 10, "period_s": 60},
+                    {"type": "servers", "value": 4, "period_s": 60},
+                ],
+            }
+        },
+    )
+    state, current, now = PolicyState(), 20, T0
+    seen = []
+    for _ in range(9):
+        d, state = evaluate_policy(spec, current=current, metric=5, now=now, state=state)
+        seen.append(d.desired)
+        assert d.reason is ReasonCode.SCALE_DOWN_LIMIT
+        current, now = d.desired, now + timedelta(seconds=15)
+    assert seen == [18, 18, 18, 18, 16, 16, 16, 16, 14]  # 20 x 0.9 = 18, 18 x 0.9 = 16.2 -> 16, ...
+    maxed = spec.model_copy(
+        update={
+            "behavior": Behavior.model_validate(
+                {
+                    "scale_down": {
+                        "policies": [
+                            {"type": "percent", "value": 10, "period_s": 60},
+                            {"type": "servers", "value": 4, "period_s": 60},
+                        ]
+                    }
+                }
+            )
+        }
+    )
+    d, _ = evaluate_policy(maxed, current=20, metric=5, now=T0, state=PolicyState())
+    assert d.desired == 16  # select_policy max (the default): the largest change
+
+
+def test_scale_up_rate_limit_disabled_direction_and_max_step_together() -> None:
+    up = {
+        "policies": [
+            {"type": "servers", "value": 2, "period_s": 60},
+            {"type": "percent", "value": 50, "period_s": 60},
+        ]
+    }
+    spec = tt(behavior={"scale_up": up})
+    d, _ = evaluate_policy(spec, current=4, metric=200, now=T0, state=PolicyState())
+    assert (d.desired, d.reason) == (6, ReasonCode.SCALE_UP_LIMIT)  # max(4 + 2, ceil(4 x 1.5))
+    d, _ = evaluate_policy(
+        tt(behavior={"scale_up": {**up, "select_policy": "min"}}, max_step=1),
+        current=4,
+        metric=200,
+        now=T0,
+        state=PolicyState(),
+    )
+    assert (d.desired, d.reason) == (5, ReasonCode.MAX_STEP_LIMITED)  # max_step still applies after
+    d, _ = evaluate_policy(
+        tt(behavior={"scale_up": {"select_policy": "disabled"}}),
+        current=4,
+        metric=200,
+        now=T0,
+        state=PolicyState(),
+    )
+    assert (d.desired, d.reason) == (4, ReasonCode.SCALE_UP_LIMIT)
+    with pytest.raises(ValidationError, match="same setting"):
+        tt(stabilization_window_s=60, behavior={"scale_down": {"stabilization_window_s": 30}})
+    assert tt(behavior={"scale_down": {"stabilization_window_s": 30}}).stabilization_window_s == 30
+
+
+@settings(max_examples=200)
+@given(
+    value=st.integers(min_value=1, max_value=10),
+    percent=st.integers(min_value=1, max_value=200),
+    period=st.integers(min_value=15, max_value=300),
+    select=st.sampled_from(["max", "min"]),
+    up=st.booleans(),
+    gaps=st.lists(st.integers(min_value=1, max_value=120), min_size=1, max_size=30),
+)
+def test_rate_limits_hold_over_any_period(
+    value: int, percent: int, period: int, select: str, up: bool, gaps: list[int]
+) -> None:
+    """Within any period, the pool moves no further than the loosest policy allows from the count at
+    the start of that period; every clamp is explained by ScaleUpLimit / ScaleDownLimit."""
+    rules = {
+        "select_policy": select,
+        "policies": [
+            {"type": "servers", "value": value, "period_s": period},
+            {"type": "percent", "value": min(percent, 100) if not up else percent, "period_s": period},
+        ],
+    }
+    spec = tt(stabilization_window_s=0, behavior={"scale_up" if up else "scale_down": rules})
+    state, current, now = PolicyState(), 50, T0
+    history = [(now, current)]
+    for gap in gaps:
+        d, state = evaluate_policy(spec, current=current, metric=500 if up else 1, now=now, state=state)
+        if d.desired != d.raw and d.clamps:
+            assert d.clamps[0].reason in (
+                ReasonCode.SCALE_UP_LIMIT,
+                ReasonCode.SCALE_DOWN_LIMIT,
+                ReasonCode.AT_MIN_SERVERS,
+            )
+        current = d.desired
+        history.append((now, current))
+        # the count at the start of the period: the last one recorded at or before its start
+        base = [c for t, c in history if t <= now - timedelta(seconds=period)][-1:] or [history[0][1]]
+        start = base[0]
+        loosest = (
+            max(start + value, math.ceil(start * (1 + percent / 100)))
+            if up
+            else min(start - value, int(start * (1 - min(percent, 100) / 100)))
+        )
+        assert (current <= max(loosest, start)) if up else (current >= min(loosest, start))
+        now += timedelta(seconds=gap)
+
+
+@settings(max_examples=200)
+@given(
+    window=st.integers(min_value=1, max_value=600),
+    series=st.lists(st.tuples(st.integers(min_value=1, max_value=60), metrics), min_size=1, max_size=60),
+)
+def test_no_scale_up_above_the_lowest_recommendation_in_the_window(
+    window: int, series: list[tuple[int, float]]
+) -> None:
+    spec = tt(stabilization_window_s=0, behavior={"scale_up": {"stabilization_window_s": window}})
+    state, now, current = PolicyState(), T0, 10
+    seen: list[tuple[datetime, int]] = []
+    for gap, m in series:
+        now += timedelta(seconds=gap)
+        d, state = evaluate_policy(spec, current=current, metric=m, now=now, state=state)
+        seen.append((now, d.raw))
+        assert len(state.up_history) <= MAX_HISTORY
+        if d.desired > current:
+            assert min(r for t, r in seen if t > now - timedelta(seconds=window)) >= d.desired
+        if any(c.reason is ReasonCode.SCALE_UP_STABILIZED for c in d.clamps):
+            assert d.desired < d.raw
+        current = d.desired
+
+
+def test_an_evaluation_error_is_a_held_decision() -> None:
+    d = evaluation_error_decision(tt(), current=3, now=T0, error=ValueError("boom"))
+    assert (d.desired, d.direction, d.reason) == (3, Direction.NONE, ReasonCode.EVALUATION_ERROR)
+    assert "ValueError: boom" in d.formula and not d.as_recommendation().abstain

@@ -214,3 +214,31 @@ def test_schedule_policy_sets_floor_and_desired() -> None:
     assert pool.desired == 5
     off, _ = evaluate_policy(p, current=5, metric=None, now=utc(2024, 7, 1, 9), state=PolicyState())
     assert off.reason is ReasonCode.SCHEDULE_INACTIVE and off.abstain and off.floor is None
+
+
+@pytest.mark.parametrize(
+    "schedule, field",
+    [
+        ('{cron: "0 0 30 2 *", duration_s: 60, min_servers: 2}', "schedule.cron"),
+        ('{cron: "0 0 31 4 *", duration_s: 60, min_servers: 2}', "schedule.cron"),
+        ('{cron: "0 9 * * *", end_cron: "0 0 31 4 *", min_servers: 2}', "schedule.end_cron"),
+    ],
+)
+def test_poolctl_validate_refuses_a_schedule_that_can_never_fire(tmp_path, schedule: str, field: str) -> None:
+    """`poolctl validate` exits 2 naming the field; 29 February stays valid."""
+    from typer.testing import CliRunner
+
+    from poolctl.starter.cli import app
+
+    def validate(sched_doc: str):  # type: ignore[no-untyped-def]
+        f = tmp_path / "spec.yaml"
+        f.write_text(
+            "pools:\n  - name: web\n    policies:\n"
+            f"      - {{name: night, type: schedule, schedule: {sched_doc}}}\n"
+        )
+        return CliRunner().invoke(app, ["validate", "-f", str(f)])
+
+    result = validate(schedule)
+    assert result.exit_code == 2, result.output
+    assert field in result.output and "can never fire" in result.output
+    assert validate('{cron: "0 0 29 2 *", duration_s: 60, min_servers: 2}').exit_code == 0

@@ -67,3 +67,64 @@ def test_simulate_observed_model_matches_step_by_step_evaluation(tmp_path: Path)
         or max(s.desired for s in steps) == 5
     )
     assert min(s.desired for s in steps) == 2
+
+
+def test_simulate_booting_servers_stop_at_five_issue_trace(tmp_path: Path) -> None:
+    """`poolctl simulate --start 4 --boot-delay 300 --load-model` on a flat 62.5 % trace, target 50 and no
+    scale-out cooldown: one server is added (4 -> 5), and the pool stays there while it boots and after."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from poolctl.starter.cli import app
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        """
+pools:
+  - name: web
+    provider: fake
+    min_servers: 1
+    max_servers: 20
+    desired_servers: 4
+    policies:
+      - {name: cpu, type: cpu, target: 50, scale_out_cooldown_s: 0, evaluation_interval: 15}
+"""
+    )
+    trace = tmp_path / "flat.csv"
+    trace.write_text("".join(f"{1_700_000_000 + i * 15},62.5\n" for i in range(41)))  # 10 minutes
+    result = CliRunner().invoke(
+        app,
+        ["simulate", "-f", str(spec), "--policy", "cpu", "--trace", str(trace), "--start", "4"]
+        + ["--boot-delay", "300", "--load-model", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    steps = json.loads(result.output)
+    assert {s["desired"] for s in steps} == {5}
+    assert steps[1]["ready"] == 4 and steps[1]["policy"]["reason"] == "WithinTolerance"
+    assert steps[-1]["ready"] == 5 and steps[-1]["metric"] == 50.0  # booted: the load spreads over 5
+
+
+def test_simulate_instance_warmup_and_activation_from_zero() -> None:
+    spec = PolicySpec.model_validate(
+        {
+            "name": "q",
+            "type": "custom",
+            "source": {"kind": "http_json", "url": "http://127.0.0.1:1/q", "path": "v"},
+            "target": 10,
+            "instance_warmup_s": 60,
+            "scale_out_cooldown_s": 0,
+            "evaluation_interval": 15,
+        }
+    )
+    trace = [(T0 + timedelta(seconds=15 * i), v) for i, v in enumerate([0, 0, 5, 30, 30, 30, 30, 30, 30])]
+    steps = simulate(spec, trace, start=0, boot_delay_s=0, pool_min=0, pool_max=10)
+    assert [s.desired for s in steps] == [0, 0, 1, 1, 1, 1, 3, 3, 3]  # created at 30 s, ready at 90 s
+    reasons = [s.policy_decision.reason for s in steps]
+    assert reasons[:3] == [
+        ReasonCode.BELOW_ACTIVATION_THRESHOLD,
+        ReasonCode.BELOW_ACTIVATION_THRESHOLD,
+        ReasonCode.SCALE_FROM_ZERO,
+    ]
+    assert reasons[3:6] == [ReasonCode.SERVERS_NOT_READY] * 3  # warming up for 60 s
+    assert steps[6].ready == 1 and reasons[6] is ReasonCode.TARGET_TRACKING

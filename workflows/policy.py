@@ -128,18 +128,21 @@ class PolicyWorkflow:
             cause = e.cause if e.cause is not None else e
             return MetricReading(value=None, error=f"metric read failed: {cause}", current=self.current or 0)
 
+    def _evaluate_policy(self, reading: MetricReading) -> tuple[Decision, PolicyState]:
+        return evaluation.evaluate_policy(
+            self.spec,
+            current=reading.current,
+            metric=reading.value,
+            now=workflow.now(),
+            state=self.pstate,
+            servers=reading.servers,
+        )
+
     def _decide(self, reading: MetricReading) -> Decision:
         """The pure decision (`domain.evaluation`); an exception from it never wedges the loop: it becomes
         a held decision with reason EvaluationError and the message."""
         try:
-            decision, self.pstate = evaluation.evaluate_policy(
-                self.spec,
-                current=reading.current,
-                metric=reading.value,
-                now=workflow.now(),
-                state=self.pstate,
-                servers=reading.servers,
-            )
+            decision, self.pstate = self._evaluate_policy(reading)
         except Exception as e:  # noqa: BLE001 - any fault of the decision code, recorded and held
             workflow.logger.warning("policy %s: evaluation failed: %s", self.spec.name, e)
             decision = evaluation.evaluation_error_decision(
