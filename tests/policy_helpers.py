@@ -99,3 +99,28 @@ def stored_decisions(settings: Settings, pool: str, policy: str | None = None) -
 def events(settings: Settings, pool: str) -> list[Any]:
     with session_scope(settings.resolved_database_url) as s:
         return inventory.list_events(s, settings.team, pool)
+
+
+@contextlib.asynccontextmanager
+async def metric_server(values: dict[str, Any]) -> AsyncIterator[int]:
+    """A real HTTP server on 127.0.0.1 answering `GET /{name}` with `{"v": values[name]()}` (an http_json
+    source with `path: v`); yields its port."""
+    from aiohttp import web
+
+    def handler(name: str) -> Any:
+        async def answer(request: web.Request) -> web.Response:
+            return web.json_response({"v": values[name]()})
+
+        return answer
+
+    app = web.Application()
+    for name in values:
+        app.router.add_get(f"/{name}", handler(name))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()

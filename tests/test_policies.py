@@ -18,7 +18,7 @@ from poolctl.starter import policy_ops
 from poolctl.workflows.policy import PolicyWorkflow
 from poolctl.workflows.pool import PoolWorkflow
 from tests.helpers import apply_yaml, eventually, pool_view, settled
-from tests.policy_helpers import CpuPinner, events, policy_state, stored_decisions
+from tests.policy_helpers import CpuPinner, events, metric_server, policy_state, stored_decisions
 
 pytestmark = [pytest.mark.temporal, pytest.mark.slow]
 
@@ -453,38 +453,30 @@ async def test_simulate_and_live_agree_on_warmup_activation_and_rate_limits(
     import json
     from contextlib import AsyncExitStack
 
-    from aiohttp import web
     from typer.testing import CliRunner
 
     from poolctl.starter.cli import app
 
     reads: dict[str, list[float]] = {name: [] for name in LIVE_TRACES}
 
-    def serve(name: str):  # type: ignore[no-untyped-def]
-        async def metric(request: web.Request) -> web.Response:
+    def next_value(name: str):  # type: ignore[no-untyped-def]
+        def value() -> float:
             trace = LIVE_TRACES[name]
-            value = trace[min(len(reads[name]), len(trace) - 1)]
-            reads[name].append(value)
-            return web.json_response({"v": value})
+            reads[name].append(trace[min(len(reads[name]), len(trace) - 1)])
+            return reads[name][-1]
 
-        return metric
+        return value
 
-    web_app = web.Application()
-    for name in LIVE_TRACES:
-        web_app.router.add_get(f"/{name}", serve(name))
-    runner = web.AppRunner(web_app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    spec = LIVE_SPEC.format(port=port)
-    without_policies = "\n".join(
-        line
-        for line in spec.splitlines()
-        if not line.startswith(("    policies", "      ", "        ", "          "))
-    )
     async with AsyncExitStack() as stack:
-        stack.push_async_callback(runner.cleanup)
+        port = await stack.enter_async_context(
+            metric_server({name: next_value(name) for name in LIVE_TRACES})
+        )
+        spec = LIVE_SPEC.format(port=port)
+        without_policies = "\n".join(
+            line
+            for line in spec.splitlines()
+            if not line.startswith(("    policies", "      ", "        ", "          "))
+        )
         await apply_yaml(client, settings, without_policies)
         await settled(client, settings, "capped", 2)
         await apply_yaml(client, settings, spec)

@@ -10,7 +10,6 @@ import uuid
 from contextlib import AsyncExitStack
 
 import pytest
-from aiohttp import web
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -22,7 +21,7 @@ from poolctl.domain.policy_state import PolicyInput
 from poolctl.settings import Settings
 from tests.faulty_policy import INJECTED_FAULT, PolicyWorkflowWithInjectedFault
 from tests.helpers import apply_yaml, eventually, settled
-from tests.policy_helpers import policy_state, stored_decisions
+from tests.policy_helpers import metric_server, policy_state, stored_decisions
 
 pytestmark = [pytest.mark.temporal, pytest.mark.slow]
 
@@ -34,16 +33,6 @@ async def _async(fn, *args):  # type: ignore[no-untyped-def]
 async def test_policy_survives_an_evaluation_error_injected_by_a_subclass(
     client: Client, settings: Settings, worker
 ) -> None:
-    async def metric(request: web.Request) -> web.Response:
-        return web.json_response({"load": 50})
-
-    web_app = web.Application()
-    web_app.router.add_get("/load", metric)
-    runner = web.AppRunner(web_app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     pool_spec = """
 pools:
   - name: web
@@ -52,20 +41,20 @@ pools:
     max_servers: 4
     desired_servers: 2
 """
-    spec = PolicySpec.model_validate(
-        {
-            "name": "steady",
-            "type": "custom",
-            "source": {"kind": "http_json", "url": f"http://127.0.0.1:{port}/load", "path": "load"},
-            "target": 50,
-            "evaluation_interval": 1,
-        }
-    )
     faulty_queue = f"{settings.task_queue}-faulty-{uuid.uuid4().hex[:4]}"
     metrics = PolicyMetricActivities(settings)
     async with AsyncExitStack() as stack:
-        stack.push_async_callback(runner.cleanup)
+        port = await stack.enter_async_context(metric_server({"load": lambda: 50}))
         stack.push_async_callback(metrics.aclose)
+        spec = PolicySpec.model_validate(
+            {
+                "name": "steady",
+                "type": "custom",
+                "source": {"kind": "http_json", "url": f"http://127.0.0.1:{port}/load", "path": "v"},
+                "target": 50,
+                "evaluation_interval": 1,
+            }
+        )
         await apply_yaml(client, settings, pool_spec)
         await settled(client, settings, "web", 2)
         await stack.enter_async_context(
