@@ -93,16 +93,19 @@ def _instants(wall: datetime, tz: ZoneInfo, wildcard: bool) -> list[datetime]:
     return [first, second] if second != first and _wall(second, tz) == wall else [first]
 
 
-def _near_transition(at: datetime, tz: ZoneInfo) -> bool:
-    """Whether the zone's UTC offset changes within _FOLD_MARGIN of `at` (where wall times misorder)."""
-    return (at - _FOLD_MARGIN).astimezone(tz).utcoffset() != (at + _FOLD_MARGIN).astimezone(tz).utcoffset()
+def _shift_near(at: datetime, tz: ZoneInfo) -> timedelta:
+    """How far the zone's UTC offset moves within _FOLD_MARGIN of `at` (zero far from a DST change):
+    how far apart in wall-clock time two instants can be misordered there."""
+    before = (at - _FOLD_MARGIN).astimezone(tz).utcoffset() or timedelta(0)
+    after = (at + _FOLD_MARGIN).astimezone(tz).utcoffset() or timedelta(0)
+    return abs(after - before)
 
 
 def _cron_next(expr: str, tz: ZoneInfo, after: datetime) -> datetime:
     """First fire strictly after instant `after` (UTC)."""
     wildcard = is_wildcard_job(expr)
-    start = _wall(after, tz) - (_FOLD_MARGIN if _near_transition(after, tz) else timedelta(0))
-    it = croniter(expr, start)
+    # in a repeated hour the next fire may be at an earlier wall time (its second occurrence)
+    it = croniter(expr, _wall(after, tz) - _shift_near(after, tz))
     best: datetime | None = None
     for _ in range(_MAX_ITERATIONS):
         wall = it.get_next(datetime)
@@ -120,10 +123,8 @@ def _cron_next(expr: str, tz: ZoneInfo, after: datetime) -> datetime:
 def _cron_prev(expr: str, tz: ZoneInfo, at: datetime) -> datetime | None:
     """Last fire at or before instant `at` (UTC), or None if there is none."""
     wildcard = is_wildcard_job(expr)
-    start = _wall(at, tz) + timedelta(seconds=1)
-    if _near_transition(at, tz):  # later wall times may already have fired (a repeated hour)
-        start += _FOLD_MARGIN
-    it = croniter(expr, start)
+    # in a repeated hour, later wall times may already have fired (their first occurrence)
+    it = croniter(expr, _wall(at, tz) + timedelta(seconds=1) + _shift_near(at, tz))
     best: datetime | None = None
     margin = timedelta(0)
     for _ in range(_MAX_ITERATIONS):
@@ -137,7 +138,7 @@ def _cron_prev(expr: str, tz: ZoneInfo, at: datetime) -> datetime | None:
         for candidate in _instants(wall, tz, wildcard):
             if candidate <= at and (best is None or candidate > best):
                 best = candidate
-                margin = _FOLD_MARGIN if _near_transition(best, tz) else timedelta(0)
+                margin = _shift_near(best, tz)
     return best
 
 

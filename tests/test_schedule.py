@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from poolctl.domain.arbitration import CooldownState, arbitrate
@@ -242,3 +245,35 @@ def test_poolctl_validate_refuses_a_schedule_that_can_never_fire(tmp_path, sched
     assert result.exit_code == 2, result.output
     assert field in result.output and "can never fire" in result.output
     assert validate('{cron: "0 0 29 2 *", duration_s: 60, min_servers: 2}').exit_code == 0
+
+
+DST_NIGHTS = [  # (zone, the UTC instant of the change, local date of the change)
+    ("Europe/Athens", utc(2013, 10, 27, 1), "2013-10-27"),
+    ("Europe/Berlin", utc(2025, 10, 26, 1), "2025-10-26"),
+    ("Europe/Berlin", utc(2025, 3, 30, 1), "2025-03-30"),
+    ("America/New_York", utc(2024, 11, 3, 6), "2024-11-03"),
+    ("America/New_York", utc(2024, 3, 10, 7), "2024-03-10"),
+]
+
+
+@settings(max_examples=12, deadline=None)
+@given(night=st.sampled_from(DST_NIGHTS), n=st.sampled_from([5, 10, 15, 20, 30, 60]))
+def test_wildcard_jobs_keep_the_clock_across_dst(night: tuple[str, datetime, str], n: int) -> None:
+    """`*/n * * * *` (n divides 60) runs by the clock: consecutive fires are n minutes apart in real time,
+    through a repeated hour and a skipped one alike."""
+    tz, change, _ = night
+    s = sched(f"*/{n} * * * *" if n < 60 else "0 * * * *", tz)
+    fires = fires_between(s, change - timedelta(minutes=70), change + timedelta(minutes=70))
+    assert all(b - a == timedelta(minutes=n) for a, b in zip(fires, fires[1:], strict=False))
+
+
+@settings(max_examples=30, deadline=None)
+@given(night=st.sampled_from(DST_NIGHTS), hour=st.integers(0, 23), minute=st.integers(0, 59))
+def test_fixed_time_jobs_fire_once_on_a_dst_night(
+    night: tuple[str, datetime, str], hour: int, minute: int
+) -> None:
+    tz, change, day = night
+    s = sched(f"{minute} {hour} * * *", tz)
+    fires = fires_between(s, change - timedelta(hours=30), change + timedelta(hours=30))
+    local_days = [f.astimezone(ZoneInfo(tz)).date().isoformat() for f in fires]
+    assert local_days.count(day) == 1
