@@ -272,11 +272,14 @@ async def test_dry_run_records_decisions_and_changes_nothing(client: Client, set
             lambda: policy_state(client, settings, "web", "cpu"),
             lambda s: s is not None and s.last_reason == "DryRun",
         )
-        records = await eventually(
-            lambda: _async(stored_decisions, settings, "web", "cpu"),
-            lambda rs: any(r["reason"] == "DryRun" for r in rs),
-        )
-        dry = next(r for r in records if r["reason"] == "DryRun")
+
+        # the scale-out the pinned CPU asks for (an earlier reading, before the pin landed, may have been
+        # a dry-run scale-in)
+        def dry_out(rs: list) -> list:  # type: ignore[type-arg]
+            return [r for r in rs if r["reason"] == "DryRun" and r["decision"]["raw"] > r["current"]]
+
+        records = await eventually(lambda: _async(stored_decisions, settings, "web", "cpu"), dry_out)
+        dry = dry_out(records)[0]
         assert dry["decision"]["raw"] == 2 and dry["desired"] == 1 and dry["decision"]["dry_run"]
         n = (await policy_state(client, settings, "web", "cpu")).evaluations  # type: ignore[union-attr]
         await eventually(
