@@ -272,15 +272,19 @@ async def test_dry_run_records_decisions_and_changes_nothing(client: Client, set
             lambda: policy_state(client, settings, "web", "cpu"),
             lambda s: s is not None and s.last_reason == "DryRun",
         )
-
-        # the scale-out the pinned CPU asks for (an earlier reading, before the pin landed, may have been
-        # a dry-run scale-in)
-        def dry_out(rs: list) -> list:  # type: ignore[type-arg]
-            return [r for r in rs if r["reason"] == "DryRun" and r["decision"]["raw"] > r["current"]]
-
-        records = await eventually(lambda: _async(stored_decisions, settings, "web", "cpu"), dry_out)
-        dry = dry_out(records)[0]
-        assert dry["decision"]["raw"] == 2 and dry["desired"] == 1 and dry["decision"]["dry_run"]
+        # the scale-out the pinned CPU asks for, held by dry run; it tells the pool nothing new once a
+        # dry-run hold was sent (an earlier reading, before the pin landed), so read it from the state
+        state = await eventually(
+            lambda: policy_state(client, settings, "web", "cpu"),
+            lambda s: s is not None and s.last_decision is not None and s.last_decision.raw == 2,
+        )
+        assert state is not None and state.last_decision is not None
+        d = state.last_decision
+        assert d.reason.value == "DryRun" and d.desired == 1 and d.dry_run
+        await eventually(  # and the dry-run decision is on record
+            lambda: _async(stored_decisions, settings, "web", "cpu"),
+            lambda rs: any(r["reason"] == "DryRun" and r["decision"]["dry_run"] for r in rs),
+        )
         n = (await policy_state(client, settings, "web", "cpu")).evaluations  # type: ignore[union-attr]
         await eventually(
             lambda: policy_state(client, settings, "web", "cpu"),
@@ -501,6 +505,10 @@ async def test_simulate_and_live_agree_on_warmup_activation_and_rate_limits(
         monkeypatch.setenv("POOLCTL_TEMPORAL_ADDRESS", settings.temporal_address)
         monkeypatch.setenv("POOLCTL_TASK_QUEUE", settings.task_queue)
         monkeypatch.setenv("POOLCTL_TEAM", settings.team)
+        from poolctl.settings import get_settings
+
+        get_settings.cache_clear()
+        stack.callback(get_settings.cache_clear)
         # the CLI runs its own event loop: call it from a thread, as a user's shell would
         shown = await asyncio.to_thread(CliRunner().invoke, app, ["policy", "show", "capped", "load"])
         assert shown.exit_code == 0, shown.output
