@@ -245,8 +245,8 @@ class RatePolicy(StrictModel):
     period (`type: percent`) added or removed within any `period_s` (HPA `HPAScalingPolicy`)."""
 
     type: Literal["servers", "percent"]
-    value: float = Field(gt=0)
-    period_s: float = Field(gt=0, le=1800, description="seconds; HPA allows up to 30 minutes")
+    value: Annotated[Adjustment, Field(gt=0)]
+    period_s: Annotated[PositiveSeconds, Field(le=1800, description="seconds; HPA allows up to 30 minutes")]
 
     @model_validator(mode="after")
     def _whole_servers(self) -> RatePolicy:
@@ -262,7 +262,7 @@ class ScalingRules(StrictModel):
     forbids scaling in this direction. No policies: no rate limit.
     """
 
-    stabilization_window_s: float | None = Field(default=None, ge=0, le=3600)
+    stabilization_window_s: Annotated[Seconds, Field(le=3600)] | None = None
     select_policy: Literal["max", "min", "disabled"] = "max"
     policies: list[RatePolicy] = Field(default_factory=list)
 
@@ -351,11 +351,11 @@ class PolicySpec(StrictModel):
     behavior: Behavior | None = Field(
         default=None, description="HPA-style rate limits and stabilization per direction"
     )
-    activation_threshold: float = Field(
+    activation_threshold: MetricValue = Field(
         default=0.0, description="from zero servers, a metric above this asks for at least one server (KEDA)"
     )
-    instance_warmup_s: float = Field(
-        default=0.0, ge=0, description="seconds after its creation before a new server's metrics count (AWS)"
+    instance_warmup_s: Seconds = Field(
+        default=0.0, description="seconds after its creation before a new server's metrics count (AWS)"
     )
     dry_run: bool = False
     on_metric_error: OnMetricError = "hold"
