@@ -56,7 +56,7 @@ pools:
             }
         )
         await apply_yaml(client, settings, pool_spec)
-        await settled(client, settings, "web", 2)
+        view = await settled(client, settings, "web", 2)
         await stack.enter_async_context(
             Worker(
                 client,
@@ -67,7 +67,7 @@ pools:
         )
         handle = await client.start_workflow(
             PolicyWorkflowWithInjectedFault.run,
-            PolicyInput(team=settings.team, pool="web", spec=spec),
+            PolicyInput(team=settings.team, pool="web", spec=spec, members=view.servers),
             id=policy_workflow_id(settings.team, "web", "steady"),
             task_queue=faulty_queue,
         )
