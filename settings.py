@@ -105,6 +105,15 @@ class Settings(BaseSettings):
         le=65_535,
         description="Port of the worker's Prometheus endpoint on 127.0.0.1 (0: no endpoint).",
     )
+    aws_region: str | None = Field(
+        default=None,
+        description="AWS region of the aws (EC2) provider; default: the standard AWS configuration "
+        "(AWS_REGION / AWS_DEFAULT_REGION / ~/.aws/config). Credentials always come from that chain.",
+    )
+    aws_endpoint_url: str | None = Field(
+        default=None,
+        description="EC2/CloudWatch endpoint override, e.g. a moto server in tests (http://127.0.0.1:5000).",
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -41,7 +41,7 @@ class ProvisioningActivities:
 
     @activity.defn(name="provision_server")
     async def provision_server(self, inp: ProvisionInput) -> ServerRecord:
-        provider = get_provider(inp.provider, self.settings.state_dir)
+        provider = get_provider(inp.provider, self.settings.state_dir, self.settings)
         request = ProvisionRequest(
             pool=pool_key(inp.team, inp.pool), idempotency_key=inp.idempotency_key, options=inp.options
         )
@@ -78,7 +78,7 @@ class ProvisioningActivities:
 
     @activity.defn(name="terminate_server")
     async def terminate_server(self, inp: TerminateInput) -> str:
-        provider = get_provider(inp.provider, self.settings.state_dir)
+        provider = get_provider(inp.provider, self.settings.state_dir, self.settings)
         try:
             await provider.terminate(inp.server_id)
         except ProviderError as e:

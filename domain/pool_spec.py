@@ -16,7 +16,7 @@ from poolctl.domain.notifications import WebhookSpec
 from poolctl.domain.policy_spec import PolicySpec
 from poolctl.domain.provider_options import provider_option_problems
 
-KNOWN_PROVIDERS = ("local", "fake")
+KNOWN_PROVIDERS = ("local", "fake", "aws")
 
 
 class PoolStatus(StrEnum):
@@ -42,7 +42,7 @@ class PoolSpec(StrictModel):
 
     name: str = Field(pattern=NAME_PATTERN, description="lower-case letters, digits and '-'")
     environment: str = Field(default="development", pattern=NAME_PATTERN)
-    provider: Literal["local", "fake"] = Field(
+    provider: Literal["local", "fake", "aws"] = Field(
         default="local", description="provider driver that runs the servers"
     )
     provider_options: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold credentials

@@ -6,9 +6,10 @@ activities/providers/ read exactly these keys (see their module docstrings).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, Strict, ValidationError
+from pydantic import Field, Strict, ValidationError, field_validator
 
 from poolctl.domain.bounds import MAX_SERVERS, Port, ServerCount
 from poolctl.domain.model import StrictModel
@@ -40,7 +41,66 @@ class FakeProviderOptions(StrictModel):
     api_token: str | None = Field(default=None, max_length=4096, description="a stand-in cloud credential")
 
 
-PROVIDER_OPTIONS: dict[str, type[StrictModel]] = {"local": LocalProviderOptions, "fake": FakeProviderOptions}
+# AWS's limits on tags (user tags must not start with "aws:"; key <= 128, value <= 256 characters)
+_TAG_KEY_PATTERN = r"^(?!aws:)[\w .:/=+@-]{1,128}$"
+
+
+class AwsProviderOptions(StrictModel):
+    """Options of the `aws` (EC2) provider. Names follow the EC2 RunInstances API (`ImageId` ->
+    `image_id`, ...). Credentials and region come from the standard AWS configuration (environment,
+    shared config/credentials files, instance role); `region` here overrides it for one pool."""
+
+    image_id: str = Field(
+        pattern=r"^ami-[0-9a-f]{8,17}$", description="AMI the servers boot from (ami-0123456789abcdef0)"
+    )
+    instance_type: str = Field(
+        default="t3.micro", pattern=r"^[a-z0-9-]+\.[a-z0-9-]+$", description="EC2 instance type"
+    )
+    subnet_id: str | None = Field(default=None, pattern=r"^subnet-[0-9a-f]{8,17}$")
+    security_group_ids: list[str] = Field(default_factory=list, max_length=5)
+    key_name: str | None = Field(default=None, min_length=1, max_length=255, description="EC2 key pair")
+    iam_instance_profile: str | None = Field(
+        default=None, min_length=1, description="instance profile name, or its ARN (arn:aws:iam::...)"
+    )
+    user_data: str | None = Field(default=None, max_length=16_384, description="cloud-init user data")
+    region: str | None = Field(
+        default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$", description="overrides the configured region"
+    )
+    port: int = Field(default=80, ge=1, le=65535, description="port the servers' service listens on")
+    address: Literal["private", "public"] = Field(
+        default="private", description="which IP address the balancer and health checks use"
+    )
+    tags: dict[str, str] = Field(default_factory=dict, description="extra instance tags")
+    running_timeout_s: float = Field(
+        default=45.0, gt=0, le=3600, description="how long a provision waits for the instance to run"
+    )
+
+    @field_validator("security_group_ids")
+    @classmethod
+    def _group_ids(cls, ids: list[str]) -> list[str]:
+        for g in ids:
+            if not re.fullmatch(r"sg-[0-9a-f]{8,17}", g):
+                raise ValueError(f"{g!r} is not a security group id (sg-...)")
+        return ids
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        for k, v in tags.items():
+            if not re.fullmatch(_TAG_KEY_PATTERN, k) or k.startswith("poolctl:"):
+                raise ValueError(
+                    f"tag key {k!r} is not allowed (1-128 characters, no aws: or poolctl: prefix)"
+                )
+            if len(v) > 256:
+                raise ValueError(f"the value of tag {k!r} is longer than 256 characters")
+        return tags
+
+
+PROVIDER_OPTIONS: dict[str, type[StrictModel]] = {
+    "local": LocalProviderOptions,
+    "fake": FakeProviderOptions,
+    "aws": AwsProviderOptions,
+}
 
 
 def provider_option_problems(provider: str, options: dict[str, Any]) -> list[tuple[str, str]]:

@@ -153,3 +153,30 @@ async def backends() -> AsyncIterator[list]:
     for b in bs:
         b.release.set()
         await b.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real moto server (AWS API emulator, tests/moto_server.py) for the session; its URL."""
+    from tests.moto_server import start_moto
+
+    server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def aws_endpoint(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The moto server's URL, with dummy AWS credentials and region in the environment for this test."""
+    from tests.moto_server import aws_test_env
+
+    aws_test_env(monkeypatch)
+    return moto_server
+
+
+@pytest.fixture(scope="session")
+def moto_ami(moto_server: str) -> str:
+    """An AMI id the moto server knows (it ships Amazon's public images)."""
+    from tests.moto_server import image_id
+
+    return image_id(moto_server)

@@ -1,4 +1,4 @@
-"""Provider drivers by name: `get_provider("local", state_dir)`; unknown names raise ProviderConfigError."""
+"""Provider drivers by name: `get_provider("local", state_dir, settings)`; unknown names raise ProviderConfigError."""
 
 from __future__ import annotations
 
@@ -6,19 +6,26 @@ import threading
 from pathlib import Path
 
 from poolctl.activities.providers.base import Provider, ProviderConfigError
+from poolctl.activities.providers.ec2 import EC2Provider
 from poolctl.activities.providers.fake import FakeProvider
 from poolctl.activities.providers.local import LocalProvider
 from poolctl.activities.providers.local import kill_all_local_servers as _kill_all
+from poolctl.settings import Settings, get_settings
 
-PROVIDER_NAMES = ("local", "fake")
+PROVIDER_NAMES = ("local", "fake", "aws")
 
-_cache: dict[tuple[str, Path], Provider] = {}
+_cache: dict[tuple[str, Path, str | None, str | None], Provider] = {}
 _cache_lock = threading.Lock()
 
 
-def get_provider(name: str, state_dir: Path) -> Provider:
-    """The (cached, one per name and state dir) provider driver called `name`."""
-    key = (name, Path(state_dir).resolve())
+def get_provider(name: str, state_dir: Path, settings: Settings | None = None) -> Provider:
+    """The (cached, one per name, state dir and AWS region/endpoint) provider driver called `name`.
+    `settings` gives the `aws` driver its region and endpoint (default: the process's settings)."""
+    aws_region = aws_endpoint = None
+    if name == "aws":
+        s = settings or get_settings()
+        aws_region, aws_endpoint = s.aws_region, s.aws_endpoint_url
+    key = (name, Path(state_dir).resolve(), aws_region, aws_endpoint)
     with _cache_lock:
         provider = _cache.get(key)
         if provider is None:
@@ -26,6 +33,8 @@ def get_provider(name: str, state_dir: Path) -> Provider:
                 provider = LocalProvider(key[1])
             elif name == "fake":
                 provider = FakeProvider()
+            elif name == "aws":
+                provider = EC2Provider(region=aws_region, endpoint_url=aws_endpoint)
             else:
                 raise ProviderConfigError(
                     f"unknown provider {name!r}; known providers: {', '.join(PROVIDER_NAMES)}"
