@@ -11,8 +11,8 @@ Idempotency (same key -> same instance, never a second one):
   A key whose instance was terminated yields that instance as ``TERMINATED``; nothing new starts.
 
 Tags on every instance (and its volumes): ``poolctl:managed-by=poolctl``, ``poolctl:team``,
-``poolctl:pool``, ``poolctl:pool-key`` (``team/pool``), ``poolctl:idempotency-key``, ``Name``, plus the
-pool's own ``tags`` option. ``list_servers`` describes by these tags (drift reconcile, orphan
+``poolctl:pool``, ``poolctl:pool-key`` (``team/pool``), ``poolctl:idempotency-key``, ``poolctl:port`` and
+``poolctl:address`` (where its service answers), ``Name``, plus the pool's own ``tags`` option. ``list_servers`` describes by these tags (drift reconcile, orphan
 detection); ``terminate`` refuses an instance that lacks ``poolctl:managed-by``.
 
 States: ``pending`` -> PENDING, ``running`` -> RUNNING, every other state (``shutting-down``,
