@@ -107,7 +107,55 @@ class HttpJsonSource(StrictModel):
     timeout_s: Annotated[PositiveSeconds, Field(le=300)] = 5.0
 
 
-MetricSource = Annotated[ScrapeSource | PrometheusSource | HttpJsonSource, Field(discriminator="kind")]
+class CloudWatchSource(StrictModel):
+    """A CloudWatch metric of the pool's EC2 instances through `GetMetricData`: the `statistic` over
+    `period_s` per instance (dimension `dimension` = the instance id), newest datapoint of each within
+    `window_s`, then `aggregate` over the instances (average by default). For `provider: aws` pools."""
+
+    kind: Literal["cloudwatch"]
+    namespace: str = Field(
+        default="AWS/EC2",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[^:].*$",
+        description="CloudWatch namespace",
+    )
+    metric_name: str = Field(default="CPUUtilization", min_length=1, max_length=255)
+    statistic: str = Field(
+        default="Average",
+        pattern=r"^(Average|Maximum|Minimum|Sum|SampleCount|p(\d{1,2}(\.\d{1,2})?|100))$",
+        description="Average, Maximum, Minimum, Sum, SampleCount or a percentile such as p90",
+    )
+    period_s: int = Field(
+        default=60, ge=1, le=86_400, description="1, 5, 10, 30 (high resolution) or a multiple of 60"
+    )
+    window_s: int | None = Field(
+        default=None, ge=1, le=86_400, description="how far back to look for datapoints; default 3 periods"
+    )
+    dimension: str = Field(default="InstanceId", min_length=1, max_length=255)
+    aggregate: Literal["avg", "max", "min", "sum"] = "avg"
+
+    @field_validator("period_s")
+    @classmethod
+    def _period(cls, v: int) -> int:
+        if v not in (1, 5, 10, 30) and v % 60 != 0:
+            raise ValueError(f"period_s {v} must be 1, 5, 10, 30 or a multiple of 60 (CloudWatch periods)")
+        return v
+
+    @model_validator(mode="after")
+    def _window(self) -> CloudWatchSource:
+        if self.window_s is not None and self.window_s < self.period_s:
+            raise ValueError(f"window_s ({self.window_s}) is shorter than period_s ({self.period_s})")
+        return self
+
+    @property
+    def effective_window_s(self) -> int:
+        return self.window_s if self.window_s is not None else 3 * self.period_s
+
+
+MetricSource = Annotated[
+    ScrapeSource | PrometheusSource | HttpJsonSource | CloudWatchSource, Field(discriminator="kind")
+]
 
 
 # --- strategies' parts ----------------------------------------------------------------------------
@@ -468,7 +516,9 @@ class PolicySpec(StrictModel):
         if self.metric is None:
             if self.type == "custom":
                 if self.source is None:
-                    raise ValueError("a custom policy needs a `source` (scrape, prometheus or http_json)")
+                    raise ValueError(
+                        "a custom policy needs a `source` (scrape, prometheus, http_json or cloudwatch)"
+                    )
                 self.metric = self.source.metric if isinstance(self.source, ScrapeSource) else "custom"
                 if self.metric is None:
                     raise ValueError("a custom scrape source needs `metric` (the gauge name)")
@@ -476,7 +526,9 @@ class PolicySpec(StrictModel):
                 self.metric = DEFAULT_METRIC[self.type]
         if self.source is None:
             if self.type == "custom":
-                raise ValueError("a custom policy needs a `source` (scrape, prometheus or http_json)")
+                raise ValueError(
+                    "a custom policy needs a `source` (scrape, prometheus, http_json or cloudwatch)"
+                )
             self.source = ScrapeSource(metric=self.metric)
         elif isinstance(self.source, ScrapeSource) and self.source.metric is None:
             self.source = self.source.model_copy(update={"metric": self.metric})

@@ -1,5 +1,6 @@
-"""A pool on the `aws` provider end to end: real Temporal dev server, real worker, EC2 API served by a real
-moto server. A moto instance has no machine behind it, so the pool has no health check to wait on."""
+"""A pool on the `aws` provider end to end: real Temporal dev server, real worker, EC2 and CloudWatch APIs
+served by a real moto server. A moto instance has no machine behind it, so the pool has no health check
+to wait on."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from collections.abc import AsyncIterator
 import boto3
 import pytest
 from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 
+from poolctl.activities.policy_metrics import PolicyMetricActivities
 from poolctl.activities.providers.registry import get_provider
 from poolctl.domain.names import pool_key
+from poolctl.domain.policy_spec import CloudWatchSource
+from poolctl.domain.policy_state import MetricReadRequest
 from poolctl.settings import Settings
 from poolctl.starter import pool_ops
 from poolctl.store.db import migrate
@@ -58,6 +63,26 @@ pools:
     await pool_ops.request_scale(client, settings.team, "fleet", 3, "test out")
     view = await settled(client, settings, "fleet", 3, timeout=120)
     assert sorted(states(aws_endpoint, key).values()) == ["running"] * 3
+
+    # the CloudWatch source reads the pool's instances through the real policy-metric activity
+    cw = boto3.client("cloudwatch", endpoint_url=aws_endpoint, region_name=REGION)
+    cw.put_metric_data(
+        Namespace="AWS/EC2",
+        MetricData=[
+            {
+                "MetricName": "CPUUtilization",
+                "Dimensions": [{"Name": "InstanceId", "Value": s.server_id}],
+                "Value": v,
+            }
+            for s, v in zip(view.servers, (10.0, 20.0, 60.0), strict=True)
+        ],
+    )
+    source = CloudWatchSource(kind="cloudwatch", metric_name="CPUUtilization", period_s=60)
+    reading = await ActivityEnvironment().run(
+        PolicyMetricActivities(settings).read_policy_metric,
+        MetricReadRequest(team=settings.team, pool="fleet", source=source),
+    )
+    assert (reading.value, reading.current, reading.servers_read, reading.error) == (30.0, 3, 3, None)
 
     await pool_ops.request_scale(client, settings.team, "fleet", 1, "test in")
     view = await settled(client, settings, "fleet", 1, timeout=120)

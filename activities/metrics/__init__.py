@@ -1,20 +1,37 @@
-"""Metric source drivers (I/O): read one number for a policy from scrape, Prometheus or a JSON document."""
+"""Metric source drivers (I/O): read one number for a policy from scrape, Prometheus, a JSON document or CloudWatch."""
 
 from __future__ import annotations
 
 import httpx
 
+from poolctl.activities.metrics.cloudwatch import read_cloudwatch
 from poolctl.activities.metrics.errors import METRIC_UNAVAILABLE_ERROR, MetricUnavailableError
 from poolctl.activities.metrics.http_json import read_http_json
 from poolctl.activities.metrics.prometheus import query_prometheus
 from poolctl.activities.metrics.scrape import scrape_metric
-from poolctl.domain.policy_spec import HttpJsonSource, MetricSource, PrometheusSource, ScrapeSource
+from poolctl.domain.policy_spec import (
+    CloudWatchSource,
+    HttpJsonSource,
+    MetricSource,
+    PrometheusSource,
+    ScrapeSource,
+)
 
 __all__ = ["METRIC_UNAVAILABLE_ERROR", "MetricUnavailableError", "read_metric"]
 
 
-async def read_metric(source_spec: MetricSource, server_urls: list[str], client: httpx.AsyncClient) -> float:
-    """The current value from `source_spec`; `server_urls` (base URLs) are the servers a scrape reads.
+async def read_metric(
+    source_spec: MetricSource,
+    server_urls: list[str],
+    client: httpx.AsyncClient,
+    *,
+    server_ids: list[str] | None = None,
+    aws_region: str | None = None,
+    aws_endpoint_url: str | None = None,
+) -> float:
+    """The current value from `source_spec`; `server_urls` (base URLs) are the servers a scrape reads,
+    `server_ids` (EC2 instance ids) the ones a CloudWatch source reads, in `aws_region` (default: the AWS
+    configuration) through `aws_endpoint_url` (default: AWS's).
 
     Raises MetricUnavailableError, with a message naming the source, on any failure.
     """
@@ -36,5 +53,9 @@ async def read_metric(source_spec: MetricSource, server_urls: list[str], client:
     if isinstance(source_spec, HttpJsonSource):
         return await read_http_json(
             source_spec.url, source_spec.path, client, timeout_s=source_spec.timeout_s
+        )
+    if isinstance(source_spec, CloudWatchSource):
+        return await read_cloudwatch(
+            source_spec, list(server_ids or []), region=aws_region, endpoint_url=aws_endpoint_url
         )
     raise MetricUnavailableError("metric source", f"unknown source {source_spec!r}")
