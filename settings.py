@@ -6,8 +6,18 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def is_pem(value: str) -> bool:
+    """Is `value` PEM text (rather than a path to a PEM file)?"""
+    return "-----BEGIN " in value
+
+
+def pem_bytes(value: str) -> bytes:
+    """The PEM bytes of a setting that holds either PEM text or a path to a PEM file."""
+    return value.encode() if is_pem(value) else Path(value).read_bytes()
 
 
 def _default_state_dir() -> Path:
@@ -38,7 +48,25 @@ class Settings(BaseSettings):
     temporal_api_key: str | None = Field(
         default=None, repr=False, description="API key for Temporal Cloud (enables TLS)."
     )
-    temporal_tls: bool = Field(default=False)
+    temporal_tls: bool = Field(
+        default=False, description="Connect with TLS; implied by an API key or any temporal_tls_* setting."
+    )
+    temporal_tls_server_ca_cert: str | None = Field(
+        default=None,
+        description="CA certificate(s) the server's certificate chains to: a PEM file path or the PEM text; "
+        "default: the system's trusted roots.",
+    )
+    temporal_tls_client_cert: str | None = Field(
+        default=None, description="Client certificate for mutual TLS: a PEM file path or the PEM text."
+    )
+    temporal_tls_client_key: str | None = Field(
+        default=None, description="Private key of the client certificate: a PEM file path or the PEM text."
+    )
+    temporal_tls_server_name: str | None = Field(
+        default=None,
+        description="Name the server's certificate is checked against (and sent as SNI) when it is not the "
+        "host of temporal_address.",
+    )
     task_queue: str = Field(default="poolctl")
     team: str = Field(default="default", description="Team used when a spec or command names none.")
     scale_attempts: int = Field(
@@ -85,6 +113,10 @@ class Settings(BaseSettings):
         default=None,
         description="Earlier payload keys (comma- or space-separated): they still decrypt, never encrypt.",
     )
+    balancer_admin_host: str = Field(
+        default="127.0.0.1",
+        description="Host of the built-in balancers' admin endpoints (another container's name in docker compose).",
+    )
     balancer_stats_interval_s: float = Field(
         default=600.0, ge=1, description="How often the Schedule rolls balancer statistics up into the store."
     )
@@ -114,6 +146,28 @@ class Settings(BaseSettings):
         default=None,
         description="EC2/CloudWatch endpoint override, e.g. a moto server in tests (http://127.0.0.1:5000).",
     )
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if bool(self.temporal_tls_client_cert) != bool(self.temporal_tls_client_key):
+            raise ValueError(
+                "temporal_tls_client_cert and temporal_tls_client_key go together: give both or neither"
+            )
+        for name in ("temporal_tls_server_ca_cert", "temporal_tls_client_cert", "temporal_tls_client_key"):
+            value = getattr(self, name)
+            if value and not is_pem(value) and not Path(value).is_file():
+                raise ValueError(f"{name}: no such file {value!r} (give a PEM file path or the PEM text)")
+        return self
+
+    @property
+    def uses_temporal_tls(self) -> bool:
+        return bool(
+            self.temporal_tls
+            or self.temporal_api_key
+            or self.temporal_tls_server_ca_cert
+            or self.temporal_tls_client_cert
+            or self.temporal_tls_server_name
+        )
 
     @property
     def resolved_database_url(self) -> str:

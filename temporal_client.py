@@ -1,4 +1,4 @@
-"""Connecting to Temporal with poolctl's settings and its one data converter (pydantic models on the wire,
+"""Connecting to Temporal with poolctl's settings (address, namespace, TLS / mutual TLS, API key) and its one data converter (pydantic models on the wire,
 every payload and failure message encrypted by `poolctl.payload_codec.EncryptionCodec`), and the
 short-lived Temporal runtime a command line process connects through (`command_runtime`)."""
 
@@ -16,9 +16,10 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.runtime import Runtime, TelemetryConfig
+from temporalio.service import TLSConfig
 
 from poolctl.payload_codec import EncryptionCodec, cached_keyring
-from poolctl.settings import Settings, get_settings
+from poolctl.settings import Settings, get_settings, pem_bytes
 
 
 def data_converter(settings: Settings | None = None) -> DataConverter:
@@ -46,16 +47,40 @@ DATA_CONVERTER = data_converter()
 _command_runtime: list[Runtime] = []
 
 
+def tls_config(settings: Settings) -> TLSConfig | None:
+    """The TLS configuration the settings ask for, or None for a plaintext connection (the dev server).
+
+    TLS is on when `temporal_tls` is set, an API key is given (Temporal Cloud), or any `temporal_tls_*`
+    setting is: the server CA (default: system roots), the client certificate and key (mutual TLS) and
+    the server name checked against the server's certificate (default: the address's host).
+    """
+    if not settings.uses_temporal_tls:
+        return None
+    ca, cert, key = (
+        settings.temporal_tls_server_ca_cert,
+        settings.temporal_tls_client_cert,
+        settings.temporal_tls_client_key,
+    )
+    return TLSConfig(
+        server_root_ca_cert=pem_bytes(ca) if ca else None,
+        domain=settings.temporal_tls_server_name or None,
+        client_cert=pem_bytes(cert) if cert else None,
+        client_private_key=pem_bytes(key) if key else None,
+    )
+
+
 async def connect(settings: Settings, *, runtime: Runtime | None = None) -> Client:
     """A client with poolctl's converter on `runtime` (the worker's, exporting SDK metrics), else on the
     runtime of the enclosing `command_runtime()` (a CLI command), else on temporalio's default runtime
-    (tests, which live as long as their process)."""
+    (tests, which live as long as their process). TLS as `tls_config` says; raises RuntimeError when the
+    server cannot be reached or the TLS handshake fails."""
+    tls = tls_config(settings)
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
         api_key=settings.temporal_api_key,
-        tls=settings.temporal_tls or bool(settings.temporal_api_key),
+        tls=tls if tls is not None else False,
         runtime=runtime or (_command_runtime[-1] if _command_runtime else None),
     )
 
