@@ -129,7 +129,8 @@ class BalancerActivities:
 
     def driver_for(self, spec: LoadBalancerSpec) -> BalancerDriver:
         """The one place a balancer spec becomes a driver (admin URL + token, or the HAProxy socket)."""
-        return make_driver(spec, balancer_token(self.settings) if spec.driver == "builtin" else "")
+        token = balancer_token(self.settings) if spec.driver == "builtin" else ""
+        return make_driver(spec, token, self.settings.balancer_admin_host)
 
     def _balancers(self, team: str, pool: str) -> list[LoadBalancerSpec]:
         with session_scope(self._url) as s:
