@@ -11,6 +11,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from poolctl.activities.balancer_activities import BalancerActivities
+from poolctl.activities.drift import DriftActivities
 from poolctl.activities.health_store import HealthStoreActivities
 from poolctl.activities.housekeeping import HousekeepingActivities
 from poolctl.activities.inventory import InventoryActivities
@@ -56,6 +57,7 @@ def activities_for(settings: Settings) -> list[object]:
         health_store.record_health,
         provisioning.provision_server,
         provisioning.terminate_server,
+        DriftActivities(settings).detect_pool_drift,
         inventory.record_event_started,
         inventory.record_event_finished,
         inventory.update_pool_status,

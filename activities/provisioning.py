@@ -25,7 +25,8 @@ from poolctl.store import inventory
 from poolctl.store.db import session_scope
 
 
-def _as_application_error(e: ProviderError) -> ApplicationError:
+def as_application_error(e: ProviderError) -> ApplicationError:
+    """A provider error as Temporal sees it: quota and config errors are non-retryable types."""
     if isinstance(e, ProviderQuotaError):
         return ApplicationError(str(e), type=errors.PROVIDER_QUOTA_ERROR, non_retryable=True)
     if isinstance(e, ProviderConfigError):
@@ -48,7 +49,7 @@ class ProvisioningActivities:
         try:
             info = await provider.provision(request)
         except ProviderError as e:
-            raise _as_application_error(e) from e
+            raise as_application_error(e) from e
         await asyncio.to_thread(self._record, inp, info)
         if info.state is ServerState.TERMINATED:
             raise ApplicationError(
@@ -82,7 +83,7 @@ class ProvisioningActivities:
         try:
             await provider.terminate(inp.server_id)
         except ProviderError as e:
-            raise _as_application_error(e) from e
+            raise as_application_error(e) from e
         await asyncio.to_thread(self._mark_terminated, inp.server_id)
         return inp.server_id
 

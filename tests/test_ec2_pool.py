@@ -11,7 +11,9 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
+from poolctl.activities.drift import DriftActivities, DriftInput
 from poolctl.activities.policy_metrics import PolicyMetricActivities
+from poolctl.activities.providers.base import ProvisionRequest
 from poolctl.activities.providers.registry import get_provider
 from poolctl.domain.names import pool_key
 from poolctl.domain.policy_spec import CloudWatchSource
@@ -92,3 +94,17 @@ pools:
     provider = get_provider("aws", settings.state_dir, settings)
     listed = await provider.list_servers(key)
     assert {s.server_id for s in listed if s.state.value == "running"} == {view.servers[0].server_id}
+
+    # drift by tag: none now; then an instance tagged for the pool that the store does not know (an
+    # orphan) and the pool's server terminated behind poolctl's back (gone)
+    detect = DriftActivities(settings).detect_pool_drift
+    drift_in = DriftInput(team=settings.team, pool="fleet", provider="aws")
+    assert not (await ActivityEnvironment().run(detect, drift_in)).drifted
+    orphan = await provider.provision(
+        ProvisionRequest(pool=key, idempotency_key="outside-poolctl", options={"image_id": moto_ami})
+    )
+    boto3.client("ec2", endpoint_url=aws_endpoint, region_name=REGION).terminate_instances(
+        InstanceIds=[view.servers[0].server_id]
+    )
+    drift = await ActivityEnvironment().run(detect, drift_in)
+    assert (drift.orphans, drift.gone) == ([orphan.server_id], [view.servers[0].server_id])
