@@ -134,6 +134,7 @@ class CloudWatchSource(StrictModel):
     )
     dimension: str = Field(default="InstanceId", min_length=1, max_length=255)
     aggregate: Literal["avg", "max", "min", "sum"] = "avg"
+    timeout_s: float = Field(default=10.0, gt=0, le=60, description="longest one read may take")
 
     @field_validator("period_s")
     @classmethod

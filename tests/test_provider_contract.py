@@ -46,19 +46,10 @@ class Driver:
 async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Driver]:
     settings = Settings(state_dir=tmp_path / "state", database_url=f"sqlite:///{tmp_path / 'poolctl.db'}")
     settings.ensure_state_dir()
-    if request.param == "local":
+    if request.param in ("local", "fake"):  # both refuse past a `quota` option
         d = Driver(
-            "local",
-            get_provider("local", settings.state_dir, settings),
-            settings,
-            failing_options={"quota": 0},
-            failing_error=ProviderQuotaError,
-            failing_type=errors.PROVIDER_QUOTA_ERROR,
-        )
-    elif request.param == "fake":
-        d = Driver(
-            "fake",
-            get_provider("fake", settings.state_dir, settings),
+            request.param,
+            get_provider(request.param, settings.state_dir, settings),
             settings,
             failing_options={"quota": 0},
             failing_error=ProviderQuotaError,

@@ -140,7 +140,11 @@ def read_cloudwatch_blocking(
 async def read_cloudwatch(
     source: CloudWatchSource, instance_ids: list[str], *, region: str | None, endpoint_url: str | None
 ) -> float:
-    """`read_cloudwatch_blocking` in a thread (boto3 is synchronous)."""
-    return await asyncio.to_thread(
+    """`read_cloudwatch_blocking` in a thread (boto3 is synchronous), within `source.timeout_s`."""
+    call = asyncio.to_thread(
         read_cloudwatch_blocking, source, instance_ids, region=region, endpoint_url=endpoint_url
     )
+    try:
+        return await asyncio.wait_for(call, source.timeout_s)
+    except TimeoutError as e:
+        raise MetricUnavailableError(label_of(source), f"no answer within {source.timeout_s}s") from e
