@@ -82,7 +82,7 @@ pools:
     source = CloudWatchSource(kind="cloudwatch", metric_name="CPUUtilization", period_s=60)
     reading = await ActivityEnvironment().run(
         PolicyMetricActivities(settings).read_policy_metric,
-        MetricReadRequest(team=settings.team, pool="fleet", source=source),
+        MetricReadRequest(team=settings.team, pool="fleet", source=source, servers=view.servers),
     )
     assert (reading.value, reading.current, reading.servers_read, reading.error) == (30.0, 3, 3, None)
 
