@@ -73,7 +73,17 @@ class PolicyMetricActivities:
         if isinstance(req.source, ScrapeSource):
             return await self._scrape(req.source, members, samples)
         try:
-            value = await read_metric(req.source, [], self._client())
+            value = await read_metric(
+                req.source,
+                [],
+                self._client(),
+                # a cloudwatch source reads every member not known unhealthy (its datapoints lag anyway)
+                server_ids=[
+                    m.server_id for m in members if str(getattr(m.health, "value", m.health)) != "unhealthy"
+                ],
+                aws_region=self.settings.aws_region,
+                aws_endpoint_url=self.settings.aws_endpoint_url,
+            )
         except MetricUnavailableError as e:
             return MetricReading(value=None, error=str(e), current=current, ready=ready, servers=samples)
         except httpx.HTTPError as e:  # a driver let one through: still "unavailable", never a retry storm
