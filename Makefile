@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint typecheck unit down clean system-deps bench
+.PHONY: demo test install lint typecheck unit down clean system-deps bench histories
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ typecheck: $(STAMP)
 
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# Re-record the workflow histories that tests/test_replay.py replays (after an intended, patched or
+# never-deployed change to workflow code; see docs/workflow-changes.md).
+HISTORY_TESTS := tests/test_pool_lifecycle.py tests/test_policy_lifecycle.py tests/test_health_integration.py \
+	tests/test_health_continue_as_new.py tests/test_pool_balancer.py tests/test_balancer_activities.py
+histories: $(STAMP)
+	POOLCTL_RECORD_HISTORIES=tests/histories $(BIN)/pytest -q -p no:cacheprovider -s $(HISTORY_TESTS) -k "not postgresql"
 
 clean:
 	-$(BIN)/poolctl dev down --purge

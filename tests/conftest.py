@@ -84,6 +84,12 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_extra_args=["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=200"],
     )
     yield env
+    record_to = os.environ.get("POOLCTL_RECORD_HISTORIES")
+    if record_to:  # `make histories`: keep this session's workflow runs for the replay tests
+        from tests.replay import harvest
+
+        written = await harvest(env.client, Path(record_to))
+        print(f"\nrecorded {len(written)} histories into {record_to}")
     await env.shutdown()
 
 

@@ -1,0 +1,73 @@
+"""Recorded workflow histories: harvest them from a test session's dev server, and load them for replay.
+
+`POOLCTL_RECORD_HISTORIES=tests/histories pytest tests/test_pool_lifecycle.py ...` (or `make histories`)
+saves, per workflow type, the longest runs the session produced; `tests/test_replay.py` replays every
+saved file with the SDK's `Replayer` so that a change to workflow code that would break a running
+workflow fails `make test` (see docs/workflow-changes.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from temporalio.client import Client, WorkflowHistory
+
+HISTORIES_DIR = Path(__file__).parent / "histories"
+PER_TYPE = 3  # runs kept per workflow type: the longest ones exercise the most code
+MAX_EVENTS = 1500  # keep files small: a longer run is skipped in favour of a shorter one
+
+
+@dataclass
+class SavedHistory:
+    path: Path
+    workflow_type: str
+    history: WorkflowHistory
+
+
+async def harvest(client: Client, out_dir: Path) -> list[Path]:
+    """Save the longest runs of each workflow type on the server (running ones included)."""
+    runs: dict[str, list[tuple[int, str, str]]] = {}
+    async for wf in client.list_workflows(""):
+        hist_len = wf.history_length or 0
+        if 0 < hist_len <= MAX_EVENTS:
+            runs.setdefault(wf.workflow_type, []).append((hist_len, wf.id, wf.run_id))
+    collected: list[tuple[str, dict[str, object]]] = []
+    for wf_type, found in sorted(runs.items()):
+        for i, (_, wf_id, run_id) in enumerate(sorted(found, reverse=True)[:PER_TYPE]):
+            history = await client.get_workflow_handle(wf_id, run_id=run_id).fetch_history()
+            payload = {
+                "workflow_id": wf_id,
+                "workflow_type": wf_type,
+                "history": json.loads(history.to_json()),
+            }
+            collected.append((f"{wf_type}-{i + 1}.json", payload))
+    return _write(out_dir, collected)
+
+
+def _write(out_dir: Path, collected: list[tuple[str, dict[str, object]]]) -> list[Path]:
+    """Replace the saved histories with the collected ones."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.json"):
+        old.unlink()
+    written = []
+    for name, payload in collected:
+        path = out_dir / name
+        path.write_text(json.dumps(payload, separators=(",", ":")))
+        written.append(path)
+    return written
+
+
+def saved_histories(directory: Path = HISTORIES_DIR) -> list[SavedHistory]:
+    out = []
+    for path in sorted(directory.glob("*.json")):
+        data = json.loads(path.read_text())
+        out.append(
+            SavedHistory(
+                path=path,
+                workflow_type=data["workflow_type"],
+                history=WorkflowHistory.from_json(data["workflow_id"], data["history"]),
+            )
+        )
+    return out
