@@ -39,7 +39,8 @@ test: $(STAMP) system-deps lint typecheck
 # Re-record the workflow histories that tests/test_replay.py replays (after an intended, patched or
 # never-deployed change to workflow code; see docs/workflow-changes.md).
 HISTORY_TESTS := tests/test_pool_lifecycle.py tests/test_policy_lifecycle.py tests/test_health_integration.py \
-	tests/test_health_continue_as_new.py tests/test_pool_balancer.py tests/test_balancer_activities.py
+	tests/test_health_continue_as_new.py tests/test_pool_balancer.py tests/test_balancer_activities.py \
+	tests/test_housekeeping.py tests/test_webhooks.py
 histories: $(STAMP)
 	POOLCTL_RECORD_HISTORIES=tests/histories $(BIN)/pytest -q -p no:cacheprovider -s $(HISTORY_TESTS) -k "not postgresql"
 
