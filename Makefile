@@ -42,7 +42,8 @@ HISTORY_TESTS := tests/test_pool_lifecycle.py tests/test_policy_lifecycle.py tes
 	tests/test_health_continue_as_new.py tests/test_pool_balancer.py tests/test_balancer_activities.py \
 	tests/test_housekeeping.py tests/test_webhooks.py
 histories: $(STAMP)
-	POOLCTL_RECORD_HISTORIES=tests/histories $(BIN)/pytest -q -p no:cacheprovider -s $(HISTORY_TESTS) -k "not postgresql"
+	POOLCTL_RECORD_HISTORIES=tests/histories POOLCTL_PAYLOAD_KEY=$$($(BIN)/python -c \
+	  "from tests.replay import HISTORY_PAYLOAD_KEY as k; print(k)") $(BIN)/pytest -q -p no:cacheprovider -s $(HISTORY_TESTS) -k "not postgresql"
 
 clean:
 	-$(BIN)/poolctl dev down --purge

@@ -15,6 +15,9 @@ from pathlib import Path
 from temporalio.client import Client, WorkflowHistory
 
 HISTORIES_DIR = Path(__file__).parent / "histories"
+# Payloads in recorded histories are encrypted (every payload is, see payload_codec.py): `make histories`
+# records with this fixed, test-only key so the replay test can decrypt them in any later session.
+HISTORY_PAYLOAD_KEY = "bLMIRQX2OvnTPPQK9P2KWRko8qEpYRr7KBfDAE3YGK8="
 PER_TYPE = 3  # runs kept per workflow type: the longest ones exercise the most code
 MAX_EVENTS = 1500  # keep files small: a longer run is skipped in favour of a shorter one
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 from temporalio.worker import Replayer
 
-from poolctl.temporal_client import DATA_CONVERTER
+from poolctl.settings import Settings
+from poolctl.temporal_client import data_converter
 from poolctl.worker import WORKFLOWS
-from tests.replay import saved_histories
+from tests.replay import HISTORY_PAYLOAD_KEY, saved_histories
 
 HISTORIES = saved_histories()
 
@@ -22,6 +23,7 @@ def test_every_workflow_type_has_a_recorded_history() -> None:
 
 @pytest.mark.parametrize("saved", HISTORIES, ids=[h.path.name for h in HISTORIES])
 async def test_history_replays_without_nondeterminism(saved) -> None:
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=DATA_CONVERTER)
+    converter = data_converter(Settings(payload_key=HISTORY_PAYLOAD_KEY))  # type: ignore[arg-type]
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=converter)
     result = await replayer.replay_workflow(saved.history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{saved.path.name}: {result.replay_failure}"

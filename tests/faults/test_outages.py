@@ -13,6 +13,7 @@ from temporalio.client import Client
 from poolctl.activities.providers.registry import kill_all_local_servers
 from poolctl.settings import Settings
 from poolctl.starter import devstack, pool_ops
+from poolctl.starter.processes import stop as stop_process
 from poolctl.store.db import dispose_all, migrate
 from poolctl.temporal_client import connect
 from tests.backends import free_port
@@ -44,7 +45,7 @@ async def test_temporal_server_restarted_mid_scale_out(settings: Settings, tmp_p
         await eventually(lambda: pids(own), lambda n: n >= 2, timeout=60, interval=0.05)
         # stop the Temporal server we started (its pid file), then start it again on the same file
         tpid = int((own.state_dir / "pids" / "temporal.pid").read_text())
-        stopped = await asyncio.to_thread(devstack._stop, tpid, 20)
+        stopped = await asyncio.to_thread(stop_process, tpid, 20)
         assert stopped
         await asyncio.to_thread(devstack.up, own, say=lambda m: None)
         client = await connect(own)
