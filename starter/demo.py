@@ -26,7 +26,7 @@ from poolctl.store.db import session_scope
 from poolctl.temporal_client import connect
 
 DEMO_TIMEOUT_S = 900.0  # the whole story, load included: each wait inside bounds itself
-DEMO_SPEC = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
+DEMO_SPEC = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
 
 
 def say(message: str) -> None:
