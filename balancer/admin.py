@@ -19,13 +19,10 @@ from typing import Any, Protocol
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
+from poolctl.domain.balancer_errors import UnknownMemberError
 from poolctl.domain.balancing import LATENCY_BUCKETS_S, BalancerStats, Member, MemberState, SyncResult
 
 _MEMBERS = TypeAdapter(list[Member])
-
-
-class UnknownMemberError(KeyError):
-    """The named server is not a member of this balancer."""
 
 
 class AdminTarget(Protocol):

@@ -23,9 +23,10 @@ from typing import Any
 
 from aiohttp import web
 
-from poolctl.balancer.admin import UnknownMemberError, make_admin_app
+from poolctl.balancer.admin import make_admin_app
 from poolctl.balancer.http1 import LINGER_S, ClientConn, UpstreamPool
 from poolctl.domain.addresses import is_loopback_host
+from poolctl.domain.balancer_errors import UnknownMemberError
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import (
     LATENCY_BUCKETS_S,

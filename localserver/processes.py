@@ -1,20 +1,18 @@
 """Local server processes on this machine: liveness through /proc (guarding against pid reuse), stopping
-a process group, the JSON record files, and stopping every local server of a state dir (`poolctl dev
+a process group, and stopping every local server of a state dir (`poolctl dev
 down --purge`, test teardown). Shared by the `local` provider driver and the dev stack."""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import signal
 import subprocess
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+
+from poolctl.localserver.records import ServerRecords, now_text
 
 TERMINATE_GRACE_S = 5.0
 
@@ -22,10 +20,6 @@ TERMINATE_GRACE_S = 5.0
 # (kept module-wide: every LocalProvider instance in a process shares them).
 _children: dict[int, subprocess.Popen[bytes]] = {}
 _children_lock = threading.Lock()
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 # ---------------------------------------------------------------- process helpers
@@ -67,6 +61,12 @@ def find_server_process(server_id: str, state_dir: Path) -> int | None:
         if all(w in cmdline for w in wanted) and pid_alive(int(entry)):
             return int(entry)
     return None
+
+
+def track_child(popen: subprocess.Popen[bytes]) -> None:
+    """Remember a process this process spawned, so `reap` can collect its exit status later."""
+    with _children_lock:
+        _children[popen.pid] = popen
 
 
 def reap(pid: int) -> None:
@@ -130,55 +130,24 @@ def stop_process(pid: int, pgid: int | None, start: int | None, grace_s: float =
     return True
 
 
-# ---------------------------------------------------------------- files
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def kill_all_local_servers(state_dir: Path, grace_s: float = 3.0) -> int:
     """Stop every local server process of `state_dir` — provider-managed ones (their records are
     marked terminated) and any process that wrote a ``servers/*.json`` (e.g. a benchmark's
     multi-port server). Blocking; safe to call when nothing runs. Returns how many were stopped."""
-    servers_dir = Path(state_dir).resolve() / "servers"
-    if not servers_dir.is_dir():
+    if not (Path(state_dir).resolve() / "servers").is_dir():
         return 0
-    records_dir = servers_dir / "records"
-    records_dir.mkdir(parents=True, exist_ok=True)
+    records = ServerRecords(state_dir)
     targets: dict[int, tuple[int | None, int | None]] = {}  # pid -> (pgid, proc_start)
-    lock_path = servers_dir / ".lock"
-    with open(lock_path, "a+") as lf:
-        fcntl.flock(lf.fileno(), fcntl.LOCK_EX)
-        try:
-            for path in sorted(records_dir.glob("*.json")):
-                rec = read_json(path)
-                if rec is None:
-                    continue
-                if rec.get("pid"):
-                    targets[rec["pid"]] = (rec.get("pgid"), rec.get("proc_start"))
-                if rec.get("status") != "terminated":
-                    rec["status"] = "terminated"
-                    rec["terminated_at"] = _now()
-                    write_json_atomic(path, rec)
-        finally:
-            fcntl.flock(lf.fileno(), fcntl.LOCK_UN)
-    for path in sorted(servers_dir.glob("*.json")):
-        runtime = read_json(path)
-        if runtime and isinstance(runtime.get("pid"), int) and runtime["pid"] not in targets:
+    with records.locked():
+        for rec in records.all():
+            if rec.get("pid"):
+                targets[rec["pid"]] = (rec.get("pgid"), rec.get("proc_start"))
+            if rec.get("status") != "terminated":
+                rec["status"] = "terminated"
+                rec["terminated_at"] = now_text()
+                records.save(rec)
+    for _path, runtime in records.runtime_files():
+        if isinstance(runtime.get("pid"), int) and runtime["pid"] not in targets:
             targets[runtime["pid"]] = (runtime.get("pgid"), None)
     stopped = 0
     for pid, (pgid, start) in targets.items():
@@ -188,9 +157,8 @@ def kill_all_local_servers(state_dir: Path, grace_s: float = 3.0) -> int:
             continue
         if stop_process(pid, pgid, start, grace_s=grace_s):
             stopped += 1
-    for path in servers_dir.glob("*.json"):
-        runtime = read_json(path)
-        if runtime and isinstance(runtime.get("pid"), int) and not pid_alive(runtime["pid"]):
+    for path, runtime in records.runtime_files():
+        if isinstance(runtime.get("pid"), int) and not pid_alive(runtime["pid"]):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
     return stopped

@@ -74,7 +74,7 @@ from typing import Any
 
 from aiohttp import web
 
-from poolctl.localserver.processes import write_json_atomic
+from poolctl.localserver.records import write_json_atomic
 
 HEALTH_MODES = ("503", "500", "hang")
 

@@ -191,7 +191,7 @@ def running_local_servers(state_dir: Path) -> dict[str, list[str]]:
     """The live local servers of `state_dir` the provider still wants running, as ``team/pool`` -> server
     ids (read-only, from the provider's records)."""
     from poolctl.localserver.processes import pid_alive as server_alive
-    from poolctl.localserver.processes import read_json
+    from poolctl.localserver.records import read_json
 
     out: dict[str, list[str]] = {}
     for path in sorted((Path(state_dir).resolve() / "servers" / "records").glob("*.json")):

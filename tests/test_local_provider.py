@@ -25,8 +25,9 @@ from poolctl.activities.providers.base import (
     ServerState,
 )
 from poolctl.activities.providers.fake import FakeProvider
-from poolctl.activities.providers.local import LocalProvider, pid_alive, server_id_for
+from poolctl.activities.providers.local import LocalProvider, server_id_for
 from poolctl.activities.providers.registry import clear_provider_cache, get_provider, kill_all_local_servers
+from poolctl.localserver.processes import pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -292,7 +293,7 @@ async def test_process_spawned_by_a_worker_killed_before_recording_it_is_adopted
 ):
     """The window between spawning a server and saving its pid: a retried provision must adopt the
     process the dead worker left behind, not start a second one."""
-    from poolctl.activities.providers.local import find_server_process
+    from poolctl.localserver.processes import find_server_process
 
     key = "scale/t/web/1/e/0"
     sid = server_id_for(key)
@@ -300,7 +301,7 @@ async def test_process_spawned_by_a_worker_killed_before_recording_it_is_adopted
         "server_id": sid, "provider": "local", "pool": "team/web", "idempotency_key": key, "status": "pending",
         "host": "127.0.0.1", "port": 0, "pid": None, "created_at": "2026-01-01T00:00:00+00:00", "restarts": 0,
     }  # fmt: skip
-    provider._save(dict(intent))  # what the dead worker had written: intent, no pid
+    provider.records.save(dict(intent))  # what the dead worker had written: intent, no pid
     spawned = dict(intent)
     provider._spawn(spawned, {})  # ...and the process it started, never recorded
     orphan = spawned["pid"]

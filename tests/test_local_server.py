@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from poolctl.activities.providers.local import kill_all_local_servers, pid_alive
+from poolctl.localserver.processes import kill_all_local_servers, pid_alive
 from poolctl.localserver.server import LoadModel
 
 ROOT = Path(__file__).resolve().parents[1]

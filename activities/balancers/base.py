@@ -15,9 +15,22 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from types import TracebackType
 
+from poolctl.domain.balancer_errors import (
+    BALANCER_AUTH_ERROR,
+    BALANCER_REJECTED_ERROR,
+    BALANCER_UNAVAILABLE_ERROR,
+    BalancerAuthError,
+    BalancerError,
+    BalancerRejectedError,
+    BalancerUnavailableError,
+    UnknownMemberError,
+)
 from poolctl.domain.balancing import BalancerStats, Member, MemberState, SyncResult, diff_members
 
 __all__ = [
+    "BALANCER_AUTH_ERROR",
+    "BALANCER_REJECTED_ERROR",
+    "BALANCER_UNAVAILABLE_ERROR",
     "BalancerAuthError",
     "BalancerDriver",
     "BalancerError",
@@ -30,31 +43,6 @@ __all__ = [
     "UnknownMemberError",
     "diff_members",
 ]
-
-# Error type names for temporalio ApplicationError(type=...): the first two are not worth retrying.
-BALANCER_AUTH_ERROR = "BalancerAuthError"
-BALANCER_REJECTED_ERROR = "BalancerRejectedError"
-BALANCER_UNAVAILABLE_ERROR = "BalancerUnavailableError"
-
-
-class BalancerError(Exception):
-    """A balancer call failed."""
-
-
-class BalancerUnavailableError(BalancerError):
-    """The balancer cannot be reached (not running yet, restarting): a retry may fix it."""
-
-
-class BalancerAuthError(BalancerError):
-    """The balancer refused our credentials: retrying will not help."""
-
-
-class BalancerRejectedError(BalancerError):
-    """The balancer rejected the request as invalid: retrying will not help."""
-
-
-class UnknownMemberError(BalancerError):
-    """The server is not a member of the balancer."""
 
 
 class BalancerDriver(ABC):

@@ -1,14 +1,8 @@
 """The `local` provider: each server is a real `poolctl.localserver` process on 127.0.0.1.
 
-Files, all under ``{state_dir}/servers/``:
-
-- ``records/{server_id}.json`` — the provider's record of a server (pool, idempotency key,
-  status ``pending`` / ``running`` / ``terminated``, pid, pgid, port, ...). Records are kept
-  after termination, so the same key never yields a second server.
-- ``{server_id}.json`` — written by the server process itself once it listens (pid, port, ...).
-- ``{server_id}.log`` — the server's stdout/stderr.
-- ``.lock`` — an ``flock`` lock taken around every read-modify-write of the records, so
-  concurrent calls from several activities, threads or worker processes are safe.
+Its records live in `localserver.records` (files under ``{state_dir}/servers/``, one lock around every
+read-modify-write); the process helpers (spawn bookkeeping, liveness, stopping a group) in
+`localserver.processes`. Records are kept after termination, so the same key never yields a second server.
 
 Idempotency and crash safety:
 
@@ -40,13 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -61,24 +53,15 @@ from poolctl.activities.providers.base import (
     ServerInfo,
     ServerState,
 )
-from poolctl.localserver.processes import (  # noqa: F401 - re-exported for the driver's users
-    TERMINATE_GRACE_S,
-    _children,
-    _children_lock,
-    _now,
+from poolctl.localserver.processes import (
     find_server_process,
     kill_all_local_servers,
     pid_alive,
     proc_start_time,
-    reap,
     stop_process,
+    track_child,
 )
-from poolctl.localserver.processes import (
-    read_json as _read_json,
-)
-from poolctl.localserver.processes import (
-    write_json_atomic as _write_json_atomic,
-)
+from poolctl.localserver.records import ServerRecords, now_text
 
 HOST = "127.0.0.1"
 DEFAULT_STARTUP_TIMEOUT_S = 15.0
@@ -98,41 +81,8 @@ class LocalProvider:
     def __init__(self, state_dir: Path, host: str = HOST):
         self.state_dir = Path(state_dir).resolve()
         self.host = host
-        self.servers_dir = self.state_dir / "servers"
-        self.records_dir = self.servers_dir / "records"
-        self.records_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_path = self.servers_dir / ".lock"
-
-    # ------------------------------------------------------------ locking and records
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self._lock_path, "a+") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-    def _record_path(self, server_id: str) -> Path:
-        return self.records_dir / f"{server_id}.json"
-
-    def _runtime_path(self, server_id: str) -> Path:
-        return self.servers_dir / f"{server_id}.json"
-
-    def _load(self, server_id: str) -> dict[str, Any] | None:
-        return _read_json(self._record_path(server_id))
-
-    def _save(self, rec: dict[str, Any]) -> None:
-        _write_json_atomic(self._record_path(rec["server_id"]), rec)
-
-    def _all_records(self) -> list[dict[str, Any]]:
-        out = []
-        for path in sorted(self.records_dir.glob("*.json")):
-            rec = _read_json(path)
-            if rec is not None:
-                out.append(rec)
-        return out
+        self.records = ServerRecords(self.state_dir)
+        self.servers_dir = self.records.servers_dir
 
     def _alive(self, rec: dict[str, Any]) -> bool:
         return pid_alive(rec.get("pid"), rec.get("proc_start"))
@@ -197,7 +147,7 @@ class LocalProvider:
         """Start the server process for `rec` (lock held). Updates rec with pid/pgid/proc_start."""
         sid = rec["server_id"]
         with contextlib.suppress(FileNotFoundError):
-            self._runtime_path(sid).unlink()  # stale file of a previous (crashed) incarnation
+            self.records.runtime_path(sid).unlink()  # stale file of a previous (crashed) incarnation
         prefix = options.get("command") or [sys.executable, "-m", "poolctl.localserver"]
         argv = [*prefix, "--server-id", sid, "--state-dir", str(self.state_dir), "--host", self.host]
         argv += ["--port", "0"]
@@ -205,7 +155,7 @@ class LocalProvider:
         pkg_root = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
-        log_path = self.servers_dir / f"{sid}.log"
+        log_path = self.records.log_path(sid)
         try:
             with open(log_path, "ab") as log:
                 popen = subprocess.Popen(
@@ -219,15 +169,14 @@ class LocalProvider:
                 )
         except OSError as exc:
             raise ProviderError(f"local provider: cannot start {argv[0]}: {exc}") from exc
-        with _children_lock:
-            _children[popen.pid] = popen
+        track_child(popen)
         rec.update(
             pid=popen.pid,
             pgid=popen.pid,
             proc_start=proc_start_time(popen.pid),
             status="pending",
             port=0,
-            spawned_at=_now(),
+            spawned_at=now_text(),
             log=str(log_path),
             command=argv,
         )
@@ -235,8 +184,8 @@ class LocalProvider:
     def _begin_provision(self, request: ProvisionRequest, sid: str) -> tuple[dict[str, Any], bool]:
         """Under the lock: find or create the record, spawn if needed. Returns (record, ready)."""
         options = request.options
-        with self._locked():
-            rec = self._load(sid)
+        with self.records.locked():
+            rec = self.records.load(sid)
             if rec is not None:
                 if rec["idempotency_key"] != request.idempotency_key:
                     raise ProviderConfigError(
@@ -250,7 +199,7 @@ class LocalProvider:
                 if orphan is not None:  # spawned by a worker that died before recording it: adopt
                     rec.update(pid=orphan, pgid=os.getpgid(orphan), proc_start=proc_start_time(orphan))
                     rec["status"] = "pending"
-                    self._save(rec)
+                    self.records.save(rec)
                     return rec, False
                 # crashed (or intent recorded by a worker that died before spawning): (re)start it
                 if rec.get("pid"):
@@ -260,7 +209,7 @@ class LocalProvider:
                 if quota is not None:
                     live = [
                         r
-                        for r in self._all_records()
+                        for r in self.records.all()
                         if r["pool"] == request.pool and r["status"] != "terminated" and self._alive(r)
                     ]
                     if len(live) >= quota:
@@ -276,12 +225,12 @@ class LocalProvider:
                     "host": self.host,
                     "port": 0,
                     "pid": None,
-                    "created_at": _now(),
+                    "created_at": now_text(),
                     "restarts": 0,
                 }
-                self._save(rec)  # intent first: a retry after a crash right here adopts or respawns
+                self.records.save(rec)  # intent first: a retry after a crash right here adopts or respawns
             self._spawn(rec, options)
-            self._save(rec)
+            self.records.save(rec)
             return rec, False
 
     async def _probe(self, client: httpx.AsyncClient, port: int) -> bool:
@@ -298,14 +247,14 @@ class LocalProvider:
         async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
             while True:
                 if not self._alive(rec):
-                    current = await asyncio.to_thread(self._load, sid)
+                    current = await asyncio.to_thread(self.records.load, sid)
                     if current is not None and current["status"] == "terminated":
                         return current  # terminated while we waited
                     raise ProviderError(
                         f"local server {sid} exited during start-up; see {rec.get('log')}: "
                         + _tail(rec.get("log"))
                     )
-                runtime = _read_json(self._runtime_path(sid))
+                runtime = self.records.runtime(sid)
                 if runtime is not None and runtime.get("pgid") == rec.get("pgid"):
                     port = int(runtime["port"])
                     if await self._probe(client, port):
@@ -316,15 +265,15 @@ class LocalProvider:
                 delay = min(delay * 1.5, 0.25)
 
     def _mark_running(self, sid: str, pid: int | None, runtime: dict[str, Any]) -> dict[str, Any]:
-        with self._locked():
-            rec = self._load(sid)
+        with self.records.locked():
+            rec = self.records.load(sid)
             if rec is None:
                 raise ProviderError(f"local provider: record of {sid} vanished")
             if rec["status"] == "terminated" or rec.get("pid") != pid:
                 return rec
             rec.update(status="running", host=runtime.get("host", self.host), port=int(runtime["port"]))
-            rec["started_at"] = runtime.get("started_at") or _now()
-            self._save(rec)
+            rec["started_at"] = runtime.get("started_at") or now_text()
+            self.records.save(rec)
             return rec
 
     async def provision(self, request: ProvisionRequest) -> ServerInfo:
@@ -339,8 +288,8 @@ class LocalProvider:
     # ------------------------------------------------------------ terminate / describe / list
 
     def _terminate_blocking(self, server_id: str) -> dict[str, Any] | None:
-        with self._locked():
-            rec = self._load(server_id)
+        with self.records.locked():
+            rec = self.records.load(server_id)
             if rec is None:
                 return None
             if rec["status"] == "terminated" and not self._alive(rec):
@@ -348,14 +297,14 @@ class LocalProvider:
             # mark first: a concurrent provision of the same key now returns TERMINATED
             if rec["status"] != "terminated":
                 rec["status"] = "terminated"
-                rec["terminated_at"] = _now()
-                self._save(rec)
+                rec["terminated_at"] = now_text()
+                self.records.save(rec)
         if rec.get("pid"):
             stop_process(rec["pid"], rec.get("pgid"), rec.get("proc_start"))
         with contextlib.suppress(FileNotFoundError):
-            runtime = _read_json(self._runtime_path(server_id))
+            runtime = self.records.runtime(server_id)
             if runtime is not None and runtime.get("pgid") == rec.get("pgid"):
-                self._runtime_path(server_id).unlink()
+                self.records.runtime_path(server_id).unlink()
         return rec
 
     async def terminate(self, server_id: str) -> ServerInfo | None:
@@ -363,11 +312,11 @@ class LocalProvider:
         return None if rec is None else self._info(rec, alive=False)
 
     async def describe(self, server_id: str) -> ServerInfo | None:
-        rec = await asyncio.to_thread(self._load, server_id)
+        rec = await asyncio.to_thread(self.records.load, server_id)
         return None if rec is None else self._info(rec)
 
     async def list_servers(self, pool: str | None = None) -> list[ServerInfo]:
-        recs = await asyncio.to_thread(self._all_records)
+        recs = await asyncio.to_thread(self.records.all)
         return [self._info(r) for r in recs if pool is None or r["pool"] == pool]
 
     # ------------------------------------------------------------ housekeeping

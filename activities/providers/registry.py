@@ -9,7 +9,7 @@ from poolctl.activities.providers.base import Provider, ProviderConfigError
 from poolctl.activities.providers.ec2 import EC2Provider
 from poolctl.activities.providers.fake import FakeProvider
 from poolctl.activities.providers.local import LocalProvider
-from poolctl.activities.providers.local import kill_all_local_servers as _kill_all
+from poolctl.localserver.processes import kill_all_local_servers as _kill_all
 from poolctl.settings import Settings, get_settings
 
 PROVIDER_NAMES = ("local", "fake", "aws")
