@@ -134,6 +134,7 @@ class ProxyHost(Protocol):
     _sticky: bool
     _cookie_name: bytes
     _proto_line: bytes
+    _cookie_lines: dict[str, bytes]
 
     def _set_cookie_line(self, token: str) -> bytes: ...
 
@@ -255,10 +256,6 @@ class UpstreamConn(_HeadCollector, asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         _nodelay(transport)
 
-    def lend(self, owner: ClientConn) -> None:
-        self.owner = owner
-        self.began = self.done = self.extra = self.head_only = False
-
     # llhttp callbacks
     def on_message_begin(self) -> None:
         if self.done:  # a second response to one request
@@ -286,7 +283,12 @@ class UpstreamConn(_HeadCollector, asyncio.Protocol):
             raise _Stop
 
     def on_body(self, data: bytes) -> None:
-        self.owner.up_body(data)  # type: ignore[union-attr]
+        owner = self.owner
+        assert owner is not None
+        if owner.bmode == _B_CHUNKED:
+            owner.out += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            owner.out.append(data)
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -325,7 +327,9 @@ class UpstreamConn(_HeadCollector, asyncio.Protocol):
             if self.head_only:  # the head must end the data: anything after it is not a response to us
                 self.parser = HttpResponseParser(self)
                 reusable = reusable and data.find(b"\r\n\r\n") == len(data) - 4
-            owner.up_complete(reusable)
+            if owner.bmode == _B_CHUNKED:
+                owner.out.append(b"0\r\n\r\n")
+            owner._finish(reusable and owner.up_reuse)
         else:
             owner.flush()
 
@@ -436,11 +440,14 @@ class UpstreamPool:
 # --- client side -----------------------------------------------------------------------------------------
 
 
+_NO_BODY: list[bytes] = []
+
+
 class _Request:
     """One parsed request head, and its body as framed bytes not yet written to the member.
     (Defaults are class attributes: a request sets only what differs, on the hot path.)"""
 
-    head = b""  # the rebuilt head, without Host when the client sent none, with the blank line
+    head = b""  # the rebuilt head with its blank line; without Host (and the blank line) when the client sent none
     no_host = False
     complete = False
     chunked = False
@@ -451,9 +458,7 @@ class _Request:
     cookie: str | None = None
     expect = False
     error: tuple[int, str] | None = None  # answered by the proxy itself, then the connection closes
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
+    parts: list[bytes] = _NO_BODY  # never appended to: a request's first body bytes give it its own list
 
     @classmethod
     def refused(cls, code: int, text: str) -> _Request:
@@ -681,10 +686,13 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         req = self.cur
         assert req is not None
+        parts = req.parts
+        if parts is _NO_BODY:
+            parts = req.parts = []
         if req.chunked:
-            req.parts += (b"%x\r\n" % len(data), data, b"\r\n")
+            parts += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
-            req.parts.append(data)
+            parts.append(data)
         self.buffered += len(data)
         self.read_seen += len(data)
 
@@ -693,7 +701,7 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
         self.cur = None
         if req is not None:
             if req.chunked:
-                req.parts.append(b"0\r\n\r\n")
+                req.parts = [*req.parts, b"0\r\n\r\n"]
             req.complete = True
 
     # --- requests ------------------------------------------------------------------------------------
@@ -711,7 +719,7 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
         if method == b"CONNECT":
             return _Request.refused(405, "405 Method Not Allowed: CONNECT\n")
         url = self.url
-        if (b"%" in url or b"admin" in url.lower()) and refused_path(url):
+        if url != b"/" and (b"%" in url or b"admin" in url.lower()) and refused_path(url):
             return _Request.refused(
                 403, "403 Forbidden: /admin/ paths of pool servers are not reachable through a balancer\n"
             )
@@ -790,7 +798,8 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
             req.no_host = True
         if req.v10:
             out.append(b"Connection: keep-alive")
-        out.append(b"")  # llhttp refused any CR, LF or NUL in the method, the target and every header
+        # llhttp refused any CR, LF or NUL in the method, the target and every header
+        out.append(b"" if req.no_host else b"\r\n")
         req.head = b"\r\n".join(out)
         req.keep = keep
         return req
@@ -870,10 +879,11 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
             return
         member = pick.member
         addr = member.address
-        self.fwd_head = head = (
-            req.head + b"Host: " + addr.encode() + b"\r\n\r\n" if req.no_host else req.head + b"\r\n"
+        self.fwd_head = head = req.head + b"Host: " + addr.encode() + b"\r\n\r\n" if req.no_host else req.head
+        token = pick.set_cookie
+        self.cookie = (
+            b"" if token is None else proxy._cookie_lines.get(token) or proxy._set_cookie_line(token)
         )
-        self.cookie = b"" if pick.set_cookie is None else proxy._set_cookie_line(pick.set_cookie)
         self.addr = addr
         self.sid = sid = member.server_id
         self.bmode = _B_NONE
@@ -884,11 +894,12 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
         self.started = _perf()
         if req.expect and not req.complete and not req.v10:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
-        up = self.pool.get(addr)
+        pool = self.pool
+        up = pool.get(addr)
         if up is not None:
             self.fresh = False
             self._attach(up)
-            up.last = self.pool.clock
+            up.last = pool.clock
             parts, req.parts = req.parts, []
             if parts:
                 self.buffered -= sum(len(p) for p in parts)
@@ -898,15 +909,17 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
         else:
             self.fresh = True
             self.pause_reading(2)
-            self.pool.connect(self, addr)
+            pool.connect(self, addr)
 
     def _drop_parts(self, req: _Request) -> None:
         self.buffered -= sum(len(p) for p in req.parts)
         req.parts = []
 
     def _attach(self, up: UpstreamConn) -> None:
+        """Lend `up` to this connection's exchange."""
         self.up = up
-        up.lend(self)
+        up.owner = self
+        up.began = up.done = up.extra = up.head_only = False
         if self.wpaused and up.transport is not None:
             up.transport.pause_reading()
 
@@ -1023,17 +1036,6 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
         self.sent_head = True
         self.out.append(b"\r\n".join(out))
 
-    def up_body(self, data: bytes) -> None:
-        if self.bmode == _B_CHUNKED:
-            self.out += (b"%x\r\n" % len(data), data, b"\r\n")
-        else:
-            self.out.append(data)
-
-    def up_complete(self, reusable: bool) -> None:
-        if self.bmode == _B_CHUNKED:
-            self.out.append(b"0\r\n\r\n")
-        self._finish(reusable=reusable and self.up_reuse)
-
     def flush(self) -> None:
         out = self.out
         if out and not self.closed:
@@ -1043,21 +1045,26 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
     # --- ends of an exchange ---------------------------------------------------------------------------
 
     def _finish(self, reusable: bool) -> None:
+        """The response is complete (`reusable`: the member's connection may serve another request)."""
         self.proxy.stats.end(self.sid, self.code, _perf() - self.started)
         self.busy = False
-        self.last = self.pool.clock
+        pool = self.pool
+        self.last = pool.clock
         req = self.queue.popleft()
         up, self.up = self.up, None
         if up is not None:
             if reusable and req.complete and not up.closed:
                 if self.wpaused and up.transport is not None:
                     up.transport.resume_reading()
-                self.pool.put(up)
+                pool.put(up)
             else:
                 up.close()
         if self.rpause & 1:
             self.resume_reading(1)
-        self.flush()
+        out = self.out
+        if out and not self.closed:
+            self.out = []
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])  # type: ignore[union-attr]
         if not self.keep or not req.complete:
             self._close()
             return

@@ -8,7 +8,6 @@ the per-server statistics, the timeouts and limits, and (see `admin.py`) a token
 from __future__ import annotations
 
 import asyncio
-import bisect
 import hashlib
 import hmac
 import logging
@@ -16,6 +15,7 @@ import secrets
 import socket
 import ssl
 import time
+from bisect import bisect_left as _bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -130,7 +130,8 @@ class ProxyStats:
         if c is None:
             c = self.counters[server_id] = _Counters()
         c.requests += 1
-        self.active[server_id] = self.active.get(server_id, 0) + 1
+        active = self.active
+        active[server_id] = active.get(server_id, 0) + 1
 
     def end(self, server_id: str, status: int | None, latency_s: float) -> None:
         self.active[server_id] -= 1
@@ -138,9 +139,9 @@ class ProxyStats:
         if status is None:
             c.errors += 1
         else:
-            c.by_class[min(status // 100, 5)] += 1
+            c.by_class[status // 100 if status < 600 else 5] += 1
         c.latency_sum += latency_s
-        c.buckets[bisect.bisect_left(LATENCY_BUCKETS_S, latency_s)] += 1  # first bound >= latency, else +Inf
+        c.buckets[_bisect_left(LATENCY_BUCKETS_S, latency_s)] += 1  # first bound >= latency, else +Inf
 
     def server(self, server_id: str, member: Member | None) -> ServerStats:
         c = self.counters.get(server_id) or _Counters()

@@ -458,6 +458,8 @@ class Balancing:
         self._entered: dict[str, float] = {}  # server_id -> when it entered rotation (ramping ones only)
         self._by_token: dict[str, Member] = {}
         self._token_of: dict[str, str] = {}
+        self._picks: dict[str, Pick] = {}
+        self._kept: dict[str, Pick] = {}
         self.set_members(members, now)
 
     @property
@@ -513,12 +515,22 @@ class Balancing:
 
     def _index_tokens(self) -> None:
         keep = self.keep_draining_sticky
+        members = self.selector.members
         self._token_of = {
             m.server_id: sticky_token(m.server_id, self.sticky_key)
-            for m in self.selector.members.values()
+            for m in members.values()
             if m.is_candidate or (keep and m.state is MemberState.DRAINING)
         }
-        self._by_token = {t: self.selector.members[sid] for sid, t in self._token_of.items()}
+        self._by_token = {t: members[sid] for sid, t in self._token_of.items()}
+        # the answers of `pick`, made once per membership change (a Pick is immutable): by server id, the
+        # pick of a client re-balanced (told to set the cookie when sticky); by token, a cookie honoured
+        self._picks = {
+            sid: Pick(m, self._token_of.get(sid) or sticky_token(sid, self.sticky_key))
+            if self.sticky
+            else Pick(m)
+            for sid, m in members.items()
+        }
+        self._kept = {t: Pick(m) for t, m in self._by_token.items()}
 
     def resolve_sticky(self, cookie: str | None) -> Member | None:
         """The member a sticky cookie names if it may still serve the client, else None (re-pick)."""
@@ -530,13 +542,17 @@ class Balancing:
         self, client_key: str = "", cookie: str | None = None, connections: Mapping[str, int] | None = None
     ) -> Pick:
         """Choose the member for one request. Raises NoHealthyMember when nobody is in rotation."""
+        if cookie and self.sticky:
+            kept = self._kept.get(cookie)
+            if kept is not None:
+                return kept
+        m = self.selector.pick(client_key, connections)
+        p = self._picks.get(m.server_id)
+        if p is not None and p.member is m:
+            return p
         if self.sticky:
-            m = self.resolve_sticky(cookie)
-            if m is not None:
-                return Pick(m)
-            m = self.selector.pick(client_key, connections)
             return Pick(m, self._token_of.get(m.server_id) or sticky_token(m.server_id, self.sticky_key))
-        return Pick(self.selector.pick(client_key, connections))
+        return Pick(m)
 
 
 # --- from pool servers to balancer members -------------------------------------------------------------
