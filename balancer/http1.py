@@ -900,8 +900,9 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
             self.fresh = False
             self._attach(up)
             up.last = pool.clock
-            parts, req.parts = req.parts, []
+            parts = req.parts
             if parts:
+                req.parts = _NO_BODY
                 self.buffered -= sum(len(p) for p in parts)
                 up.transport.write(b"".join([head, *parts]))  # type: ignore[union-attr]
             else:

@@ -546,7 +546,10 @@ class Balancing:
             kept = self._kept.get(cookie)
             if kept is not None:
                 return kept
-        m = self.selector.pick(client_key, connections)
+        selector = self.selector
+        if not selector.candidates:
+            raise NoHealthyMember("no member is in rotation")
+        m = selector._pick(client_key, connections)  # what selector.pick does, one call less per request
         p = self._picks.get(m.server_id)
         if p is not None and p.member is m:
             return p
