@@ -1,6 +1,6 @@
 """Built-in proxy vs HAProxy in front of a backend that cannot be the bottleneck, in one run.
 
-    .venv/bin/python bench/proxy.py [--duration 10] [--connections 32] [--rounds 3] [--baseline DIR]
+    .venv/bin/python bench/proxy.py [--duration 10] [--connections 32] [--rounds 3] [--baseline DIR] [--asyncio]
 
 The backend is an HAProxy instance that answers `200` itself (`http-request return status 200`) on
 `--backends` ports: C on both sides, so neither proxy waits on a Python server. The proxies under test,
@@ -11,7 +11,8 @@ installs it), 1 thread, 32 connections, every request without the cookie, so eac
 answered with Set-Cookie (the most expensive sticky path).
 
 For each proxy it prints requests/s, p99 latency and CPU µs per request (the proxy process's user +
-system CPU time during the run, from /proc/<pid>/stat, divided by the requests wrk completed). Rounds
+system CPU time during the run, from /proc/<pid>/stat, divided by the requests wrk completed), and the
+system (kernel: sockets) part of it. `--asyncio` also runs the built-in proxy on asyncio's own loop. Rounds
 alternate between the proxies so background load hits both alike; the summary takes the median round.
 `--baseline DIR` also runs the built-in proxy of another revision in the same rounds (before/after in one
 run): DIR holds that revision as a `poolctl` folder, e.g.
@@ -56,11 +57,11 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"port {port} did not open")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process (its threads included), from /proc/<pid>/stat."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of one process (its threads included), from /proc/<pid>/stat."""
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime
 
 
 def start_c_backend(binary: str, ports: list[int], workdir: Path) -> subprocess.Popen[bytes]:
@@ -90,20 +91,26 @@ class Run:
     p99_s: float
     requests: int
     errors: int
-    cpu_s: float
+    cpu_s: float  # user + system
+    sys_s: float  # system (the kernel's share: sockets)
 
     @property
     def cpu_us_per_request(self) -> float:
         return self.cpu_s / self.requests * 1e6 if self.requests else float("nan")
 
+    @property
+    def sys_us_per_request(self) -> float:
+        return self.sys_s / self.requests * 1e6 if self.requests else float("nan")
+
 
 def run_wrk(wrk: str, url: str, duration: float, connections: int, pid: int | None) -> Run:
-    before = cpu_seconds(pid) if pid else 0.0
+    before = cpu_seconds(pid) if pid else (0.0, 0.0)
     out = subprocess.run(
         [wrk, "-t", "1", "-c", str(connections), "-d", f"{duration:g}s", "--latency", url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    cpu = cpu_seconds(pid) - before if pid else float("nan")
+    after = cpu_seconds(pid) if pid else (float("nan"), float("nan"))
+    cpu, sys_s = sum(after) - sum(before), after[1] - before[1]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
@@ -113,7 +120,7 @@ def run_wrk(wrk: str, url: str, duration: float, connections: int, pid: int | No
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if sock:
         errors += sum(int(x) for x in sock.groups())
-    return Run(rps, p99, requests, errors, cpu)
+    return Run(rps, p99, requests, errors, cpu, sys_s)
 
 
 async def start_haproxy(ports: list[int]) -> tuple[object, int]:
@@ -140,6 +147,9 @@ def main() -> int:
     ap.add_argument("--backends", type=int, default=3, help="ports of the C backend (members)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per proxy (median reported)")
     ap.add_argument("--baseline", help="folder holding another revision as poolctl/: its built-in proxy too")
+    ap.add_argument(
+        "--asyncio", action="store_true", help="also the built-in proxy on asyncio's own loop (--no-uvloop)"
+    )
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -168,14 +178,20 @@ def main() -> int:
         hap, hport = loop.run_until_complete(start_haproxy(ports))
         hpid = hap.proc.pid  # type: ignore[attr-defined]
         members = [arg for i, p in enumerate(ports) for arg in ("--member", f"b{i}=127.0.0.1:{p}")]
-        for name, pythonpath in [("builtin", None), ("builtin (baseline)", args.baseline)]:
-            if name != "builtin" and not pythonpath:
+        variants: list[tuple[str, str | None, list[str]]] = [
+            ("builtin", None, []),
+            ("builtin (baseline)", args.baseline, []),
+        ]
+        if args.asyncio:
+            variants.append(("builtin (asyncio)", None, ["--no-uvloop"]))
+        for name, pythonpath, extra in variants:
+            if name == "builtin (baseline)" and not pythonpath:
                 continue
             lport, aport = free_port(), free_port()
             env = {**os.environ, "PYTHONPATH": str(Path(pythonpath).resolve())} if pythonpath else None
             builtin = subprocess.Popen(
                 [sys.executable, "-m", "poolctl.balancer", "--listen", f"127.0.0.1:{lport}", "--admin", f"127.0.0.1:{aport}",
-                 "--token", "bench", "--sticky", "--log-level", "WARNING", *members],
+                 "--token", "bench", "--sticky", "--log-level", "WARNING", *members, *extra],
                 stdout=subprocess.DEVNULL, cwd=pythonpath or ROOT, env=env,
             )  # fmt: skip
             procs.append(builtin)
@@ -200,12 +216,15 @@ def main() -> int:
         f"\nload: wrk 1 thread, {args.connections} connections, {args.duration:g} s per run, {args.rounds} "
         f"alternating round(s); C backend on {args.backends} ports; sticky sessions on; {os.cpu_count()} CPUs"
     )
-    print(f"{'target':<20} {'round':>5} {'requests/s':>11} {'p99':>9} {'CPU µs/req':>11} {'errors':>7}")
+    print(
+        f"{'target':<20} {'round':>5} {'requests/s':>11} {'p99':>9} {'CPU µs/req':>11} {'of it sys':>10} {'errors':>7}"
+    )
     median: dict[str, Run] = {}
     for name, runs in results.items():
         for i, r in enumerate(runs):
             print(
-                f"{name:<20} {i + 1:>5} {r.rps:>11.0f} {r.p99_s * 1000:>7.2f}ms {r.cpu_us_per_request:>11.1f} {r.errors:>7}"
+                f"{name:<20} {i + 1:>5} {r.rps:>11.0f} {r.p99_s * 1000:>7.2f}ms {r.cpu_us_per_request:>11.1f} "
+                f"{r.sys_us_per_request:>10.1f} {r.errors:>7}"
             )
         median[name] = sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
     cpu = {name: statistics.median(r.cpu_us_per_request for r in runs) for name, runs in results.items()}
