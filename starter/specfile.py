@@ -86,9 +86,14 @@ def parse_spec(text: str, source: str) -> SpecDocument:
             if "team" in merged and merged["team"] != doc["team"]:
                 raise SpecError(source, [("team", "documents in one file name different teams")])
             merged["team"] = doc["team"]
-        extra = [str(k) for k in doc if k not in ("team", "pools")]
+        extra = [str(k) for k in doc if k not in ("team", "pools", "webhooks")]
         if extra:
             raise SpecError(source, [(k, "unknown field") for k in sorted(extra)])
+        if "webhooks" in doc:  # team-wide receivers: the documents' lists join
+            hooks = doc["webhooks"]
+            if not isinstance(hooks, list):
+                raise SpecError(source, [("webhooks", "must be a list of webhooks")])
+            merged.setdefault("webhooks", []).extend(hooks)
         pools = doc.get("pools", [])
         if not isinstance(pools, list):
             raise SpecError(source, [("pools", "must be a list of pools")])

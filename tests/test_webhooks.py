@@ -1,5 +1,7 @@
 """Webhook notifications: a real receiver gets each event signed (HMAC-SHA256), a receiver that fails
-twice still gets it (Temporal retries with backoff), every attempt is recorded; specs validate."""
+twice still gets it (Temporal retries with backoff), every attempt is recorded; specs validate; a pool
+sends each event type (scaling action, health transition, auto-heal, pool error) to the receivers its
+spec names."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 from aiohttp import web
 from pydantic import ValidationError
@@ -26,7 +29,7 @@ from poolctl.settings import Settings
 from poolctl.store.db import session_scope
 from poolctl.store.webhook_deliveries import list_deliveries
 from poolctl.workflows.notify import NotificationInput, NotificationWorkflow
-from tests.helpers import eventually
+from tests.helpers import apply_yaml, eventually, pool_view
 
 SECRET = "a-test-secret-of-some-length"
 
@@ -116,6 +119,90 @@ async def test_a_receiver_that_fails_twice_still_gets_every_event_type_signed(
 
 async def _received(r: Receiver) -> list[tuple[dict[str, str], bytes]]:
     return list(r.received)
+
+
+def _pools_with_webhooks(url: str) -> str:
+    """`web`: two real local servers with a health check and auto-healing (one unhealthy of two is replaced;
+    more than half would stop healing); `broken`: a FAKE provider that
+    fails every provision, so its scaling fails and the pool enters `error`."""
+    return f"""
+webhooks:
+  - url: {url}
+    secret: {SECRET}
+pools:
+  - name: web
+    min_servers: 2
+    max_servers: 3
+    desired_servers: 2
+    auto_healing: true
+    health_check: {{type: http, path: /health, interval: 1, timeout: 0.5, jitter: 0,
+                   healthy_threshold: 1, unhealthy_threshold: 2}}
+  - name: broken
+    provider: fake
+    provider_options: {{fail_provision: true}}
+    min_servers: 0
+    max_servers: 1
+    desired_servers: 1
+"""
+
+
+def _events(r: Receiver) -> list[dict]:
+    out = []
+    for headers, body in r.received:
+        assert verify(SECRET, body, headers[SIGNATURE_HEADER]), "bad signature"
+        ev = WebhookEvent.model_validate_json(body)
+        assert headers[EVENT_HEADER] == ev.type.value and headers[DELIVERY_HEADER] == ev.id
+        out.append(ev.model_dump(mode="json"))
+    return out
+
+
+@pytest.mark.temporal
+async def test_a_local_pool_and_a_fake_provider_pool_send_every_event_type_to_a_flaky_receiver(
+    client: Client, settings: Settings, worker, flaky_receiver: Receiver
+) -> None:
+    await apply_yaml(client, settings, _pools_with_webhooks(flaky_receiver.url))
+
+    async def events() -> list[dict]:
+        return _events(flaky_receiver)
+
+    def has(evs: list[dict], kind: str, pool: str, **data: object) -> bool:
+        return any(
+            e["type"] == kind and e["pool"] == pool and all(e["data"].get(k) == v for k, v in data.items())
+            for e in evs
+        )
+
+    await eventually(
+        events,
+        lambda evs: (
+            has(evs, "scaling_action", "web", direction="up", status="succeeded")
+            and has(evs, "health_transition", "web", state="healthy")
+            and has(evs, "scaling_action", "broken", status="failed")
+            and has(evs, "pool_error", "broken")
+        ),
+        timeout=90,
+        interval=0.3,
+    )
+    view = await pool_view(client, settings, "web")
+    assert view is not None and view.servers
+    victim = view.servers[0]
+    async with httpx.AsyncClient() as http:
+        r = await http.post(f"http://{victim.host}:{victim.port}/admin/health", json={"healthy": False})
+        r.raise_for_status()
+    evs = await eventually(
+        events,
+        lambda evs: (
+            has(evs, "health_transition", "web", server_id=victim.server_id, state="unhealthy")
+            and has(
+                evs, "auto_heal", "web", action="replaced", servers=[victim.server_id], status="succeeded"
+            )
+            and has(evs, "scaling_action", "web", direction="replace", status="succeeded")
+        ),
+        timeout=90,
+        interval=0.3,
+    )
+    assert {e["type"] for e in evs} == {t.value for t in EventType}
+    assert len({e["id"] for e in evs}) == len(evs), "an event was delivered twice"
+    assert flaky_receiver.attempts >= len(evs) + 2  # the first two attempts failed and were retried
 
 
 def test_webhook_specs_validate_and_team_receivers_join_each_pool() -> None:

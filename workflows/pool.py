@@ -23,6 +23,8 @@ with workflow.unsafe.imports_passed_through():
     from poolctl.domain.health import HealthState, MemberHealth, plan_healing
     from poolctl.domain.health_messages import ServerHealthChange
     from poolctl.domain.names import pool_key, scale_workflow_id
+    from poolctl.domain.notifications import WebhookEvent
+    from poolctl.domain.pool_events import heal_event, health_event, pool_error_event, scaling_event
     from poolctl.domain.pool_spec import PoolSpec, PoolStatus
     from poolctl.domain.pool_state import (
         ApplyRequest,
@@ -40,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         ServerRecord,
     )
     from poolctl.workflows.history import history_too_long
+    from poolctl.workflows.notify import notify
     from poolctl.workflows.pool_api import PoolSignals
     from poolctl.workflows.pool_members import (
         start_health_watches,
@@ -71,6 +74,7 @@ class PoolWorkflow(PoolSignals):
         self._scaling = False
         self._published: tuple[str, str | None, int] | None = None
         self._converging = asyncio.Lock()  # the loop and the apply handler both write spec and policies
+        self._outbox: list[WebhookEvent] = []  # events for the pool's webhooks, sent by the loop
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -95,12 +99,16 @@ class PoolWorkflow(PoolSignals):
             if self.state.deleting:
                 if not await self._delete():  # some servers could not be terminated yet: try again
                     self._wake = False
+                    await self._send_notifications()
                     continue
+                await self._send_notifications()
                 return "deleted"
             await self._reconcile()
             await self._tend_members()
+            await self._send_notifications()
             if history_too_long(self.runtime.history_budget):
                 await workflow.wait_condition(workflow.all_handlers_finished)
+                await self._send_notifications()
                 workflow.continue_as_new(
                     PoolInput(team=self.team, spec=self.spec, runtime=self.runtime, state=self.state)
                 )
@@ -230,6 +238,12 @@ class PoolWorkflow(PoolSignals):
             if self.state.status is not PoolStatus.DEGRADED:
                 self._set_status(PoolStatus.DEGRADED, plan.reason)
                 await self._record_note("heal", f"auto-healing stopped: {plan.reason}", "held")
+                self._queue(
+                    heal_event(
+                        self.team, self.spec.name, self.state.epoch, workflow.now(),
+                        action="degraded", key=f"{self.state.seq}", status="held", reason=plan.reason,
+                    )
+                )  # fmt: skip
             return
         self._set_status(PoolStatus.ACTIVE, None)
         if plan.replace:
@@ -240,6 +254,14 @@ class PoolWorkflow(PoolSignals):
             await self._run_scaling(
                 ScaleAction.REPLACE, len(victims), len(self.state.servers), victims=victims
             )
+            done = self.state.last_event
+            self._queue(
+                heal_event(
+                    self.team, self.spec.name, self.state.epoch, workflow.now(), action="replaced",
+                    key=f"{self.state.seq}", servers=[v.server_id for v in victims],
+                    status=done.status if done else "unknown", reason=done.error or "" if done else "",
+                )
+            )  # fmt: skip
 
     async def _record_note(self, direction: str, cause: str, status: str) -> None:
         """A scaling event for something the pool decided not to do (e.g. healing stopped)."""
@@ -385,9 +407,16 @@ class PoolWorkflow(PoolSignals):
             error=result.error,
             finished_at=workflow.now(),
         )
+        self._queue(
+            scaling_event(self.team, self.spec.name, self.state.epoch, self.state.last_event, workflow.now())
+        )
         if result.status != "succeeded":
             self._set_status(
                 PoolStatus.ERROR, f"scale {inp.direction} #{inp.seq} {result.status}: {result.error}"
+            )
+            reason = self.state.status_reason or result.status
+            self._queue(
+                pool_error_event(self.team, self.spec.name, self.state.epoch, inp.seq, reason, workflow.now())
             )
         elif not self.state.deleting:
             self._set_status(PoolStatus.ACTIVE, None)
@@ -398,6 +427,17 @@ class PoolWorkflow(PoolSignals):
     def _set_status(self, status: PoolStatus, reason: str | None) -> None:
         self.state.status = status
         self.state.status_reason = reason
+
+    # ---- notifications: webhooks (workflows/notify.py delivers them, never blocking the pool) ------
+
+    def _queue(self, event: WebhookEvent) -> None:
+        if self.spec.webhooks:
+            self._outbox.append(event)
+
+    async def _send_notifications(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for event in outbox:
+            await notify(self.spec.webhooks, event)
 
     async def _publish_status(self) -> None:
         """Mirror status changes to the search attribute (UI filter) and the store; only on change."""
@@ -538,6 +578,8 @@ class PoolWorkflow(PoolSignals):
         """A HealthCheckWorkflow saw a transition: update the member, re-balance, maybe heal."""
         for s in self.state.servers:
             if s.server_id == change.server_id:
+                if s.health is not change.state:
+                    self._queue(health_event(self.team, self.spec.name, self.state.epoch, change))
                 s.health = change.state
                 s.health_changed_at = change.at
                 self._wake = True
