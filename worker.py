@@ -19,6 +19,7 @@ from poolctl.activities.policy_metrics import PolicyMetricActivities
 from poolctl.activities.provisioning import ProvisioningActivities
 from poolctl.activities.watch import watch_target_activity
 from poolctl.activities.webhooks import WebhookActivities
+from poolctl.log_ids import configure_worker_logging, install_log_ids
 from poolctl.settings import Settings, get_settings
 from poolctl.store.db import migrate
 from poolctl.telemetry import WorkerMetrics
@@ -75,6 +76,7 @@ def activities_for(settings: Settings) -> list[object]:
 
 
 def build_worker(client: Client, settings: Settings) -> Worker:
+    install_log_ids()  # activity and workflow log lines carry team / pool / policy (poolctl.log_ids)
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -111,7 +113,7 @@ async def run_worker(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_worker_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     asyncio.run(run_worker(get_settings()))
 

@@ -51,6 +51,9 @@ class ProvisioningActivities:
         except ProviderError as e:
             raise as_application_error(e) from e
         await asyncio.to_thread(self._record, inp, info)
+        activity.logger.info(
+            "server %s (%s) at %s: %s", info.server_id, inp.provider, info.address, info.state.value
+        )
         if info.state is ServerState.TERMINATED:
             raise ApplicationError(
                 f"server {info.server_id} for key {inp.idempotency_key} was already terminated",
@@ -85,6 +88,7 @@ class ProvisioningActivities:
         except ProviderError as e:
             raise as_application_error(e) from e
         await asyncio.to_thread(self._mark_terminated, inp.server_id)
+        activity.logger.info("server %s (%s) terminated", inp.server_id, inp.provider)
         return inp.server_id
 
     def _mark_terminated(self, server_id: str) -> None:

@@ -27,3 +27,22 @@ def health_workflow_id(team: str, pool: str, server: str) -> str:
 def pool_key(team: str, pool: str) -> str:
     """The stable identifier of a pool across the system (search attribute PoolId)."""
     return f"{team}/{pool}"
+
+
+def ids_from_workflow_id(workflow_id: str) -> dict[str, str]:
+    """The team / pool / policy / server a workflow id names (the id formats above, plus a notification's
+    `notify/{team}/{pool}/...`), for log lines; {} for ids that name none (housekeeping schedules).
+
+    `policy/t/web/cpu` -> {"team": "t", "pool": "web", "policy": "cpu"}."""
+    kind, _, rest = workflow_id.partition("/")
+    parts = rest.split("/")
+    fields = {
+        "pool": ("team", "pool"),
+        "scale": ("team", "pool"),
+        "notify": ("team", "pool"),
+        "policy": ("team", "pool", "policy"),
+        "health": ("team", "pool", "server"),
+    }.get(kind)
+    if fields is None or len(parts) < len(fields) or not all(parts[: len(fields)]):
+        return {}
+    return dict(zip(fields, parts, strict=False))
