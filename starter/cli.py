@@ -24,7 +24,16 @@ from poolctl.starter import (
     waiting,
 )
 from poolctl.starter.balancer_cli import balancer_app
-from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, err_console, fail, print_json, table
+from poolctl.starter.output import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    ago,
+    console,
+    err_console,
+    fail,
+    print_json,
+    table,
+)
 from poolctl.starter.progress import wait_with_progress
 from poolctl.starter.specfile import load_spec_files, stored_pools
 from poolctl.store import queries
@@ -118,6 +127,12 @@ def dev_up() -> None:
         devstack.up(s, say=lambda m: console.print(m, highlight=False))
     except RuntimeError as e:
         fail(str(e))
+    except KeyboardInterrupt:
+        fail(
+            "interrupted: the dev stack may be partly up (poolctl dev status shows what runs; "
+            "poolctl dev up finishes it, poolctl dev down stops it)",
+            EXIT_INTERRUPTED,
+        )
     console.print(f"[green]ready[/]: Temporal UI at [bold]{devstack.ui_url(s)}[/]; state in {s.state_dir}")
     console.print("next: poolctl apply -f examples/demo.yaml")
 
@@ -130,7 +145,16 @@ def dev_down(
 ) -> None:
     """Stop the worker and the Temporal dev server. Local servers keep running unless --purge: it says which,
     and how to stop them."""
-    devstack.down(_settings(), purge=purge, say=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    try:
+        devstack.down(
+            _settings(), purge=purge, say=lambda m: console.print(m, highlight=False, soft_wrap=True)
+        )
+    except KeyboardInterrupt:
+        fail(
+            "interrupted: the dev stack may be partly down (poolctl dev status shows what still runs; "
+            "run poolctl dev down again)",
+            EXIT_INTERRUPTED,
+        )
 
 
 @dev_app.command("status")

@@ -169,10 +169,15 @@ def down(settings: Settings, *, purge: bool = False, say=print) -> None:  # type
     p = _paths(settings)
     from poolctl.starter import balancer_stack
 
-    balancer_stack.down(settings, say=say)
-    if stop(read_pid(p["worker_pid"]), 20):
+    # the worker first: it lets running activities finish (its graceful shutdown, up to 10 s), and they
+    # may still talk to the balancers
+    worker_pid = read_pid(p["worker_pid"])
+    if worker_pid is not None and pid_alive(worker_pid):
+        say(f"stopping the worker (pid {worker_pid}; running activities get up to 10 s to finish)...")
+    if stop(worker_pid, 20):
         say("worker stopped")
     p["worker_pid"].unlink(missing_ok=True)
+    balancer_stack.down(settings, say=say)
     if stop(read_pid(p["temporal_pid"]), 20):
         say("Temporal dev server stopped")
     p["temporal_pid"].unlink(missing_ok=True)

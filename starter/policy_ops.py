@@ -12,6 +12,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from poolctl.domain.errors import NotFoundError
 from poolctl.domain.names import policy_workflow_id
 from poolctl.domain.policy_state import PolicyStateView
+from poolctl.starter.open_queries import query_open
 from poolctl.workflows.policy import PolicyWorkflow
 
 SIGNALS: dict[str, Callable[[Any], None]] = {
@@ -34,12 +35,12 @@ def _not_running(team: str, pool: str, policy: str) -> NotFoundError:
 
 
 async def query_policy(client: Client, team: str, pool: str, policy: str) -> PolicyStateView:
-    try:
-        return await policy_handle(client, team, pool, policy).query(PolicyWorkflow.state)
-    except RPCError as e:
-        if e.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
-            raise _not_running(team, pool, policy) from e
-        raise
+    view: PolicyStateView | None = await query_open(
+        policy_handle(client, team, pool, policy), PolicyWorkflow.state
+    )
+    if view is None:
+        raise _not_running(team, pool, policy)
+    return view
 
 
 async def signal_policy(client: Client, team: str, pool: str, policy: str, signal: str) -> None:

@@ -37,6 +37,7 @@ from poolctl.domain.pool_state import (
     ScaleRequest,
 )
 from poolctl.settings import Settings
+from poolctl.starter.open_queries import query_open
 from poolctl.store import queries
 from poolctl.store.db import session_scope
 from poolctl.workflows.pool import PoolWorkflow
@@ -92,15 +93,14 @@ def start_operation(settings: Settings, team: str, spec: PoolSpec) -> WithStartW
 
 
 async def refusal(client: Client, team: str, spec: PoolSpec) -> str | None:
-    """What the pool's running workflow would refuse in `spec` ("field: message"), None if no workflow runs."""
-    try:
-        return await pool_handle(client, team, spec.name).query(
-            PoolWorkflow.apply_refusal, ApplyRequest(team=team, spec=spec)
-        )
-    except RPCError as e:
-        if e.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
-            return None
-        raise
+    """What the pool's running workflow would refuse in `spec` ("field: message"), None if no workflow runs.
+
+    A closed workflow (a deleted pool) still answers queries until Temporal's retention removes it; its
+    answer is not asked for (`QueryRejectCondition.NOT_OPEN`): update-with-start starts a new run."""
+    why: str | None = await query_open(
+        pool_handle(client, team, spec.name), PoolWorkflow.apply_refusal, ApplyRequest(team=team, spec=spec)
+    )
+    return why
 
 
 async def apply_pool(client: Client, settings: Settings, team: str, spec: PoolSpec) -> ApplyOutcome:
@@ -166,12 +166,8 @@ def pool_handle(client: Client, team: str, pool: str) -> WorkflowHandle:
 
 
 async def query_status(client: Client, team: str, pool: str) -> PoolStatusView | None:
-    try:
-        return await pool_handle(client, team, pool).query(PoolWorkflow.status)
-    except RPCError as e:
-        if e.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
-            return None
-        raise
+    view: PoolStatusView | None = await query_open(pool_handle(client, team, pool), PoolWorkflow.status)
+    return view
 
 
 async def request_scale(client: Client, team: str, pool: str, desired: int, reason: str) -> ScaleAccepted:

@@ -233,3 +233,14 @@ async def test_delete_killed_at_each_step_and_run_again_leaves_nothing_behind(
     assert local_server_pids(settings) == set(), "a server process leaked"
     gone = await run_cli(settings, "delete", "pool", "one", "--yes")
     assert gone.code == 2 and "not found" in gone.text
+
+    # a deleted pool can be applied again at once: its closed workflow still answers queries (until
+    # Temporal's retention), and apply must not take the old run's "being deleted" for the new file's
+    spec_file = tmp_path / "one-again.yaml"
+    spec_file.write_text(pool_yaml(settings.team, 1, name="one"))
+    applied = await run_cli(settings, "apply", "-f", str(spec_file))
+    assert applied.code == 0, applied.text
+    view = await settled(client, settings, "one", 1, timeout=90)
+    assert view.desired == 1
+    shown = await run_cli(settings, "status", "one")
+    assert shown.code == 0 and "deleting" not in shown.text, shown.text
