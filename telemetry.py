@@ -13,11 +13,14 @@ Counters are incremented by activities (they run in the worker process):
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
 
 import httpx
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 POLICY_EVALUATIONS = Counter(
@@ -73,11 +76,15 @@ class WorkerMetrics:
                 text += sdk.text
             except httpx.HTTPError as e:
                 text += f"# temporal SDK metrics unavailable: {type(e).__name__}\n"
+        from aiohttp import web
+
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def start(self) -> None:
         if not self.port:
             return
+        from aiohttp import web  # imported when serving: the CLI imports this module for its counters
+
         self._http = httpx.AsyncClient()
         app = web.Application()
         app.router.add_get("/metrics", self._page)

@@ -31,6 +31,7 @@ from pydantic import Field, ValidationError
 from temporalio import activity
 
 from poolctl.domain.health import HealthState, HealthStatus, ProbeResult, Transition, observe
+from poolctl.domain.health_messages import WatchProgress
 from poolctl.domain.health_spec import HealthCheckSpec
 from poolctl.domain.model import Message
 from poolctl.telemetry import PROBES
@@ -71,20 +72,6 @@ class WatchParams(Message):
         description="seconds until the first probe when next_probe_at is unset; "
         "None = random in [0, interval), spreading a fleet started at once (as HAProxy does)",
     )
-
-
-class WatchProgress(Message):
-    """What the loop heartbeats after each probe (and while waiting): enough to resume."""
-
-    status: HealthStatus
-    lease_started_at: float
-    base: float = Field(description="schedule anchor, epoch seconds")
-    slot: int = Field(description="index of the next probe's slot")
-    next_probe_at: float
-    probes: int = 0
-    skipped_slots: int = 0
-    last_scheduled_at: float | None = None
-    last_started_at: float | None = None
 
 
 class WatchOutcome(Message):

@@ -11,6 +11,20 @@ from poolctl.domain.health_spec import HealthCheckSpec
 from poolctl.domain.model import Message
 
 
+class WatchProgress(Message):
+    """What the loop heartbeats after each probe (and while waiting): enough to resume."""
+
+    status: HealthStatus
+    lease_started_at: float
+    base: float = Field(description="schedule anchor, epoch seconds")
+    slot: int = Field(description="index of the next probe's slot")
+    next_probe_at: float
+    probes: int = 0
+    skipped_slots: int = 0
+    last_scheduled_at: float | None = None
+    last_started_at: float | None = None
+
+
 class HealthRuntime(Message):
     """Tunables the worker's settings inject (tests shorten them)."""
 

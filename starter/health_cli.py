@@ -10,9 +10,9 @@ import typer
 from sqlalchemy import select
 from temporalio.service import RPCError
 
-from poolctl.activities.watch import WatchProgress
 from poolctl.domain.errors import NotFoundError
 from poolctl.domain.health import HealthState, HealthStatus, Transition, summarize, uptime_percent
+from poolctl.domain.health_messages import WatchProgress
 from poolctl.domain.names import health_workflow_id
 from poolctl.domain.pool_spec import PoolSpec
 from poolctl.settings import Settings, get_settings

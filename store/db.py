@@ -6,11 +6,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_ID = 7_270_001  # PostgreSQL advisory lock held while a process migrates
@@ -48,6 +50,8 @@ def get_engine(url: str) -> Engine:
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config  # imported when needed: half a second of every CLI start otherwise
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -58,6 +62,8 @@ def migrate(url: str, revision: str = "head") -> None:
     """Bring the schema at `url` up to `revision` (idempotent; cheap after the first call per process)."""
     if revision == "head" and url in _migrated:
         return
+    from alembic import command
+
     engine = get_engine(url)
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":

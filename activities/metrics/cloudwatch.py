@@ -14,8 +14,6 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
-import botocore.config
 import botocore.exceptions
 
 from poolctl.activities.metrics.errors import MetricUnavailableError
@@ -34,6 +32,9 @@ def cloudwatch_client(region: str | None, endpoint_url: str | None) -> Any:
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
+            import boto3  # imported when first needed: a fifth of a second of every CLI start otherwise
+            import botocore.config
+
             session = boto3.session.Session(region_name=region)
             if session.region_name is None:
                 raise MetricUnavailableError(

@@ -36,8 +36,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
-import botocore.config
 import botocore.exceptions
 from pydantic import ValidationError
 
@@ -173,6 +171,9 @@ class EC2Provider:
         the driver overrides the chain's); raises ProviderConfigError when no region is configured."""
         with self._lock:
             if self._client is None:
+                import boto3  # imported when first needed: a fifth of a second of every CLI start otherwise
+                import botocore.config
+
                 session = boto3.session.Session(region_name=self.region)
                 if session.region_name is None:
                     raise ProviderConfigError(
