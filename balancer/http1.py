@@ -709,11 +709,9 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
     def _parse_head(self) -> _Request:
         """Check the head llhttp parsed against what llhttp lets through, and rebuild it for the member."""
         parser = self.parser
-        req = _Request()
         version = parser.get_http_version()
-        if version == "1.0":
-            req.v10 = True
-        elif version != "1.1":
+        v10 = version == "1.0"
+        if not v10 and version != "1.1":
             return _Request.refused(505, "505 HTTP Version Not Supported\n")
         method = parser.get_method()
         if method == b"CONNECT":
@@ -723,8 +721,13 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
             return _Request.refused(
                 403, "403 Forbidden: /admin/ paths of pool servers are not reachable through a balancer\n"
             )
-        keep = parser.should_keep_alive()
-        req.is_head = method == b"HEAD"
+        req = _Request()  # the class holds the defaults: set only what differs
+        if v10:
+            req.v10 = True
+        if method == b"HEAD":
+            req.is_head = True
+        if not parser.should_keep_alive():
+            req.keep = False
         cl: bytes | None = None
         te: bytes | None = None
         host: bytes | None = None
@@ -737,7 +740,11 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
         out = self.lines
         out[0] = method + b" " + url + b" HTTP/1.1"
         for kind, value in self.special:
-            if kind == _COOKIE:
+            if kind == _HOST:
+                hosts += 1
+                host = value.strip()
+                out.append(b"Host: " + host)
+            elif kind == _COOKIE:
                 out.append(b"Cookie: " + value)
                 if sticky_name is not None and req.cookie is None:
                     for part in value.split(b";"):
@@ -745,10 +752,6 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
                         if eq and k.strip() == sticky_name:
                             req.cookie = v.strip().strip(b'"').decode("latin-1")
                             break
-            elif kind == _HOST:
-                hosts += 1
-                host = value.strip()
-                out.append(b"Host: " + host)
             elif kind == _CL:
                 cl = value.strip()
             elif kind == _TE:
@@ -768,10 +771,10 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
                 return _Request.refused(431, "431 Request Header Fields Too Large\n")
         if hosts > 1:
             return _Request.refused(400, "400 Bad Request: more than one Host header\n")
-        if host is None and not req.v10:
+        if host is None and not v10:
             return _Request.refused(400, "400 Bad Request: HTTP/1.1 request without Host\n")
         if te is not None:
-            if req.v10:
+            if v10:
                 return _Request.refused(400, "400 Bad Request: Transfer-Encoding in an HTTP/1.0 request\n")
             if te != b"chunked":
                 return _Request.refused(
@@ -796,12 +799,11 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
             out.append(b"X-Forwarded-Host: " + host)
         else:
             req.no_host = True
-        if req.v10:
+        if v10:
             out.append(b"Connection: keep-alive")
         # llhttp refused any CR, LF or NUL in the method, the target and every header
-        out.append(b"" if req.no_host else b"\r\n")
+        out.append(b"" if host is None else b"\r\n")
         req.head = b"\r\n".join(out)
-        req.keep = keep
         return req
 
     def _bad_request(self, code: int, text: str) -> None:
@@ -886,9 +888,7 @@ class ClientConn(_HeadCollector, asyncio.Protocol):
         )
         self.addr = addr
         self.sid = sid = member.server_id
-        self.bmode = _B_NONE
-        self.code = 0
-        self.sent_head = False
+        self.sent_head = False  # bmode and code are set with the head (nothing reads them before)
         self.busy = True
         proxy.stats.begin(sid)
         self.started = _perf()

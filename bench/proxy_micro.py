@@ -1,7 +1,7 @@
 """The built-in proxy's Python cost per exchange, without sockets: CPU µs per request/response pair.
 
     .venv/bin/python bench/proxy_micro.py [--exchanges 50000] [--repeat 5] [--profile] [--request wrk|browser]
-    .venv/bin/python bench/proxy_micro.py --baseline /tmp/base   # the same, for another revision as well
+    .venv/bin/python bench/proxy_micro.py --baseline /tmp/base --rounds 3   # before/after, alternating
 
 Feeds one request to a `ClientConn` and the member's response to the `UpstreamConn` it picked, over and
 over, through the real protocol objects of `balancer/http1.py` and a real `BalancerProxy` (sticky sessions
@@ -121,13 +121,19 @@ def main() -> int:
     ap.add_argument("--request", choices=sorted(REQUESTS), default="wrk")
     ap.add_argument("--profile", action="store_true", help="print the cProfile of one run")
     ap.add_argument("--baseline", help="folder holding another revision as poolctl/: measure it too")
+    ap.add_argument("--rounds", type=int, default=1, help="with --baseline: alternate this many times")
     ap.add_argument("--label", default="this tree", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.baseline:
-        env = {**os.environ, "PYTHONPATH": str(Path(args.baseline).resolve())}
+    if args.baseline:  # each revision in its own process, alternating, so background load hits both alike
         argv = [sys.executable, __file__, "--exchanges", str(args.exchanges), "--repeat", str(args.repeat)]
-        argv += ["--request", args.request, "--label", f"baseline {args.baseline}"]
-        subprocess.run(argv, env=env, cwd=args.baseline, check=True)
+        argv += ["--request", args.request]
+        env = {**os.environ, "PYTHONPATH": str(Path(args.baseline).resolve())}
+        for _ in range(args.rounds):
+            subprocess.run(
+                [*argv, "--label", f"baseline {args.baseline}"], env=env, cwd=args.baseline, check=True
+            )
+            subprocess.run([*argv, "--label", args.label], check=True)
+        return 0
     request = REQUESTS[args.request]
     if args.profile:
         prof = cProfile.Profile()
