@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint typecheck unit down clean system-deps bench histories
+.PHONY: demo test install lint typecheck unit down clean system-deps bench histories native
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# The built-in balancer's hot path compiled by mypyc (optional: balancer/native.py; needs a C compiler).
+native: $(STAMP)
+	$(BIN)/python -c "from poolctl.balancer.native import build, NATIVE_DIR; build(); print('built', NATIVE_DIR)"
 
 system-deps:
 	@bash scripts/install-system-deps.sh

@@ -150,9 +150,15 @@ def main() -> int:
     ap.add_argument(
         "--asyncio", action="store_true", help="also the built-in proxy on asyncio's own loop (--no-uvloop)"
     )
+    ap.add_argument(
+        "--pure",
+        action="store_true",
+        help="also the built-in proxy with its hot path not compiled (make native)",
+    )
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
+    from poolctl.balancer import native
     from poolctl.starter.haproxy_stack import haproxy_binary
 
     binary = haproxy_binary()
@@ -178,17 +184,21 @@ def main() -> int:
         hap, hport = loop.run_until_complete(start_haproxy(ports))
         hpid = hap.proc.pid  # type: ignore[attr-defined]
         members = [arg for i, p in enumerate(ports) for arg in ("--member", f"b{i}=127.0.0.1:{p}")]
-        variants: list[tuple[str, str | None, list[str]]] = [
-            ("builtin", None, []),
-            ("builtin (baseline)", args.baseline, []),
+        variants: list[tuple[str, str | None, list[str], dict[str, str]]] = [
+            ("builtin", None, [], {}),
+            ("builtin (baseline)", args.baseline, [], {}),
         ]
         if args.asyncio:
-            variants.append(("builtin (asyncio)", None, ["--no-uvloop"]))
-        for name, pythonpath, extra in variants:
+            variants.append(("builtin (asyncio)", None, ["--no-uvloop"], {}))
+        if args.pure:
+            variants.append(("builtin (pure Python)", None, [], {native.DISABLE_ENV: "1"}))
+        for name, pythonpath, extra, extra_env in variants:
             if name == "builtin (baseline)" and not pythonpath:
                 continue
             lport, aport = free_port(), free_port()
-            env = {**os.environ, "PYTHONPATH": str(Path(pythonpath).resolve())} if pythonpath else None
+            env = {**os.environ, **extra_env}
+            if pythonpath:
+                env["PYTHONPATH"] = str(Path(pythonpath).resolve())
             builtin = subprocess.Popen(
                 [sys.executable, "-m", "poolctl.balancer", "--listen", f"127.0.0.1:{lport}", "--admin", f"127.0.0.1:{aport}",
                  "--token", "bench", "--sticky", "--log-level", "WARNING", *members, *extra],
@@ -213,7 +223,10 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(
-        f"\nload: wrk 1 thread, {args.connections} connections, {args.duration:g} s per run, {args.rounds} "
+        f"\nbuilt-in hot path: {'compiled (make native)' if native.built() else 'pure Python'}; loop: uvloop"
+    )
+    print(
+        f"load: wrk 1 thread, {args.connections} connections, {args.duration:g} s per run, {args.rounds} "
         f"alternating round(s); C backend on {args.backends} ports; sticky sessions on; {os.cpu_count()} CPUs"
     )
     print(
