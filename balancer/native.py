@@ -26,6 +26,10 @@ SOURCES = ("balancer/http1.py", "domain/balancing.py")
 DISABLE_ENV = "POOLCTL_PURE_PYTHON"
 
 
+class NativeBuildError(RuntimeError):
+    """mypyc or the C compiler failed: the message ends with their output."""
+
+
 def source_digest() -> str:
     """SHA-256 over the sources a build depends on, the Python version and the extension suffix."""
     h = hashlib.sha256(f"{sys.version}|{sysconfig.get_config_var('EXT_SUFFIX')}".encode())
@@ -61,8 +65,8 @@ def active() -> bool:
 
 
 def build() -> None:
-    """Compile `balancer/http1.py` with mypyc into `balancer/_native/`. Raises CalledProcessError when
-    mypyc or the C compiler fails (the pure-Python module keeps running then)."""
+    """Compile `balancer/http1.py` with mypyc into `balancer/_native/`. Raises NativeBuildError (with
+    mypyc's output) when mypyc or the C compiler fails; the pure-Python module keeps running then."""
     import shutil
     import subprocess
     import tempfile
@@ -77,13 +81,17 @@ def build() -> None:
                 ".*", "_native", "__pycache__", "build", "dist", "*.egg-info", "tests"
             ),
         )
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "mypyc", "poolctl/balancer/http1.py"],
             cwd=tmp,
-            check=True,
-            stdout=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
             env={**os.environ, "PYTHONPATH": tmp, "MYPYPATH": tmp},
         )
+        if done.returncode != 0:
+            raise NativeBuildError(
+                f"mypyc failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-4000:]}"
+            )
         shutil.rmtree(NATIVE_DIR, ignore_errors=True)
         NATIVE_DIR.mkdir()
         for so in (tree / "balancer").glob("http1*" + str(sysconfig.get_config_var("EXT_SUFFIX"))):
