@@ -47,7 +47,8 @@ HISTORY_TESTS := tests/test_pool_lifecycle.py tests/test_policy_lifecycle.py tes
 	tests/test_housekeeping.py tests/test_webhooks.py
 histories: $(STAMP)
 	POOLCTL_RECORD_HISTORIES=tests/histories POOLCTL_PAYLOAD_KEY=$$($(BIN)/python -c \
-	  "from tests.replay import HISTORY_PAYLOAD_KEY as k; print(k)") $(BIN)/pytest -q -p no:cacheprovider -s $(HISTORY_TESTS) -k "not postgresql"
+	  "from tests.replay import HISTORY_PAYLOAD_KEY as k; print(k)") POOLCTL_TEAM_AUTH_KEY=$$($(BIN)/python -c \
+	  "from tests.replay import HISTORY_TEAM_AUTH_KEY as k; print(k)") $(BIN)/pytest -q -p no:cacheprovider -s $(HISTORY_TESTS) -k "not postgresql"
 
 clean:
 	-$(BIN)/poolctl dev down --purge

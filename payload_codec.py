@@ -77,7 +77,7 @@ class Keyring:
         return sorted(self.ciphers)
 
 
-def _loopback(address: str) -> bool:
+def temporal_is_local(address: str) -> bool:
     return is_loopback_host(address.rpartition(":")[0] or "127.0.0.1")
 
 
@@ -107,7 +107,7 @@ def load_keyring(settings: Settings) -> Keyring:
         current = parse_key(settings.payload_key.get_secret_value(), "POOLCTL_PAYLOAD_KEY")
         if path.exists():
             old.append(parse_key(path.read_text(), str(path)))
-    elif _loopback(settings.temporal_address) or path.exists():
+    elif temporal_is_local(settings.temporal_address) or path.exists():
         current = parse_key(read_or_create_secret_file(path, new_key_text), str(path))
     else:
         raise PayloadKeyError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -112,6 +113,27 @@ class Settings(BaseSettings):
     payload_keys_old: SecretStr | None = Field(
         default=None,
         description="Earlier payload keys (comma- or space-separated): they still decrypt, never encrypt.",
+    )
+    team_token: SecretStr | None = Field(
+        default=None,
+        description="This caller's team token (`TEAM:SECRET`, from `poolctl team token TEAM`): the CLI acts for "
+        "that team only. Unset: the CLI acts as an operator when it holds the team auth key (the dev stack).",
+    )
+    team_auth_key: SecretStr | None = Field(
+        default=None,
+        description="Key (32 random bytes, base64) that team tokens are issued and checked with; the worker's "
+        "secret. Default: generated once into <state_dir>/team-auth.key when Temporal is local "
+        "(see poolctl.team_auth).",
+    )
+    team_auth_keys_old: SecretStr | None = Field(
+        default=None,
+        description="Earlier team auth keys (comma- or space-separated): tokens issued under them still pass.",
+    )
+    team_auth_legacy_before: datetime | None = Field(
+        default=None,
+        description="Upgrading a running system to team checks: messages without team credentials that a "
+        "workflow took before this time (ISO 8601 with zone) still count when it replays. Set it to the time of "
+        "the upgrade; unset it once every workflow started before has continued-as-new or ended.",
     )
     balancer_admin_host: str = Field(
         default="127.0.0.1",

@@ -11,8 +11,10 @@ import gc
 import traceback
 import weakref
 from collections.abc import AsyncIterator
+from typing import Any
 
 from temporalio.client import Client
+from temporalio.common import HeaderCodecBehavior
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.runtime import Runtime, TelemetryConfig
@@ -20,6 +22,8 @@ from temporalio.service import TLSConfig
 
 from poolctl.payload_codec import EncryptionCodec, cached_keyring
 from poolctl.settings import Settings, get_settings, pem_bytes
+from poolctl.team_auth import TeamCredentials, credentials_from
+from poolctl.team_interceptor import TeamClientInterceptor
 
 
 def data_converter(settings: Settings | None = None) -> DataConverter:
@@ -69,8 +73,25 @@ def tls_config(settings: Settings) -> TLSConfig | None:
     )
 
 
+def client_options(settings: Settings, credentials: TeamCredentials | None = None) -> dict[str, Any]:
+    """What every poolctl client is built with: the converter, headers encrypted like payloads (the team
+    proofs travel in a header), and the team interceptor signing each message with `credentials` (default:
+    `poolctl.team_auth.credentials_from(settings)`: the caller's team token, else the team auth key)."""
+    return {
+        "data_converter": data_converter(settings),
+        "header_codec_behavior": HeaderCodecBehavior.CODEC,
+        "interceptors": [TeamClientInterceptor(credentials or credentials_from(settings))],
+    }
+
+
+def rebuild_client(client: Client, settings: Settings, credentials: TeamCredentials | None = None) -> Client:
+    """A client on `client`'s connection and namespace with poolctl's options (`client_options`): for a
+    client made elsewhere, e.g. a test environment's."""
+    return Client(client.service_client, namespace=client.namespace, **client_options(settings, credentials))
+
+
 async def connect(settings: Settings, *, runtime: Runtime | None = None) -> Client:
-    """A client with poolctl's converter on `runtime` (the worker's, exporting SDK metrics), else on the
+    """A client with poolctl's converter and team credentials (`client_options`) on `runtime` (the worker's, exporting SDK metrics), else on the
     runtime of the enclosing `command_runtime()` (a CLI command), else on temporalio's default runtime
     (tests, which live as long as their process). TLS as `tls_config` says; raises RuntimeError when the
     server cannot be reached or the TLS handshake fails."""
@@ -78,7 +99,7 @@ async def connect(settings: Settings, *, runtime: Runtime | None = None) -> Clie
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=data_converter(settings),
+        **client_options(settings),
         api_key=settings.temporal_api_key,
         tls=tls if tls is not None else False,
         runtime=runtime or (_command_runtime[-1] if _command_runtime else None),

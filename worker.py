@@ -22,6 +22,8 @@ from poolctl.activities.webhooks import WebhookActivities
 from poolctl.log_ids import configure_worker_logging, install_log_ids
 from poolctl.settings import Settings, get_settings
 from poolctl.store.db import migrate
+from poolctl.team_auth import load_team_keys
+from poolctl.team_interceptor import TeamAuthInterceptor
 from poolctl.telemetry import WorkerMetrics
 from poolctl.temporal_client import connect
 from poolctl.workflows.balancer_stats import BalancerStatsWorkflow
@@ -76,12 +78,16 @@ def activities_for(settings: Settings) -> list[object]:
 
 
 def build_worker(client: Client, settings: Settings) -> Worker:
+    """The worker: every workflow and activity, and the team check on every message to a team's workflow
+    (`poolctl.team_interceptor`; raises TeamAuthError when the settings hold no team auth key). `client`
+    must decode headers (`poolctl.temporal_client.client_options`)."""
     install_log_ids()  # activity and workflow log lines carry team / pool / policy (poolctl.log_ids)
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
         activities=activities_for(settings),
+        interceptors=[TeamAuthInterceptor(load_team_keys(settings), settings.team_auth_legacy_before)],
         max_cached_workflows=settings.worker_max_cached_workflows,
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=10),

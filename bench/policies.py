@@ -71,7 +71,7 @@ async def run(args: argparse.Namespace) -> dict:
     from poolctl.settings import Settings
     from poolctl.starter import pool_ops
     from poolctl.store.db import migrate
-    from poolctl.temporal_client import DATA_CONVERTER
+    from poolctl.temporal_client import DATA_CONVERTER, rebuild_client
     from poolctl.worker import build_worker
     from poolctl.workflows.policy import PolicyWorkflow
 
@@ -97,7 +97,7 @@ async def run(args: argparse.Namespace) -> dict:
         settings.ensure_state_dir()
         migrate(settings.resolved_database_url)
         pool = PoolSpec(name="bench", provider="fake", min_servers=1, max_servers=10, desired_servers=1)
-        client = env.client
+        client = rebuild_client(env.client, settings)  # signs with the team auth key (state dir)
         async with build_worker(client, settings):
             await pool_ops.apply_pool(client, settings, "bench", pool)
             t0 = time.time()

@@ -53,7 +53,7 @@ async def run(args: argparse.Namespace) -> list[tuple[float, float]]:
     from poolctl.starter.specfile import parse_spec
     from poolctl.store import inventory
     from poolctl.store.db import migrate, session_scope
-    from poolctl.temporal_client import DATA_CONVERTER
+    from poolctl.temporal_client import DATA_CONVERTER, rebuild_client
     from poolctl.worker import build_worker
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-reaction-"))
@@ -72,7 +72,7 @@ async def run(args: argparse.Namespace) -> list[tuple[float, float]]:
     )
     settings.ensure_state_dir()
     migrate(settings.resolved_database_url)
-    client = env.client
+    client = rebuild_client(env.client, settings)  # signs with the team auth key (state dir)
     results: list[tuple[float, float]] = []
 
     def servers() -> list[str]:

@@ -46,3 +46,11 @@ def ids_from_workflow_id(workflow_id: str) -> dict[str, str]:
     if fields is None or len(parts) < len(fields) or not all(parts[: len(fields)]):
         return {}
     return dict(zip(fields, parts, strict=False))
+
+
+def team_of_workflow_id(workflow_id: str) -> str | None:
+    """The team a workflow id names (`pool/ops/web` -> "ops"; the formats `ids_from_workflow_id` reads), or
+    None for an id that names no team (the system's workflows: housekeeping, balancer statistics) or whose
+    team part is not a team name."""
+    team = ids_from_workflow_id(workflow_id).get("team")
+    return team if team is not None and NAME_RE.match(team) else None

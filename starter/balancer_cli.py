@@ -15,6 +15,7 @@ from poolctl.domain.errors import NotFoundError
 from poolctl.settings import get_settings
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
 from poolctl.starter.spec_yaml import decode_spec_bytes, load_yaml_documents
+from poolctl.starter.teams import listing_scope_or_exit
 from poolctl.store import queries as store
 from poolctl.store.db import session_scope
 
@@ -22,12 +23,18 @@ balancer_app = typer.Typer(
     help="Load balancers: run a built-in one, show statistics (alias: `poolctl lb`).", no_args_is_help=True
 )
 
-TeamOpt = Annotated[str | None, typer.Option("--team", "-t", help="Team of the pool [default: any team].")]
+TeamOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--team", "-t", help="Team of the pool [default: yours (team token); an operator: any team]."
+    ),
+]
 PoolOpt = Annotated[str | None, typer.Option("--pool", "-p", help="Pool the balancer belongs to.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
 
 def _stored(name: str, pool: str | None, team: str | None) -> store.StoredBalancer:
+    team = listing_scope_or_exit(team)  # a team's caller finds only its own team's balancers
     try:
         with session_scope(get_settings().resolved_database_url) as s:
             return store.get_balancer(s, name, team, pool)
@@ -127,13 +134,13 @@ def haproxy_config(
 
 @balancer_app.command("list")
 def list_balancers(team: TeamOpt = None, pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
-    """Every load balancer in the store."""
+    """Every load balancer in the store (a team's caller: its team's)."""
     with session_scope(get_settings().resolved_database_url) as s:
         data = [
             {"team": b.team, "pool": b.pool, "name": b.spec.name, "driver": b.spec.driver,
              "listen": f"{b.spec.ip_address}:{b.spec.port}", "algorithm": b.spec.algorithm,
              "sticky": b.spec.sticky_sessions, "status": b.spec.status}
-            for b in store.list_balancers(s, team, pool)
+            for b in store.list_balancers(s, listing_scope_or_exit(team), pool)
         ]  # fmt: skip
     if as_json:
         print_json(data)

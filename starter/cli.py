@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.markup import escape
+from temporalio.client import WorkflowQueryFailedError
 
 from poolctl.domain.errors import NotFoundError, SpecError
 from poolctl.payload_codec import PayloadKeyError
@@ -21,6 +22,7 @@ from poolctl.starter import (
     pool_ops,
     runner,
     schedules_cli,
+    teams,
     waiting,
 )
 from poolctl.starter.balancer_cli import balancer_app
@@ -38,6 +40,7 @@ from poolctl.starter.progress import wait_with_progress
 from poolctl.starter.specfile import load_spec_files, stored_pools
 from poolctl.store import queries
 from poolctl.store.db import migrate, session_scope
+from poolctl.team_auth import TeamAuthError
 from poolctl.temporal_client import connect
 
 app = typer.Typer(
@@ -66,6 +69,7 @@ app.command()(schedules_cli.schedules)
 app.add_typer(local_cli.local_app, name="local")
 app.add_typer(balancer_app, name="balancer")
 app.add_typer(balancer_app, name="lb")
+app.add_typer(teams.team_app, name="team")
 
 T = TypeVar("T")
 
@@ -87,7 +91,8 @@ def _settings() -> Settings:
 
 
 def _team(team: str | None) -> str:
-    return team or _settings().team
+    """The team a command acts for: the caller's (`poolctl.starter.teams`); exit 2 for another team's."""
+    return teams.team_or_exit(team)
 
 
 def run(make: Callable[[], Awaitable[T]], timeout: float = waiting.DEFAULT_TIMEOUT_S) -> T:
@@ -104,6 +109,14 @@ def run(make: Callable[[], Awaitable[T]], timeout: float = waiting.DEFAULT_TIMEO
         fail(str(e), EXIT_BAD_INPUT)
     except PayloadKeyError as e:  # a missing or wrong payload key (docs/security.md#secrets)
         fail(str(e))
+    except TeamAuthError as e:  # a malformed team token or key (docs/security.md#teams)
+        fail(str(e), EXIT_BAD_INPUT)
+    except WorkflowQueryFailedError as e:  # what the worker's team check does to a token it did not issue
+        fail(
+            f"refused: the workflow failed the query ({e}): the worker refuses a team token that its key did "
+            "not issue (its log says why)",
+            EXIT_BAD_INPUT,
+        )
 
 
 async def _client() -> Any:
@@ -208,6 +221,7 @@ def apply(
         docs = load_spec_files(files, stored_pools(_settings().resolved_database_url))
     except SpecError as e:
         fail(str(e), EXIT_BAD_INPUT)
+    docs = teams.documents_or_exit(docs)  # a team's caller applies only its own team's pools
 
     async def go() -> list[pool_ops.ApplyOutcome]:
         client = await _client()  # reach Temporal before writing anything
@@ -249,10 +263,11 @@ def status(
 ) -> None:
     """Pools with their size, bounds and state (live from the pool workflows)."""
     s = _settings()
+    scope = _team(team) if pool else teams.listing_scope_or_exit(team)  # a team's caller sees its own pools
 
     async def go() -> list[dict[str, Any]]:
         with session_scope(s.resolved_database_url) as db:
-            rows = [queries.get_pool(db, _team(team), pool)] if pool else queries.list_pools(db, team)
+            rows = [queries.get_pool(db, scope, pool)] if pool and scope else queries.list_pools(db, scope)
             pools = [
                 (r.team.name, r.name, r.min_servers, r.max_servers, r.status, r.status_reason) for r in rows
             ]

@@ -87,6 +87,13 @@ def up(settings: Settings, *, say=print) -> None:  # type: ignore[no-untyped-def
         from poolctl.payload_codec import ensure_dev_key
 
         say(f"payload encryption key: {ensure_dev_key(settings)} (set POOLCTL_PAYLOAD_KEY to use your own)")
+    if settings.team_auth_key is None:  # the worker checks team credentials with it; this CLI is operator
+        from poolctl import team_auth
+
+        say(
+            f"team auth key: {team_auth.ensure_dev_key(settings)} (you act as operator of every team; "
+            "`poolctl team token TEAM` issues a team's token)"
+        )
     tpid = read_pid(p["temporal_pid"])
     holder = port_holder(port) if not pid_alive(tpid) and port_open(host, port) else None
     if pid_alive(tpid):

@@ -18,6 +18,7 @@ from poolctl.domain.pool_spec import PoolSpec
 from poolctl.settings import Settings, get_settings
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
 from poolctl.starter.runner import run_command
+from poolctl.starter.teams import team_or_exit
 from poolctl.store import queries
 from poolctl.store.db import session_scope
 from poolctl.store.models import HealthCheck
@@ -135,7 +136,7 @@ def health(
 
     Counters and latency are live (read from each probe loop's last heartbeat) when Temporal is
     reachable, else as of the last transition stored; uptime comes from stored transitions."""
-    t = team or get_settings().team
+    t = team_or_exit(team)  # the caller's team (poolctl.starter.teams)
     try:
         with session_scope(get_settings().resolved_database_url) as s:
             ids = [srv.id for srv in queries.list_servers(s, t, pool)]

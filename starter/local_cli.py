@@ -11,6 +11,7 @@ import typer
 from poolctl.domain.errors import NotFoundError
 from poolctl.settings import get_settings
 from poolctl.starter.output import EXIT_BAD_INPUT, console, fail
+from poolctl.starter.teams import team_or_exit
 from poolctl.store import queries
 from poolctl.store.db import session_scope
 
@@ -25,7 +26,7 @@ TeamOpt = Annotated[str | None, typer.Option("--team", "-t", help="Team that own
 
 
 def _server_url(team: str | None, pool: str, server: str | None) -> tuple[str, str]:
-    t = team or get_settings().team
+    t = team_or_exit(team)  # the caller's team (poolctl.starter.teams)
     with session_scope(get_settings().resolved_database_url) as s:
         try:
             rows = queries.list_servers(s, t, pool)

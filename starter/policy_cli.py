@@ -23,6 +23,7 @@ from poolctl.starter import policy_ops, pool_ops, waiting
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
 from poolctl.starter.runner import run_command
 from poolctl.starter.specfile import load_spec_files
+from poolctl.starter.teams import team_or_exit
 from poolctl.store import queries
 from poolctl.store.db import session_scope
 from poolctl.store.queries import list_policy_decisions
@@ -36,7 +37,10 @@ policy_app = typer.Typer(
 )
 
 TeamOpt = Annotated[
-    str | None, typer.Option("--team", "-t", help="Team that owns the pool [default: POOLCTL_TEAM].")
+    str | None,
+    typer.Option(
+        "--team", "-t", help="Team that owns the pool [default: your team token's, or POOLCTL_TEAM]."
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 PoolArg = Annotated[str, typer.Argument(help="Pool name.")]
@@ -44,7 +48,7 @@ PolicyArg = Annotated[str, typer.Argument(help="Policy name.")]
 
 
 def _team(team: str | None) -> str:
-    return team or get_settings().team
+    return team_or_exit(team)  # the caller's team (poolctl.starter.teams); exit 2 for another team's
 
 
 def _run(coro_fn: Any) -> Any:

@@ -17,12 +17,15 @@ from temporalio.testing import WorkflowEnvironment
 from poolctl import search_attributes
 from poolctl.payload_codec import new_key_text
 from poolctl.settings import Settings
-from poolctl.temporal_client import DATA_CONVERTER
+from poolctl.temporal_client import DATA_CONVERTER, rebuild_client
 
 VENV_BIN = Path(sys.executable).parent
 # One payload key for the whole session (the session's Temporal client, in-process and subprocess workers,
 # CLI runs): each test's own state dir would otherwise generate its own key (poolctl.payload_codec).
 os.environ.setdefault("POOLCTL_PAYLOAD_KEY", new_key_text())
+# Likewise one team auth key (poolctl.team_auth): the session's client, workers and CLI runs hold it, so
+# they act as an operator for whatever team a test names; tests of team isolation use team tokens.
+os.environ.setdefault("POOLCTL_TEAM_AUTH_KEY", new_key_text())
 PG_URL = os.environ.get("POOLCTL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -83,7 +86,8 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=DATA_CONVERTER,
         dev_server_extra_args=["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=200"],
     )
-    yield env
+    # the session's client as poolctl builds one: headers encrypted, messages signed with the team auth key
+    yield WorkflowEnvironment.from_client(rebuild_client(env.client, Settings()))
     record_to = os.environ.get("POOLCTL_RECORD_HISTORIES")
     if record_to:  # `make histories`: keep this session's workflow runs for the replay tests
         from tests.replay import harvest

@@ -18,6 +18,8 @@ HISTORIES_DIR = Path(__file__).parent / "histories"
 # Payloads in recorded histories are encrypted (every payload is, see payload_codec.py): `make histories`
 # records with this fixed, test-only key so the replay test can decrypt them in any later session.
 HISTORY_PAYLOAD_KEY = "bLMIRQX2OvnTPPQK9P2KWRko8qEpYRr7KBfDAE3YGK8="
+# Likewise the team auth key: messages in a history carry proofs made with it, and the replay checks them.
+HISTORY_TEAM_AUTH_KEY = "3q0Zy0m7yJ3j9cKc1rVQn8n2Qe9mM3m0oWm6Qd3l6Yk="
 PER_TYPE = 3  # runs kept per workflow type: the longest ones exercise the most code
 MAX_EVENTS = 1500  # keep files small: a longer run is skipped in favour of a shorter one
 

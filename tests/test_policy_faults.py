@@ -19,6 +19,8 @@ from poolctl.domain.names import policy_workflow_id
 from poolctl.domain.policy_spec import PolicySpec
 from poolctl.domain.policy_state import PolicyInput
 from poolctl.settings import Settings
+from poolctl.team_auth import load_team_keys
+from poolctl.team_interceptor import TeamAuthInterceptor
 from tests.faulty_policy import INJECTED_FAULT, PolicyWorkflowWithInjectedFault
 from tests.helpers import apply_yaml, eventually, settled
 from tests.policy_helpers import metric_server, policy_state, stored_decisions
@@ -63,6 +65,7 @@ pools:
                 task_queue=faulty_queue,
                 workflows=[PolicyWorkflowWithInjectedFault],
                 activities=[metrics.read_policy_metric, metrics.record_policy_decision],
+                interceptors=[TeamAuthInterceptor(load_team_keys(settings))],
             )
         )
         handle = await client.start_workflow(

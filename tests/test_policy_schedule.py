@@ -18,6 +18,8 @@ from poolctl import search_attributes
 from poolctl.domain.names import policy_workflow_id
 from poolctl.settings import Settings
 from poolctl.starter import policy_ops
+from poolctl.team_auth import credentials_from
+from poolctl.team_interceptor import TeamClientInterceptor
 from poolctl.temporal_client import DATA_CONVERTER
 from tests.conftest import VENV_BIN
 from tests.helpers import apply_yaml, pool_view
@@ -30,7 +32,10 @@ ZONE = "America/New_York"
 @pytest.fixture
 async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(VENV_BIN / "temporal-test-server"), data_converter=DATA_CONVERTER
+        test_server_existing_path=str(VENV_BIN / "temporal-test-server"),
+        data_converter=DATA_CONVERTER,
+        # signed as the worker signs (team auth key from the environment); headers in clear on this server
+        interceptors=[TeamClientInterceptor(credentials_from(Settings()))],
     )
     await env.client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
