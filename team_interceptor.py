@@ -2,8 +2,8 @@
 every start, signal, update and query, and the worker interceptor that checks it inside each workflow
 before the workflow sees the message (`poolctl.team_auth` says what a proof is).
 
-A team's workflow (id `pool/TEAM/...`, `policy/...`, `scale/...`, `health/...`) accepts a message only with
-a proof made with TEAM's token: an update without one is rejected by its validator (no history event), a
+A team's workflow (id `pool/TEAM/...`, `policy/...`, `scale/...`, `health/...`, `notify/...`) accepts a
+message only with a proof made with TEAM's token: an update without one is rejected by its validator (no history event), a
 query fails, a signal is dropped (and logged), and a start fails the new run before it does anything.
 Messages a workflow sends (children it starts and signals, continue-as-new, signals to its pool) carry a
 proof made with the worker's key, for the team the target's id names. See docs/security.md#teams."""
