@@ -92,7 +92,9 @@ def test_worker_environment_names_real_settings(compose: dict[str, Any]) -> None
     assert env["POOLCTL_BALANCER_ADMIN_HOST"] == "balancer"
     # Temporal is remote here: the payload key must be given (compose refuses to start without it)
     assert env["POOLCTL_PAYLOAD_KEY"].startswith("${POOLCTL_PAYLOAD_KEY:?")
-    assert env["POOLCTL_TEAM_AUTH_KEY"].startswith("${POOLCTL_TEAM_AUTH_KEY:?")  # the same for the team auth key
+    assert env["POOLCTL_TEAM_AUTH_KEY"].startswith(
+        "${POOLCTL_TEAM_AUTH_KEY:?"
+    )  # the same for the team auth key
     # the worker's settings parse as the worker would read them
     values = {
         k.removeprefix("POOLCTL_").lower(): v
