@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from poolctl.activities.balancer_activities import BalancerActivities
 from poolctl.activities.drift import DriftActivities
@@ -77,17 +78,24 @@ def activities_for(settings: Settings) -> list[object]:
     ]
 
 
-def build_worker(client: Client, settings: Settings) -> Worker:
+def build_worker(
+    client: Client, settings: Settings, *, interceptors: Sequence[Interceptor] | None = None
+) -> Worker:
     """The worker: every workflow and activity, and the team check on every message to a team's workflow
     (`poolctl.team_interceptor`; raises TeamAuthError when the settings hold no team auth key). `client`
-    must decode headers (`poolctl.temporal_client.client_options`)."""
+    must decode headers (`poolctl.temporal_client.client_options`). `interceptors` replaces the team check:
+    only for the Java time-skipping test server, which drops the headers of workflow-to-workflow signals."""
     install_log_ids()  # activity and workflow log lines carry team / pool / policy (poolctl.log_ids)
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
         activities=activities_for(settings),
-        interceptors=[TeamAuthInterceptor(load_team_keys(settings), settings.team_auth_legacy_before)],
+        interceptors=(
+            [TeamAuthInterceptor(load_team_keys(settings), settings.team_auth_legacy_before)]
+            if interceptors is None
+            else interceptors
+        ),
         max_cached_workflows=settings.worker_max_cached_workflows,
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=10),
