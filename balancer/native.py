@@ -1,9 +1,10 @@
-"""The built-in balancer's optional compiled hot path: `balancer/http1.py` compiled to C by mypyc.
+"""The built-in balancer's optional compiled hot path: `balancer/http1.py` and `balancer/stats.py`
+compiled to C by mypyc.
 
 `make native` (`build()`) builds it into `balancer/_native/` (not in git), with
 the SHA-256 of the sources it was built from. `enable(__path__)`, called by the package, puts that folder
 first on the package's path only when those sources are unchanged, so a stale build never shadows an edited
-`http1.py`: without a build, after an edit, on another Python version, or with `POOLCTL_PURE_PYTHON=1`,
+module: without a build, after an edit, on another Python version, or with `POOLCTL_PURE_PYTHON=1`,
 the pure-Python module runs. Same source, same behaviour; the compiled one costs about 40 % less CPU per
 request (docs/benchmarks.md). Building needs mypy (the `dev` extra) and a C compiler; running needs neither.
 """
@@ -21,8 +22,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent  # balancer/
 ROOT = PACKAGE_DIR.parent  # the poolctl package (the repository root)
 NATIVE_DIR = PACKAGE_DIR / "_native"
 STAMP = NATIVE_DIR / "SOURCES.sha256"
-# the compiled module, and the modules whose constants mypyc may have folded into it
-SOURCES = ("balancer/http1.py", "domain/balancing.py")
+MODULES = ("http1", "stats")  # compiled, each on its own
+# the compiled modules, and the one whose constants mypyc may have folded into them
+SOURCES = ("balancer/http1.py", "balancer/stats.py", "domain/balancing.py")
 DISABLE_ENV = "POOLCTL_PURE_PYTHON"
 
 
@@ -65,13 +67,14 @@ def active() -> bool:
 
 
 def build() -> None:
-    """Compile `balancer/http1.py` with mypyc into `balancer/_native/`. Raises NativeBuildError (with
-    mypyc's output) when mypyc or the C compiler fails; the pure-Python module keeps running then."""
+    """Compile `MODULES` with mypyc into `balancer/_native/`. Raises NativeBuildError (with mypyc's
+    output) when mypyc or the C compiler fails; the pure-Python modules keep running then."""
     import shutil
     import subprocess
     import tempfile
 
     digest = source_digest()
+    suffix = str(sysconfig.get_config_var("EXT_SUFFIX"))
     with tempfile.TemporaryDirectory(prefix="poolctl-native-") as tmp:
         tree = Path(tmp) / "poolctl"  # a copy: mypyc writes its output beside the source it compiles
         shutil.copytree(
@@ -81,19 +84,21 @@ def build() -> None:
                 ".*", "_native", "__pycache__", "build", "dist", "*.egg-info", "tests"
             ),
         )
-        done = subprocess.run(
-            [sys.executable, "-m", "mypyc", "poolctl/balancer/http1.py"],
-            cwd=tmp,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": tmp, "MYPYPATH": tmp},
-        )
-        if done.returncode != 0:
-            raise NativeBuildError(
-                f"mypyc failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-4000:]}"
+        for module in MODULES:  # one at a time: each build is then a module of this package
+            done = subprocess.run(
+                [sys.executable, "-m", "mypyc", f"poolctl/balancer/{module}.py"],
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": tmp, "MYPYPATH": tmp},
             )
+            if done.returncode != 0:
+                output = (done.stdout + done.stderr)[-4000:]
+                raise NativeBuildError(f"mypyc {module}.py failed (exit {done.returncode}):\n{output}")
         shutil.rmtree(NATIVE_DIR, ignore_errors=True)
         NATIVE_DIR.mkdir()
-        for so in (tree / "balancer").glob("http1*" + str(sysconfig.get_config_var("EXT_SUFFIX"))):
-            shutil.copy2(so, NATIVE_DIR / so.name)
+        for module in MODULES:
+            for name in (module + suffix, module + "__mypyc" + suffix):
+                if (tree / "balancer" / name).exists():
+                    shutil.copy2(tree / "balancer" / name, NATIVE_DIR / name)
     STAMP.write_text(digest + "\n")
