@@ -115,7 +115,8 @@ class PoolState(Message):
     synced_members: str | None = Field(default=None, description="fingerprint of the last balancer sync")
     health_spec_changed: bool = Field(default=False, description="running checks still need the new spec")
     epoch: str = Field(
-        default="", description="first run of this pool's workflow chain; part of idempotency keys"
+        default="",
+        description="random tail of the first run id of this pool's workflow chain; part of idempotency keys",
     )
 
 

@@ -125,7 +125,11 @@ class PoolWorkflow(PoolSignals):
         known = {s.server_id for s in self.state.servers}
         self.state.servers.extend(s for s in servers if s.server_id not in known)
         self.state.adopted = True
-        self.state.epoch = workflow.info().run_id[:8]
+        # the run id's random tail: a UUIDv7 run id starts with its creation time, so two pool chains
+        # created within a minute of each other (a pool deleted and applied again) shared `run_id[:8]`
+        # and with it every idempotency key: the new chain's first provision found the old one's
+        # terminated server
+        self.state.epoch = workflow.info().run_id.replace("-", "")[-12:]
 
     async def _converge_spec(self) -> None:
         """Bring the store and the policy workflows in line with the spec this workflow holds. Idempotent
