@@ -90,20 +90,65 @@ def rebuild_client(client: Client, settings: Settings, credentials: TeamCredenti
     return Client(client.service_client, namespace=client.namespace, **client_options(settings, credentials))
 
 
+class TemporalUnreachable(RuntimeError):
+    """Temporal could not be reached at `address`: `reason` is short ("connection refused", "address not
+    found", "TLS handshake failed", ...); the message is one line, with no SDK or Rust dump."""
+
+    def __init__(self, address: str, reason: str):
+        self.address = address
+        self.reason = reason
+        super().__init__(f"cannot reach Temporal at {address} ({reason})")
+
+
+_REASONS = (  # (text in the SDK's connect error, lower case; what to say)
+    ("connection refused", "connection refused"),
+    ("dns error", "address not found"),
+    ("failed to lookup address", "address not found"),
+    ("timed out", "timed out"),
+    ("deadline", "timed out"),
+    ("certificate", "TLS certificate rejected"),
+    ("tls", "TLS handshake failed"),
+    ("invalid uri", "invalid address"),
+    ("unauthenticated", "not authenticated: check the API key or client certificate"),
+    ("permission", "permission denied: check the namespace and credentials"),
+    ("connection reset", "connection reset"),
+)
+
+
+def unreachable_reason(error_text: str) -> str:
+    """A short reason for the SDK's connect error text (`Failed client connect: ... tonic::transport::Error(
+    ... Os { code: 111, kind: ConnectionRefused, message: "Connection refused" })`): the first known cause
+    found in it, else the text's first clause without the Rust debug dump."""
+    low = error_text.lower()
+    for needle, said in _REASONS:
+        if needle in low:
+            return said
+    text = error_text.removeprefix("Failed client connect: ")
+    return text.split("(", 1)[0].split(": tonic", 1)[0].strip().rstrip(":") or "unknown error"
+
+
 async def connect(settings: Settings, *, runtime: Runtime | None = None) -> Client:
     """A client with poolctl's converter and team credentials (`client_options`) on `runtime` (the worker's, exporting SDK metrics), else on the
     runtime of the enclosing `command_runtime()` (a CLI command), else on temporalio's default runtime
-    (tests, which live as long as their process). TLS as `tls_config` says; raises RuntimeError when the
-    server cannot be reached or the TLS handshake fails."""
+    (tests, which live as long as their process). TLS as `tls_config` says.
+
+    Raises `TemporalUnreachable` (a RuntimeError) when the server cannot be reached or the TLS handshake
+    fails; the SDK's error is not chained to it and its frames are cleared, so nothing it referenced (the
+    connect config, hence the command's runtime) outlives the call."""
     tls = tls_config(settings)
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        **client_options(settings),
-        api_key=settings.temporal_api_key,
-        tls=tls if tls is not None else False,
-        runtime=runtime or (_command_runtime[-1] if _command_runtime else None),
-    )
+    try:
+        return await Client.connect(
+            settings.temporal_address,
+            namespace=settings.temporal_namespace,
+            **client_options(settings),
+            api_key=settings.temporal_api_key,
+            tls=tls if tls is not None else False,
+            runtime=runtime or (_command_runtime[-1] if _command_runtime else None),
+        )
+    except RuntimeError as e:
+        clear_frames(e)
+        reason = unreachable_reason(str(e))
+    raise TemporalUnreachable(settings.temporal_address, reason)
 
 
 _left_behind: list[str] = []

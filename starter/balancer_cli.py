@@ -26,7 +26,7 @@ balancer_app = typer.Typer(
 TeamOpt = Annotated[
     str | None,
     typer.Option(
-        "--team", "-t", help="Team of the pool [default: yours (team token); an operator: any team]."
+        "--team", "-t", help="Team of the pool.  \\[default: yours (team token); an operator: any team]"
     ),
 ]
 PoolOpt = Annotated[str | None, typer.Option("--pool", "-p", help="Pool the balancer belongs to.")]
@@ -61,10 +61,11 @@ def serve(
     pool: PoolOpt = None,
     team: TeamOpt = None,
     file: Annotated[
-        Path | None, typer.Option("--file", "-f", help="A YAML load balancer spec instead.")
+        Path | None, typer.Option("--file", "-f", metavar="FILE", help="A YAML load balancer spec instead.")
     ] = None,
     member: Annotated[
-        list[str] | None, typer.Option(help="Initial member id=host:port[@weight] (with -f).")
+        list[str] | None,
+        typer.Option(metavar="ID=HOST:PORT[@WEIGHT]", help="Initial member (with -f); repeatable."),
     ] = None,
     no_uvloop: Annotated[bool, typer.Option("--no-uvloop", help="Use the default asyncio loop.")] = False,
 ) -> None:

@@ -8,10 +8,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.markup import escape
-from temporalio.client import WorkflowQueryFailedError
+from typer.core import TyperGroup
 
 from poolctl.domain.errors import NotFoundError, SpecError
-from poolctl.payload_codec import PayloadKeyError
 from poolctl.settings import Settings, get_settings
 from poolctl.starter import (
     balancer_stack,
@@ -26,6 +25,7 @@ from poolctl.starter import (
     waiting,
 )
 from poolctl.starter.balancer_cli import balancer_app
+from poolctl.starter.help_format import install as install_help_format
 from poolctl.starter.output import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -40,9 +40,9 @@ from poolctl.starter.progress import wait_with_progress
 from poolctl.starter.specfile import load_spec_files, stored_pools
 from poolctl.store import queries
 from poolctl.store.db import migrate, session_scope
-from poolctl.team_auth import TeamAuthError
 from poolctl.temporal_client import connect
 
+install_help_format()
 app = typer.Typer(
     name="poolctl",
     help="Keep server pools at the right size and traffic on healthy servers, durably, on Temporal.\n\n"
@@ -52,11 +52,28 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # docstrings' line breaks inside a paragraph are not kept; `code` shows
 )
 dev_app = typer.Typer(
     help="Run the embedded stack (Temporal dev server + worker) in the background.", no_args_is_help=True
 )
-delete_app = typer.Typer(help="Delete things (their servers are terminated first).", no_args_is_help=True)
+
+
+class _DeleteGroup(TyperGroup):
+    """`poolctl delete NAME` (no kind given) says to write `poolctl delete pool NAME`."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except typer.TyperException as e:  # Typer's (vendored click's) UsageError
+            if args and not args[0].startswith("-") and "Did you mean" not in e.message:
+                e.message = f"No such command {args[0]!r}. Did you mean: poolctl delete pool {args[0]}"
+            raise
+
+
+delete_app = typer.Typer(
+    help="Delete things (their servers are terminated first).", no_args_is_help=True, cls=_DeleteGroup
+)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
 app.add_typer(delete_app, name="delete")
@@ -68,20 +85,24 @@ app.command()(health_cli.health)
 app.command()(schedules_cli.schedules)
 app.add_typer(local_cli.local_app, name="local")
 app.add_typer(balancer_app, name="balancer")
-app.add_typer(balancer_app, name="lb")
+app.add_typer(balancer_app, name="lb", hidden=True)  # `poolctl lb` is `poolctl balancer`, listed once
 app.add_typer(teams.team_app, name="team")
 
 T = TypeVar("T")
 
 TeamOpt = Annotated[
     str | None,
-    typer.Option("--team", "-t", help="Team that owns the pool [default: POOLCTL_TEAM or 'default']."),
+    typer.Option(
+        "--team", "-t", help="Team that owns the pool.  \\[default: your team token's, else POOLCTL_TEAM]"
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
-TimeoutOpt = Annotated[
+TimeoutOpt = Annotated[float, typer.Option(help=waiting.TIMEOUT_HELP)]
+WaitTimeoutOpt = Annotated[
     float,
     typer.Option(
-        help="Seconds to wait for a worker (and, with --wait, for the pool to settle); exit code 3 when they run out."
+        help="Seconds to wait for a worker to answer and, with --wait, for the pool to reach its size; "
+        "exit code 3 when they run out."
     ),
 ]
 
@@ -96,37 +117,14 @@ def _team(team: str | None) -> str:
 
 
 def run(make: Callable[[], Awaitable[T]], timeout: float = waiting.DEFAULT_TIMEOUT_S) -> T:
-    """Run a command's async body (see `runner.run_async`: the Temporal runtime is shut down before the loop
-    closes, `waiting.for_worker` calls share the `timeout` budget), turning poolctl's errors into one line
-    and the documented exit codes: 2 bad input or refused, 3 timed out waiting, 130 Ctrl-C, 1 the rest."""
-    try:
-        return runner.run_command(make, timeout)
-    except SpecError as e:
-        fail(str(e), EXIT_BAD_INPUT)
-    except pool_ops.RequestRefused as e:
-        fail(f"refused: {e}", EXIT_BAD_INPUT)
-    except NotFoundError as e:
-        fail(str(e), EXIT_BAD_INPUT)
-    except PayloadKeyError as e:  # a missing or wrong payload key (docs/security.md#secrets)
-        fail(str(e))
-    except TeamAuthError as e:  # a malformed team token or key (docs/security.md#teams)
-        fail(str(e), EXIT_BAD_INPUT)
-    except WorkflowQueryFailedError as e:  # what the worker's team check does to a token it did not issue
-        fail(
-            f"refused: the workflow failed the query ({e}): the worker refuses a team token that its key did "
-            "not issue (its log says why)",
-            EXIT_BAD_INPUT,
-        )
+    """Run a command's async body (see `runner.run_command`: the Temporal runtime is shut down before the
+    loop closes, `waiting.for_worker` calls share the `timeout` budget, and poolctl's errors become one
+    line with the documented exit code)."""
+    return runner.run_command(make, timeout)
 
 
 async def _client() -> Any:
-    s = _settings()
-    try:
-        return await connect(s)
-    except RuntimeError as e:
-        fail(
-            f"cannot reach Temporal at {s.temporal_address} ({e}).\nStart the embedded stack with `poolctl dev up`."
-        )
+    return await connect(_settings())
 
 
 # ---- dev stack --------------------------------------------------------------------------------------
@@ -194,7 +192,9 @@ def dev_status(as_json: JsonOpt = False) -> None:
 
 @app.command()
 def validate(
-    files: Annotated[list[Path], typer.Option("--file", "-f", help="Spec file (YAML); repeatable.")],
+    files: Annotated[
+        list[Path], typer.Option("--file", "-f", metavar="FILE", help="Spec file (YAML); repeatable.")
+    ],
 ) -> None:
     """Check spec files without applying anything."""
     try:
@@ -207,9 +207,11 @@ def validate(
 
 @app.command()
 def apply(
-    files: Annotated[list[Path], typer.Option("--file", "-f", help="Spec file (YAML); repeatable.")],
+    files: Annotated[
+        list[Path], typer.Option("--file", "-f", metavar="FILE", help="Spec file (YAML); repeatable.")
+    ],
     wait: Annotated[bool, typer.Option(help="Wait until every pool reaches its size.")] = True,
-    timeout: TimeoutOpt = waiting.DEFAULT_TIMEOUT_S,
+    timeout: WaitTimeoutOpt = waiting.DEFAULT_TIMEOUT_S,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate specs and send each pool's whole spec to its workflow (started if none runs).
@@ -429,7 +431,7 @@ def scale(
     team: TeamOpt = None,
     reason: Annotated[str, typer.Option(help="Recorded as the cause of the scaling event.")] = "manual scale",
     wait: Annotated[bool, typer.Option(help="Wait until the pool reaches the new size.")] = True,
-    timeout: TimeoutOpt = waiting.DEFAULT_TIMEOUT_S,
+    timeout: WaitTimeoutOpt = waiting.DEFAULT_TIMEOUT_S,
 ) -> None:
     """Set a pool's desired size by hand. Out-of-range requests are refused and change nothing."""
     t = _team(team)
@@ -503,6 +505,64 @@ def worker() -> None:
     from poolctl.worker import main as worker_main
 
     worker_main()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            console.print(f"poolctl {version('poolctl')}", highlight=False)
+        except PackageNotFoundError:
+            console.print("poolctl (not installed: run from a checkout)", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print poolctl's version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
+HELP_PANELS = {  # `poolctl --help` lists commands under these headings, in this order
+    "Start here": ["demo", "dev"],
+    "Pools and load balancers": [
+        "apply",
+        "validate",
+        "status",
+        "servers",
+        "events",
+        "health",
+        "scale",
+        "delete",
+        "balancer",
+        "lb",
+    ],
+    "Policies": ["policy", "simulate", "load"],
+    "Operations": ["team", "schedules", "local", "worker", "db"],
+}
+
+
+def _arrange_help() -> None:
+    order = [name for names in HELP_PANELS.values() for name in names]
+    panel = {name: title for title, names in HELP_PANELS.items() for name in names}
+
+    def name(info: Any) -> str:
+        return str(info.name or info.callback.__name__).replace("_", "-")
+
+    for infos in (app.registered_commands, app.registered_groups):
+        infos.sort(key=lambda i: order.index(name(i)) if name(i) in order else len(order))
+        for info in infos:
+            info.rich_help_panel = panel.get(name(info), "Other")
+
+
+_arrange_help()
 
 
 def main() -> None:

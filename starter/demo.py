@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from rich.console import Group
 from rich.panel import Panel
+from rich.table import Table
 from temporalio.client import Client
 
+from poolctl.domain.errors import SpecError
 from poolctl.domain.pool_spec import PoolSpec, SpecDocument
 from poolctl.settings import Settings
 from poolctl.starter import balancer_stack, devstack, pool_ops
-from poolctl.starter.output import console, fail, table
+from poolctl.starter.output import EXIT_BAD_INPUT, console, fail, table
 from poolctl.starter.progress import wait_with_progress
 from poolctl.starter.runner import run_command
 from poolctl.starter.specfile import load_spec_files
@@ -48,7 +51,11 @@ def run_demo(settings: Settings, spec_path: Path = DEMO_SPEC, *, with_load: bool
         fail(str(e))
     if settings.worker_metrics_port:
         say(f"  worker metrics: curl http://127.0.0.1:{settings.worker_metrics_port}/metrics | grep poolctl_")
-    docs = load_spec_files([spec_path])
+    try:
+        docs = load_spec_files([spec_path])
+    except SpecError as e:
+        fail(str(e), EXIT_BAD_INPUT)
+    # errors inside (a refused apply, Temporal gone, ...) are one line and an exit code: runner.run_command
     run_command(lambda: _story(settings, spec_path, docs[0], with_load), DEMO_TIMEOUT_S)
 
 
@@ -72,29 +79,36 @@ async def _story(settings: Settings, spec_path: Path, doc: SpecDocument, with_lo
     ui = devstack.ui_url(settings)
     console.print(
         Panel.fit(
-            f'Temporal UI: [bold]{ui}[/]  (filter: PoolId = "{doc.team}/{spec.name}")\n'
-            + (f"Balancer:    [bold]{lb_url}/[/]\n" if lb_url else "")
-            + _metrics_line(settings)
-            + "\nTry next (as .venv/bin/poolctl, or `source .venv/bin/activate` first):\n"
-            + _commands(spec.name),
+            Group(
+                f'Temporal UI: [bold]{ui}[/]  (filter: PoolId = "{doc.team}/{spec.name}")\n'
+                + (f"Balancer:    [bold]{lb_url}/[/]\n" if lb_url else "")
+                + _metrics_line(settings)
+                + "\nTry next (as .venv/bin/poolctl, or `source .venv/bin/activate` first):",
+                _commands(spec.name),
+            ),
             title="poolctl demo is up",
         )
     )
 
 
-def _commands(pool: str) -> str:
+def _commands(pool: str) -> Table:
+    """Commands to try, each with what it shows (fits 80 columns; narrower, only a comment wraps)."""
     rows = [
         ("poolctl status", "pools: size, state, last action"),
         (f"poolctl health {pool}", "servers' health, counters, uptime"),
-        (f"poolctl scale {pool} --desired 5", "by hand (a policy may move it again)"),
-        (f"poolctl events {pool}", "every action with its cause and result"),
-        (f"poolctl local unhealthy {pool}", "break a server: watch it get replaced"),
-        ("poolctl lb stats demo-lb", "requests, success rate, per-server share"),
+        (f"poolctl scale {pool} --desired 5", "by hand (the policy may undo it)"),
+        (f"poolctl events {pool}", "each action, its cause and result"),
+        (f"poolctl local unhealthy {pool}", "break a server: see it replaced"),
+        ("poolctl lb stats demo-lb", "requests, success rate, share"),
         (f"poolctl scale {pool} --desired 50", "refused: outside min..max"),
-        ("poolctl dev down", "stop the stack (--purge removes everything)"),
+        ("poolctl dev down", "stop (--purge removes everything)"),
     ]
-    width = max(len(c) for c, _ in rows) + 2
-    return "\n".join(f"  {c.ljust(width)}# {why}" for c, why in rows)
+    grid = Table.grid(padding=(0, 2, 0, 0))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for command, why in rows:
+        grid.add_row(f"  {command}", f"# {why}")
+    return grid
 
 
 async def _wait_all_healthy(client: Client, team: str, pool: str, timeout: float) -> Any:
@@ -128,7 +142,8 @@ async def _show_balancer(spec: PoolSpec) -> str | None:
         return None
     lb = spec.load_balancers[0]
     url = f"http://{lb.ip_address}:{lb.port}"
-    console.rule(f"[bold]4. traffic through balancer {lb.name} ({lb.algorithm}) at {url}/")
+    console.rule(f"[bold]4. traffic through balancer {lb.name} ({lb.algorithm})")
+    say(f"  {url}/ spreads 60 requests over the pool's healthy servers")
     counts: collections.Counter[str] = collections.Counter()
     async with httpx.AsyncClient(timeout=5) as http:
         deadline = time.monotonic() + 30
@@ -217,7 +232,8 @@ async def _run_load(client: Client, team: str, spec: PoolSpec, lb_url: str | Non
     start = await pool_ops.query_status(client, team, spec.name)
     assert start is not None
     say(
-        f"\n  sending 60 req/s for 75 s{' through the balancer' if lb_url else ''}; the pool has {start.current}"
+        f"\n  sending 60 req/s for 75 s{' through the balancer' if lb_url else ''}; the pool has "
+        f"{start.current} servers"
     )
     load = asyncio.create_task(generate_load(urls, 60, 75))
     peak = start.current

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from sqlalchemy import select
+from temporalio.client import Client
 from temporalio.service import RPCError
 
 from poolctl.domain.errors import NotFoundError
@@ -16,12 +17,13 @@ from poolctl.domain.health_messages import WatchProgress
 from poolctl.domain.names import health_workflow_id
 from poolctl.domain.pool_spec import PoolSpec
 from poolctl.settings import Settings, get_settings
-from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
-from poolctl.starter.runner import run_command
+from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, err_console, fail, print_json, table
+from poolctl.starter.runner import run_command, start_hint
 from poolctl.starter.teams import team_or_exit
 from poolctl.store import queries
 from poolctl.store.db import session_scope
 from poolctl.store.models import HealthCheck
+from poolctl.temporal_client import TemporalUnreachable, connect
 
 
 async def live_statuses(team: str, pool: str, server_ids: list[str]) -> dict[str, HealthStatus]:
@@ -31,16 +33,25 @@ async def live_statuses(team: str, pool: str, server_ids: list[str]) -> dict[str
 
 
 async def live_progress(team: str, pool: str, server_ids: list[str]) -> dict[str, WatchProgress]:
-    """The last heartbeat of each server's running probe loop."""
-    from temporalio.client import Client
-
-    from poolctl.temporal_client import connect
-
-    out: dict[str, WatchProgress] = {}
+    """The last heartbeat of each server's running probe loop (empty if Temporal is away)."""
     try:
-        client: Client = await connect(get_settings())
-    except RuntimeError:
-        return out
+        client = await connect(get_settings())
+    except TemporalUnreachable:
+        return {}
+    return await _progress(client, team, pool, server_ids)
+
+
+async def live_or_unreachable(team: str, pool: str, server_ids: list[str]) -> dict[str, HealthStatus] | str:
+    """`live_statuses`, or why Temporal cannot be reached (one line) when it cannot."""
+    try:
+        client = await connect(get_settings())
+    except TemporalUnreachable as e:
+        return str(e)
+    return {sid: p.status for sid, p in (await _progress(client, team, pool, server_ids)).items()}
+
+
+async def _progress(client: Client, team: str, pool: str, server_ids: list[str]) -> dict[str, WatchProgress]:
+    out: dict[str, WatchProgress] = {}
     converter = client.data_converter
     for sid in server_ids:
         try:
@@ -109,6 +120,9 @@ def health_report(
                     last_error=(st.last_result.error if st.last_result else None) or row["last_error"],
                 )
             rows.append(row)
+        stored_at = [pool_row.updated_at] + [
+            t for c in checks.values() for t in (c.last_check_at, c.last_transition_at) if t is not None
+        ]
     states = [HealthState(r["state"]) for r in rows if r["state"] in {h.value for h in HealthState}]
     summary = summarize(states)
     return {
@@ -118,6 +132,7 @@ def health_report(
         "status": pool_row.status,
         "status_reason": pool_row.status_reason,
         "window_s": window_s,
+        "stored_as_of": max(stored_at),
         "summary": {"healthy": summary.healthy, "unhealthy": summary.unhealthy, "initial": summary.initial},
         "servers": rows,
     }
@@ -128,22 +143,37 @@ STATE_STYLE = {"healthy": "green", "unhealthy": "red", "initial": "yellow", "con
 
 def health(
     pool: Annotated[str, typer.Argument(help="Pool name.")],
-    team: Annotated[str | None, typer.Option("--team", "-t", help="Team that owns the pool.")] = None,
+    team: Annotated[
+        str | None,
+        typer.Option(
+            "--team", "-t", help="Team that owns the pool.  \\[default: your team token's, else POOLCTL_TEAM]"
+        ),
+    ] = None,
     window: Annotated[float, typer.Option(help="Uptime window in hours.")] = 24.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Servers' health under the pool's check: state, counters, last latency, uptime %; and the summary.
 
-    Counters and latency are live (read from each probe loop's last heartbeat) when Temporal is
-    reachable, else as of the last transition stored; uptime comes from stored transitions."""
+    Counters and latency are live (read from each probe loop's last heartbeat) when Temporal is reachable.
+    When it is not, the table is the last state stored, and a warning on stderr says so and how old it
+    is. Uptime comes from stored transitions."""
     t = team_or_exit(team)  # the caller's team (poolctl.starter.teams)
     try:
         with session_scope(get_settings().resolved_database_url) as s:
             ids = [srv.id for srv in queries.list_servers(s, t, pool)]
-        live = run_command(lambda: live_statuses(t, pool, ids))
-        report = health_report(t, pool, window * 3600, live=live)
+        live = run_command(lambda: live_or_unreachable(t, pool, ids))
+        unreachable = live if isinstance(live, str) else None
+        report = health_report(t, pool, window * 3600, live=None if unreachable else live)
     except NotFoundError as e:
         fail(str(e), EXIT_BAD_INPUT)
+    report["temporal_unreachable"] = unreachable
+    if unreachable:
+        err_console.print(
+            f"warning: {unreachable}: this is the last known state, stored {ago(report['stored_as_of'])} "
+            f"({start_hint(get_settings().temporal_address)})",
+            highlight=False,
+            soft_wrap=True,
+        )
     if as_json:
         print_json(report)
         return
@@ -175,7 +205,8 @@ def health(
     console.print(
         table(
             f"{pool}: {sm['healthy']} healthy, {sm['unhealthy']} unhealthy, {sm['initial']} initial "
-            f"(pool {report['status']})",
+            f"(pool {report['status']})"
+            + (f" as stored {ago(report['stored_as_of'])}" if unreachable else ""),
             [
                 "server",
                 "address",

@@ -22,7 +22,12 @@ local_app = typer.Typer(
 
 PoolArg = Annotated[str, typer.Argument(help="Pool name.")]
 ServerArg = Annotated[str | None, typer.Argument(help="Server id; the pool's oldest server when omitted.")]
-TeamOpt = Annotated[str | None, typer.Option("--team", "-t", help="Team that owns the pool.")]
+TeamOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--team", "-t", help="Team that owns the pool.  \\[default: your team token's, else POOLCTL_TEAM]"
+    ),
+]
 
 
 def _server_url(team: str | None, pool: str, server: str | None) -> tuple[str, str]:

@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from poolctl.domain.decision import Decision, same_recommendation
 from poolctl.domain.errors import NotFoundError, SpecError
+from poolctl.domain.policy_state import PolicyStateView
 from poolctl.settings import get_settings
 from poolctl.starter import policy_ops, pool_ops, waiting
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, fail, print_json, table
@@ -39,26 +40,21 @@ policy_app = typer.Typer(
 TeamOpt = Annotated[
     str | None,
     typer.Option(
-        "--team", "-t", help="Team that owns the pool [default: your team token's, or POOLCTL_TEAM]."
+        "--team", "-t", help="Team that owns the pool.  \\[default: your team token's, else POOLCTL_TEAM]"
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 PoolArg = Annotated[str, typer.Argument(help="Pool name.")]
 PolicyArg = Annotated[str, typer.Argument(help="Policy name.")]
+TimeoutOpt = Annotated[float, typer.Option(help=waiting.TIMEOUT_HELP)]
 
 
 def _team(team: str | None) -> str:
     return team_or_exit(team)  # the caller's team (poolctl.starter.teams); exit 2 for another team's
 
 
-def _run(coro_fn: Any) -> Any:
-    try:
-        return run_command(coro_fn)
-    except NotFoundError as e:
-        fail(str(e), EXIT_BAD_INPUT)
-    except RuntimeError as e:
-        s = get_settings()
-        fail(f"{e} (Temporal at {s.temporal_address}; start the stack with `poolctl dev up`)")
+def _run(coro_fn: Any, timeout: float = waiting.DEFAULT_TIMEOUT_S) -> Any:
+    return run_command(coro_fn, timeout)
 
 
 def _stored_policies(team: str, pool: str) -> list[tuple[str, str, bool]]:
@@ -71,7 +67,12 @@ def _stored_policies(team: str, pool: str) -> list[tuple[str, str, bool]]:
 
 
 @policy_app.command("list")
-def list_policies(pool: PoolArg, team: TeamOpt = None, as_json: JsonOpt = False) -> None:
+def list_policies(
+    pool: PoolArg,
+    team: TeamOpt = None,
+    as_json: JsonOpt = False,
+    timeout: TimeoutOpt = waiting.DEFAULT_TIMEOUT_S,
+) -> None:
     """A pool's policies: type, state, last metric and last recommendation (live from their workflows)."""
     t = _team(team)
     stored = _stored_policies(t, pool)
@@ -92,6 +93,9 @@ def list_policies(pool: PoolArg, team: TeamOpt = None, as_json: JsonOpt = False)
                     "type": v.type,
                     "strategy": v.strategy,
                     "status": v.status,
+                    "state": policy_ops.pause_state(v),
+                    "scale_in_paused": v.scale_in_paused,
+                    "scale_out_paused": v.scale_out_paused,
                     "interval_s": v.evaluation_interval,
                     "metric": v.last_metric,
                     "current": v.current,
@@ -103,7 +107,7 @@ def list_policies(pool: PoolArg, team: TeamOpt = None, as_json: JsonOpt = False)
             )
         return out
 
-    data = _run(go)
+    data = _run(go, timeout)
     if as_json:
         print_json(data)
         return
@@ -118,7 +122,7 @@ def list_policies(pool: PoolArg, team: TeamOpt = None, as_json: JsonOpt = False)
                 [
                     d["policy"],
                     f"{d['type']}" + (f"/{d['strategy']}" if d.get("strategy") else ""),
-                    d["status"],
+                    d.get("state", d["status"]),
                     f"{d['interval_s']:g}s" if d.get("interval_s") else "",
                     "n/a" if d.get("metric") is None else f"{d['metric']:.1f}",
                     d.get("current"),
@@ -154,6 +158,7 @@ def show(
     team: TeamOpt = None,
     limit: Annotated[int, typer.Option(help="How many decisions, newest first.")] = 10,
     as_json: JsonOpt = False,
+    timeout: TimeoutOpt = waiting.DEFAULT_TIMEOUT_S,
 ) -> None:
     """One policy: its state, the pool's cooldowns, and its latest decisions with formula and clamps."""
     t = _team(team)
@@ -164,7 +169,7 @@ def show(
         pool_view = await waiting.for_worker(pool_ops.query_status(client, t, pool))
         return {"view": view, "pool": pool_view}
 
-    got = _run(go)
+    got = _run(go, timeout)
     view, pview = got["view"], got["pool"]
     stored: list[Decision] = []
     with session_scope(get_settings().resolved_database_url) as s:
@@ -180,21 +185,12 @@ def show(
             }
         )
         return
-    flags = [
-        f
-        for f, on in (
-            ("paused", view.paused),
-            ("scale-in paused", view.scale_in_paused),
-            ("scale-out paused", view.scale_out_paused),
-            ("dry run", view.dry_run),
-        )
-        if on
-    ]
     console.print(
         f"[bold]policy {t}/{pool}/{policy}[/]  {view.type}" + (f"/{view.strategy}" if view.strategy else "")
     )
     console.print(
-        f"  status:      {view.status}" + (f" ({', '.join(flags)})" if flags else ""), highlight=False
+        f"  status:      {policy_ops.pause_state(view)}" + (" (dry run)" if view.dry_run else ""),
+        highlight=False,
     )
     metric = "n/a" if view.last_metric is None else f"{view.last_metric:g} ({ago(view.last_metric_at)})"
     console.print(
@@ -233,25 +229,37 @@ def show(
 
 
 def _signal_command(signal: str, doc: str) -> None:
-    def command(pool: PoolArg, policy: PolicyArg, team: TeamOpt = None) -> None:
+    def command(
+        pool: PoolArg,
+        policy: PolicyArg,
+        team: TeamOpt = None,
+        timeout: TimeoutOpt = waiting.DEFAULT_TIMEOUT_S,
+    ) -> None:
         t = _team(team)
 
-        async def go() -> None:
+        async def go() -> PolicyStateView:
             client = await connect(get_settings())
-            await policy_ops.signal_policy(client, t, pool, policy, signal)
+            return await waiting.for_worker(
+                policy_ops.signal_and_read(client, t, pool, policy, signal),
+                f"for policy {policy} to take the {signal} signal",
+            )
 
-        _run(go)
-        console.print(f"policy {t}/{pool}/{policy}: {signal} sent", highlight=False)
+        view = _run(go, timeout)
+        console.print(f"policy {t}/{pool}/{policy}: {policy_ops.pause_state(view)}", highlight=False)
 
     command.__doc__ = doc
     policy_app.command(signal.replace("_", "-"))(command)
 
 
-_signal_command("pause", "Pause a policy: it stops asking the pool for anything until resumed.")
-_signal_command("resume", "Resume a paused policy (scale-in waits a full stabilization window).")
-_signal_command("toggle", "Pause a running policy, or resume a paused one.")
-_signal_command("pause_scale_in", "Keep the policy's scale-out, but stop it from scaling in.")
-_signal_command("pause_scale_out", "Keep the policy's scale-in, but stop it from scaling out.")
+_AFTER = " Prints the policy's state once the signal took effect."
+_signal_command("pause", "Pause a policy: it stops asking the pool for anything until resumed." + _AFTER)
+_signal_command(
+    "resume",
+    "Resume a paused policy (every pause cleared; scale-in waits a full stabilization window)." + _AFTER,
+)
+_signal_command("toggle", "Pause a running policy, or resume a paused one." + _AFTER)
+_signal_command("pause_scale_in", "Keep the policy's scale-out, but stop it from scaling in." + _AFTER)
+_signal_command("pause_scale_out", "Keep the policy's scale-in, but stop it from scaling out." + _AFTER)
 
 
 # ---- simulate -------------------------------------------------------------------------------------
@@ -283,16 +291,21 @@ def _step_json(s: Any, changed: bool) -> dict[str, Any]:
 
 
 def simulate(
-    file: Annotated[Path, typer.Option("--file", "-f", help="Spec file (YAML) holding the pool and policy.")],
+    file: Annotated[
+        Path,
+        typer.Option("--file", "-f", metavar="FILE", help="Spec file (YAML) holding the pool and policy."),
+    ],
     policy: Annotated[str, typer.Option("--policy", help="Policy name in the spec.")],
     trace: Annotated[
-        Path, typer.Option("--trace", help="CSV of timestamp,value (ISO 8601 or epoch seconds).")
+        Path,
+        typer.Option("--trace", metavar="CSV", help="CSV of timestamp,value (ISO 8601 or epoch seconds)."),
     ],
     pool: Annotated[
         str | None, typer.Option("--pool", help="Pool name (needed when the spec has several).")
     ] = None,
     start: Annotated[
-        int | None, typer.Option("--start", help="Servers at the start [default: the pool's desired].")
+        int | None,
+        typer.Option("--start", help="Servers at the start.  \\[default: the pool's desired_servers]"),
     ] = None,
     boot_delay: Annotated[
         float, typer.Option("--boot-delay", help="Seconds before a new server serves.")
@@ -305,7 +318,7 @@ def simulate(
     ] = False,
     as_json: JsonOpt = False,
     plot_png: Annotated[
-        Path | None, typer.Option("--plot", help="Write a PNG of metric and capacity.")
+        Path | None, typer.Option("--plot", metavar="PNG", help="Write a PNG of metric and capacity.")
     ] = None,
 ) -> None:
     """Run a policy over a recorded metric trace with the live loop's decision code, on a modelled pool."""

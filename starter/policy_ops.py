@@ -3,6 +3,7 @@ Starting, updating and stopping them is the pool workflow's job (workflows/pool_
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -52,3 +53,39 @@ async def signal_policy(client: Client, team: str, pool: str, policy: str, signa
         if e.status == RPCStatusCode.NOT_FOUND:
             raise _not_running(team, pool, policy) from e
         raise
+
+
+def _took_effect(signal: str, before: PolicyStateView) -> Callable[[PolicyStateView], bool]:
+    """Does a state answer show `signal` applied (to the state `before` it was sent)?"""
+    return {
+        "pause": lambda v: v.paused,
+        "resume": lambda v: not (v.paused or v.scale_in_paused or v.scale_out_paused),
+        "toggle": lambda v: v.paused != before.paused,
+        "pause_scale_in": lambda v: v.scale_in_paused or v.paused,
+        "pause_scale_out": lambda v: v.scale_out_paused or v.paused,
+    }[signal]
+
+
+async def signal_and_read(
+    client: Client, team: str, pool: str, policy: str, signal: str, *, poll_s: float = 0.2
+) -> PolicyStateView:
+    """Send `signal` and return the policy's state once it shows the signal applied (queried again every
+    `poll_s` seconds; the caller bounds the wait, e.g. with `starter.waiting.for_worker`). Raises
+    NotFoundError when the policy has no running workflow."""
+    before = await query_policy(client, team, pool, policy)
+    await signal_policy(client, team, pool, policy, signal)
+    applied = _took_effect(signal, before)
+    while True:
+        view = await query_policy(client, team, pool, policy)
+        if applied(view):
+            return view
+        await asyncio.sleep(poll_s)  # another query: the workflow answers, it does not notify
+
+
+def pause_state(view: PolicyStateView) -> str:
+    """The policy's state in words: `active`, `dry_run`, `paused (scale-in and scale-out)`,
+    `active (scale-in paused)`, ... (a paused policy asks the pool for nothing in either direction)."""
+    if view.paused or view.status == "paused":
+        return "paused (scale-in and scale-out)"
+    held = [d for d, on in (("scale-in", view.scale_in_paused), ("scale-out", view.scale_out_paused)) if on]
+    return f"{view.status} ({' and '.join(held)} paused)" if held else view.status

@@ -7,10 +7,17 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from temporalio.client import WorkflowQueryFailedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from poolctl.domain.errors import NotFoundError, SpecError
+from poolctl.payload_codec import PayloadKeyError
 from poolctl.settings import get_settings
 from poolctl.starter import waiting
-from poolctl.starter.output import EXIT_INTERRUPTED, EXIT_TIMED_OUT, err_console, fail
-from poolctl.temporal_client import clear_frames, command_runtime
+from poolctl.starter.output import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TIMED_OUT, err_console, fail
+from poolctl.starter.pool_ops import RequestRefused
+from poolctl.team_auth import TeamAuthError
+from poolctl.temporal_client import TemporalUnreachable, clear_frames, command_runtime
 
 T = TypeVar("T")
 
@@ -49,13 +56,25 @@ def run_async(
         raise Interrupted("interrupted") from e
 
 
+def start_hint(address: str) -> str:
+    """What to do when Temporal at `address` cannot be reached: start the dev stack when it is local."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+        return "start it with: poolctl dev up"
+    return "check POOLCTL_TEMPORAL_ADDRESS and that the cluster is up"
+
+
 def run_command(make: Callable[[], Awaitable[T]], timeout_s: float = waiting.DEFAULT_TIMEOUT_S) -> T:
-    """`run_async` for a `poolctl` command: the task queue from the settings, notices on stderr, and a
-    timeout or Ctrl-C turned into one line with exit code 3 or 130. Other errors propagate."""
+    """`run_async` for a `poolctl` command: the task queue from the settings, notices on stderr, and every
+    error an operator can meet turned into one line on stderr with the documented exit code (README "Exit
+    codes"): 2 bad input or refused (`SpecError`, `RequestRefused`, `NotFoundError`), 3 timed out waiting,
+    130 Ctrl-C, 1 Temporal unreachable (with how to start it) or a missing payload key, 2 a team token that
+    is malformed or that the worker refuses. Other errors (bugs) propagate."""
+    settings = get_settings()
     try:
         return run_async(
             make,
-            task_queue=get_settings().task_queue,
+            task_queue=settings.task_queue,
             timeout_s=timeout_s,
             say=lambda m: err_console.print(m, highlight=False, soft_wrap=True),
         )
@@ -64,4 +83,26 @@ def run_command(make: Callable[[], Awaitable[T]], timeout_s: float = waiting.DEF
     except Interrupted:
         fail(
             "interrupted: what was already sent to Temporal carries on (see poolctl status)", EXIT_INTERRUPTED
+        )
+    except (SpecError, NotFoundError) as e:
+        fail(str(e), EXIT_BAD_INPUT)
+    except RequestRefused as e:
+        fail(f"refused: {e}", EXIT_BAD_INPUT)
+    except TemporalUnreachable as e:
+        fail(f"{e}; {start_hint(e.address)}")
+    except RPCError as e:
+        if e.status != RPCStatusCode.UNAVAILABLE:
+            raise
+        fail(
+            f"lost Temporal at {settings.temporal_address} (unavailable); {start_hint(settings.temporal_address)}"
+        )
+    except PayloadKeyError as e:  # a missing or wrong payload key (docs/security.md#secrets)
+        fail(str(e))
+    except TeamAuthError as e:  # a malformed team token or key (docs/security.md#teams)
+        fail(str(e), EXIT_BAD_INPUT)
+    except WorkflowQueryFailedError as e:  # what the worker's team check does to a token it did not issue
+        fail(
+            f"refused: the workflow failed the query ({e}): the worker refuses a team token that its key did "
+            "not issue (its log says why)",
+            EXIT_BAD_INPUT,
         )

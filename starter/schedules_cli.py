@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from poolctl.settings import get_settings
-from poolctl.starter.output import console, fail, print_json, table
+from poolctl.starter.output import console, print_json, table
 from poolctl.starter.runner import run_command
 from poolctl.starter.schedules import ScheduleView, ensure_schedules, list_schedules
 from poolctl.temporal_client import connect
@@ -32,12 +32,7 @@ def schedules(
     settings = get_settings()
 
     async def go() -> list[ScheduleView]:
-        try:
-            client = await connect(settings)
-        except RuntimeError as e:
-            fail(
-                f"cannot reach Temporal at {settings.temporal_address} ({e}); start it with `poolctl dev up`"
-            )
+        client = await connect(settings)
         if ensure:
             await ensure_schedules(client, settings)
         return await list_schedules(client, settings)

@@ -20,6 +20,8 @@ NOTICE_AFTER_S = 3.0
 """How long a call may go unanswered before the command says it is waiting for a worker."""
 DEFAULT_TIMEOUT_S = 60.0
 """Default of every command's `--timeout`: the longest it waits for a worker (and for a pool to settle)."""
+TIMEOUT_HELP = "Seconds to wait for a worker to answer; exit code 3 when they run out."
+"""`--timeout`'s help on commands that only wait for a worker's answer (no --wait)."""
 
 
 class WaitTimedOut(PoolctlError):
