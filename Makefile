@@ -10,8 +10,10 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,fast]'
+	@echo "installing poolctl and its dependencies into $(VENV) (pip, quiet; about a minute the first time)"
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[dev,fast]'
+	@echo "installed: $(BIN)/poolctl"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -163,10 +163,14 @@ def stats(
     name: Annotated[str, typer.Argument(help="Balancer name.")],
     pool: PoolOpt = None,
     team: TeamOpt = None,
+    include_removed: Annotated[
+        bool, typer.Option("--all", help="Also list the servers that left the balancer since it started.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Requests, success rate, per-server share and latency: live from the balancer (since it started),
-    plus the last roll-up the stats Schedule stored."""
+    plus the last roll-up the stats Schedule stored. The table lists the current members; --all adds
+    those that have left (share is of all requests either way). --json lists every server with its state."""
     from poolctl.activities.balancer_activities import BalancerActivities
     from poolctl.activities.balancers.base import BalancerError
 
@@ -210,6 +214,7 @@ def stats(
         }
         for x in (live.servers if live else [])
     ]
+
     data = {
         "team": b.team,
         "pool": b.pool,
@@ -226,6 +231,9 @@ def stats(
     if as_json:
         print_json(data)
         return
+    removed = [x for x in servers if x["state"] == "removed"]
+    if not include_removed:
+        servers = [x for x in servers if x["state"] != "removed"]
     head = f"{b.team}/{b.pool}/{b.spec.name} ({b.spec.driver}, {b.spec.algorithm})"
     if live is None:
         console.print(f"{head}: [red]not reachable[/] ({live_error})", highlight=False)
@@ -244,8 +252,18 @@ def stats(
                   _ms(x["p99_latency_s_le"])] for x in servers],
             )
         )  # fmt: skip
+        if removed and not include_removed:
+            console.print(
+                f"{len(removed)} server(s) that left the balancer ({sum(x['requests'] for x in removed)} "
+                "requests) not shown: --all shows them",
+                highlight=False,
+            )
     if rollup is None:
-        console.print("no roll-up yet (the stats Schedule stores one every balancer_stats_interval_s)")
+        every = f"{get_settings().balancer_stats_interval_s:g}s"
+        console.print(
+            f"no roll-up yet: the stats Schedule stores one every {every} (POOLCTL_BALANCER_STATS_INTERVAL_S)",
+            highlight=False,
+        )
     else:
         console.print(
             f"last roll-up {ago(rollup['collected_at'])}: {rollup['requests']} requests, "

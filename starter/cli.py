@@ -170,7 +170,8 @@ def dev_down(
 
 @dev_app.command("status")
 def dev_status(as_json: JsonOpt = False) -> None:
-    """Show whether the dev server and the worker run, with their pids and logs."""
+    """Show whether the dev server, the worker and the built-in balancers run, and which local servers run
+    (those keep running after `poolctl dev down`), with their pids and logs."""
     comps = devstack.status(_settings())
     if as_json:
         print_json([c.__dict__ for c in comps])

@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from poolctl import search_attributes
 from poolctl.settings import Settings
@@ -199,17 +200,26 @@ def down(settings: Settings, *, purge: bool = False, say=print) -> None:  # type
         say(line)
 
 
-def running_local_servers(state_dir: Path) -> dict[str, list[str]]:
-    """The live local servers of `state_dir` the provider still wants running, as ``team/pool`` -> server
-    ids (read-only, from the provider's records)."""
+def running_local_server_records(state_dir: Path) -> list[dict[str, Any]]:
+    """The provider's records (server_id, pool as ``team/pool``, host, port, pid, log, ...) of the live local
+    servers of `state_dir` it still wants running (read-only). They outlive the dev stack: `dev down`
+    leaves them serving."""
     from poolctl.localserver.processes import pid_alive as server_alive
     from poolctl.localserver.records import read_json
 
-    out: dict[str, list[str]] = {}
+    out = []
     for path in sorted((Path(state_dir).resolve() / "servers" / "records").glob("*.json")):
         rec = read_json(path)
         if rec and rec.get("status") != "terminated" and server_alive(rec.get("pid"), rec.get("proc_start")):
-            out.setdefault(rec["pool"], []).append(rec["server_id"])
+            out.append(rec)
+    return out
+
+
+def running_local_servers(state_dir: Path) -> dict[str, list[str]]:
+    """`running_local_server_records` as ``team/pool`` -> server ids."""
+    out: dict[str, list[str]] = {}
+    for rec in running_local_server_records(state_dir):
+        out.setdefault(rec["pool"], []).append(rec["server_id"])
     return out
 
 
@@ -234,6 +244,8 @@ def left_running_lines(by_pool: dict[str, list[str]]) -> list[str]:
 
 
 def status(settings: Settings) -> list[Component]:
+    """Every process of the dev stack: Temporal, the worker, the built-in balancers, and the local servers
+    that run (those outlive `dev down`, which names them)."""
     p = _paths(settings)
     host, port = host_port(settings.temporal_address)
     tpid = read_pid(p["temporal_pid"])
@@ -249,6 +261,16 @@ def status(settings: Settings) -> list[Component]:
         ),
         Component("worker", wpid, pid_alive(wpid), p["worker_log"], f"task queue {settings.task_queue}"),
         *_balancer_status(settings),
+        *(
+            Component(
+                f"server {rec['server_id']}",
+                rec.get("pid"),
+                True,
+                Path(rec.get("log") or ""),
+                f"pool {rec['pool']}, http://{rec.get('host', '127.0.0.1')}:{rec.get('port')}",
+            )
+            for rec in running_local_server_records(settings.state_dir)
+        ),
     ]
 
 
