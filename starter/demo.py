@@ -33,7 +33,8 @@ DEMO_SPEC = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
 
 
 def say(message: str) -> None:
-    console.print(message, highlight=False)
+    """A line of the story; a long one (a command to copy) is wrapped by the terminal, not cut into lines."""
+    console.print(message, highlight=False, soft_wrap=True)
 
 
 def _metrics_line(settings: Settings) -> str:
