@@ -241,7 +241,7 @@ def _signal_command(signal: str, doc: str) -> None:
             client = await connect(get_settings())
             return await waiting.for_worker(
                 policy_ops.signal_and_read(client, t, pool, policy, signal),
-                f"for policy {policy} to take the {signal} signal",
+                f"waiting for policy {policy} to take the {signal} signal",
             )
 
         view = _run(go, timeout)
