@@ -21,17 +21,10 @@ pytestmark = pytest.mark.temporal
 
 SPEC = """
 pools:
-  - name: web
-    provider: fake
-    min_servers: 0
-    max_servers: 3
-    desired_servers: 1
-    policies:
-      - name: cpu
-        type: cpu
-        target: 50
-        evaluation_interval: 60
+  - {name: web, provider: fake, min_servers: 0, max_servers: 3, desired_servers: 1,
+     policies: [{name: cpu, type: cpu, target: 50, evaluation_interval: 60}]}
 """
+"""A pool of one fake server (one scaling event to show) with a CPU policy that evaluates once a minute."""
 
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
 
