@@ -43,6 +43,8 @@ async def test_dev_down_names_the_local_servers_it_leaves_running_and_how_to_sto
         assert f"left running: 1 local server(s) of pool ops/web ({info.server_id})" in text
         assert "poolctl delete pool web --team ops" in text and "poolctl dev down --purge" in text
         assert running_local_servers(state) == {"ops/web": [info.server_id]}  # it really left it running
+        [row] = [c for c in devstack.status(settings) if c.name == f"server {info.server_id}"]  # dev status
+        assert row.alive and row.pid and f"pool ops/web, http://127.0.0.1:{info.port}" == row.detail
     finally:
         kill_all_local_servers(state)
     assert running_local_servers(state) == {}
