@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     health_heartbeat_timeout_s: float = Field(
         default=30.0, gt=0, description="A probe loop silent this long is retried elsewhere."
     )
+    policy_lease_s: float = Field(
+        default=3600.0,
+        ge=60,
+        description="Longest one policy evaluation loop (an activity) runs before the policy renews it.",
+    )
     history_budget: int = Field(
         default=2000, ge=100, description="Events after which a long-lived workflow continues-as-new."
     )
@@ -103,7 +108,8 @@ class Settings(BaseSettings):
     worker_max_concurrent_activities: int = Field(
         default=10_000,
         ge=1,
-        description="Activities one worker runs at once; each health check holds one (its probe loop).",
+        description="Activities one worker runs at once; each health check and each metric policy holds one "
+        "(its probe or evaluation loop): at least the checks plus the policies it runs, with room to spare.",
     )
     payload_key: SecretStr | None = Field(
         default=None,

@@ -16,6 +16,7 @@ from poolctl.activities.drift import DriftActivities
 from poolctl.activities.health_store import HealthStoreActivities
 from poolctl.activities.housekeeping import HousekeepingActivities
 from poolctl.activities.inventory import InventoryActivities
+from poolctl.activities.policy_loop import PolicyLoopActivities
 from poolctl.activities.policy_metrics import PolicyMetricActivities
 from poolctl.activities.provisioning import ProvisioningActivities
 from poolctl.activities.watch import watch_target_activity
@@ -72,6 +73,7 @@ def activities_for(settings: Settings) -> list[object]:
         balancers.drain_server,
         balancers.rollup_balancer_stats,
         policy_metrics.read_policy_metric,
+        PolicyLoopActivities(policy_metrics).policy_loop,
         policy_metrics.record_policy_decision,
         housekeeping.clean_up_store,
         webhooks.deliver_webhook,

@@ -49,6 +49,10 @@ class PolicyMetricActivities:
 
     @activity.defn(name="read_policy_metric")
     async def read_policy_metric(self, req: MetricReadRequest) -> MetricReading:
+        """`read` as an activity of its own (the evaluation loop, `activities/policy_loop.py`, calls `read`)."""
+        return await self.read(req)
+
+    async def read(self, req: MetricReadRequest) -> MetricReading:
         """The pool's members (as the pool told its policy) with their readiness and, when `source` is
         given, the metric's value. A scrape reads each ready member on its own (the decision code
         aggregates them); a member that does not answer is a sample without a value, never a failed read.

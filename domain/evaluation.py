@@ -12,7 +12,7 @@ these stages, each of which may clamp the value::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -492,6 +492,34 @@ def evaluation_error_decision(
         formula=f"evaluation failed: {type(error).__name__}: {error}; hold {current}",
         reason=ReasonCode.EVALUATION_ERROR,
     )
+
+
+Evaluate = Callable[..., tuple[Decision, PolicyState]]
+
+
+def evaluate_or_hold(
+    spec: PolicySpec,
+    *,
+    current: int,
+    metric: float | None,
+    now: datetime,
+    state: PolicyState,
+    servers: Sequence[ServerSample] | None = None,
+    evaluate: Evaluate = evaluate_policy,
+) -> tuple[Decision, PolicyState, str | None]:
+    """`evaluate_policy` that never raises: a fault of the decision code becomes a held decision with
+    reason EvaluationError (`evaluation_error_decision`), counted as an evaluation, so a policy's loop
+    goes on. Returns (decision, next state, the error text or None). `evaluate` is the decision code
+    (a test passes a faulty one)."""
+    try:
+        decision, next_state = evaluate(
+            spec, current=current, metric=metric, now=now, state=state, servers=servers
+        )
+    except Exception as e:  # noqa: BLE001 - any fault of the decision code, recorded and held
+        decision = evaluation_error_decision(spec, current=current, now=now, error=e)
+        held = state.model_copy(update={"evaluations": state.evaluations + 1, "last_decision": decision})
+        return decision, held, decision.formula
+    return decision, next_state, None
 
 
 def pause(state: PolicyState, *, scale_in: bool = True, scale_out: bool = True) -> PolicyState:

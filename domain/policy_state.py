@@ -1,12 +1,14 @@
-"""The PolicyWorkflow's input (carried through continue-as-new), its `state` query view, and the
-messages it exchanges with its activities. Pure models: safe to import inside workflows."""
+"""The PolicyWorkflow's input and its one state model (`PolicyRunState`, carried whole through
+continue-as-new), its `state` query view, and the messages it exchanges with its activities: the
+evaluation loop's parameters, heartbeat (`PolicyLoopProgress`) and outcome. Pure models: safe to import
+inside workflows."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from poolctl.domain.decision import Decision, Recommendation
 from poolctl.domain.evaluation import PolicyState
@@ -19,21 +21,72 @@ from poolctl.domain.readiness import ServerSample
 MAX_DECISIONS = 20
 
 
+# Longest one evaluation-loop activity runs before it returns to the workflow (which then starts the next).
+DEFAULT_LEASE_S = 3600.0
+
+
+class PolicyRunState(Message):
+    """Everything a PolicyWorkflow knows that is not its identity: the one model it holds (`self.state`)
+    and passes whole to the next run on continue-as-new.
+
+    The evaluation state (`evaluation`: counters, stabilization windows, last metric, last decision) is
+    as of the last time the evaluation loop returned (a decision, a lease end, a restart); the running
+    loop heartbeats newer values (`PolicyLoopProgress`), which `poolctl policy show` reads too.
+    """
+
+    spec: PolicySpec
+    evaluation: PolicyState = Field(default_factory=PolicyState)
+    members: list[ServerRecord] = Field(
+        default_factory=list, description="the pool's membership view, as the pool last signalled it"
+    )
+    last_sent: Recommendation | None = None
+    last_sent_at: datetime | None = Field(default=None, description="when `last_sent` reached the pool")
+    decisions: list[Decision] = Field(
+        default_factory=list, description="the last MAX_DECISIONS decisions that changed the recommendation"
+    )
+    current: int | None = Field(default=None, description="the pool's size at the last evaluation")
+    last_error: str | None = None
+    next_evaluation_at: datetime | None = Field(
+        default=None, description="when the next evaluation is due (the loop keeps this schedule)"
+    )
+    loops: int = Field(default=0, description="evaluation-loop activities that returned, over all runs")
+
+
 class PolicyInput(Message):
-    """Everything a PolicyWorkflow run starts from; a continued run gets the previous run's state."""
+    """Everything a PolicyWorkflow run starts from: its identity, tunables, and either a first spec and
+    membership (a new policy) or `state`, the previous run's whole state (continue-as-new)."""
 
     team: str
     pool: str
     spec: PolicySpec
-    state: PolicyState | None = None
-    last_sent: Recommendation | None = None
-    decisions: list[Decision] = Field(default_factory=list)
-    current: int | None = None
-    last_error: str | None = None
+    members: list[ServerRecord] = Field(default_factory=list, description="the pool's members at the start")
     history_budget: int = 2000
-    members: list[ServerRecord] = Field(
-        default_factory=list, description="the pool's membership view, as the pool last signalled it"
-    )
+    lease_s: float = Field(default=DEFAULT_LEASE_S, gt=0, description="longest one evaluation loop runs")
+    state: PolicyRunState | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_separate_fields(cls, data: Any) -> Any:
+        """A run continued by an earlier version carried its state in separate fields: fold them in."""
+        if not isinstance(data, dict):
+            return data
+        old = data.get("state")
+        legacy = ("last_sent", "decisions", "current", "last_error")
+        if isinstance(old, dict) and "spec" not in old or any(k in data for k in legacy):
+            data = dict(data)
+            data["state"] = {
+                "spec": data.get("spec"),
+                "evaluation": old or {},
+                "members": data.get("members") or [],
+                **{k: data.pop(k) for k in legacy if k in data},
+            }
+        return data
+
+    def run_state(self) -> PolicyRunState:
+        """The state this run starts from."""
+        if self.state is not None:
+            return self.state
+        return PolicyRunState(spec=self.spec, members=list(self.members))
 
 
 class MetricReadRequest(Message):
@@ -69,6 +122,56 @@ class DecisionRecord(Message):
     pool: str
     policy: str
     decision: Decision
+
+
+class PolicyLoopParams(Message):
+    """Input of one evaluation loop (the `policy_loop` activity): what the workflow knows when it starts it.
+
+    The loop evaluates at `next_evaluation_at` (now when None or `evaluate_now`), then every
+    `spec.evaluation_interval` on that grid, and returns when a decision's recommendation differs from
+    `last_sent`, or at its first evaluation after `lease_s`."""
+
+    policy_id: str = Field(description="the PolicyWorkflow id policy/{team}/{pool}/{policy}")
+    team: str
+    pool: str
+    spec: PolicySpec
+    members: list[ServerRecord] = Field(default_factory=list)
+    evaluation: PolicyState = Field(default_factory=PolicyState)
+    last_sent: Recommendation | None = None
+    current: int | None = None
+    last_error: str | None = None
+    next_evaluation_at: datetime | None = None
+    evaluate_now: bool = Field(default=False, description="a signal changed the policy: evaluate at once")
+    lease_s: float = Field(default=DEFAULT_LEASE_S, gt=0)
+    heartbeat_every_s: float = Field(default=10.0, gt=0, description="heartbeat at least this often")
+
+
+class PolicyLoopProgress(Message):
+    """What the loop heartbeats after each evaluation (and while it waits): enough to resume, and what
+    `poolctl policy show` reads for live counters (the workflow's own state is as of the last return)."""
+
+    evaluation: PolicyState
+    current: int | None = None
+    last_error: str | None = None
+    lease_started_at: datetime
+    next_evaluation_at: datetime
+    evaluations: int = Field(default=0, description="evaluations in this loop")
+    pending: Decision | None = Field(
+        default=None, description="a decision that changed the recommendation, not yet returned"
+    )
+
+
+class PolicyLoopOutcome(Message):
+    """Why the loop returned, with its state. `decision` is the latest decision (None if the loop was
+    stopped before its first evaluation)."""
+
+    reason: Literal["decision", "lease_end", "cancelled"]
+    evaluation: PolicyState
+    current: int | None = None
+    last_error: str | None = None
+    next_evaluation_at: datetime | None = None
+    decision: Decision | None = None
+    evaluations: int = 0
 
 
 def policy_status(spec: PolicySpec, state: PolicyState) -> str:
@@ -111,3 +214,23 @@ class PolicyStateView(Message):
     cooldown_remaining_s: dict[str, float] = Field(default_factory=dict)
     next_evaluation_at: datetime | None = None
     spec: dict[str, Any] = Field(default_factory=dict)
+    live: bool = Field(default=False, description="counters come from the running loop's last heartbeat")
+
+    def with_progress(self, progress: PolicyLoopProgress) -> PolicyStateView:
+        """This view with the running loop's heartbeated counters (when they are newer): the workflow's
+        own are as of the loop's last return. Pause flags and the recommendation stay the workflow's."""
+        ev = progress.evaluation
+        if ev.evaluations < self.evaluations:
+            return self
+        return self.model_copy(
+            update={
+                "evaluations": ev.evaluations,
+                "current": progress.current,
+                "last_metric": ev.last_metric,
+                "last_metric_at": ev.last_metric_at,
+                "last_error": progress.last_error,
+                "last_decision": ev.last_decision,
+                "next_evaluation_at": progress.next_evaluation_at,
+                "live": True,
+            }
+        )

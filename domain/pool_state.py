@@ -83,6 +83,7 @@ class PoolRuntime(Message):
     health_lease_s: float = 3600.0
     health_heartbeat_timeout_s: float = 30.0
     health_config_error_backoff_s: float = 60.0
+    policy_lease_s: float = 3600.0
 
 
 class PoolState(Message):

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy import select
 from temporalio.client import Client
-from temporalio.service import RPCError
 
 from poolctl.domain.errors import NotFoundError
 from poolctl.domain.health import HealthState, HealthStatus, Transition, summarize, uptime_percent
@@ -17,6 +16,7 @@ from poolctl.domain.health_messages import WatchProgress
 from poolctl.domain.names import health_workflow_id
 from poolctl.domain.pool_spec import PoolSpec
 from poolctl.settings import Settings, get_settings
+from poolctl.starter.heartbeats import pending_heartbeat
 from poolctl.starter.output import EXIT_BAD_INPUT, ago, console, err_console, fail, print_json, table
 from poolctl.starter.runner import run_command, start_hint
 from poolctl.starter.teams import team_or_exit
@@ -52,16 +52,9 @@ async def live_or_unreachable(team: str, pool: str, server_ids: list[str]) -> di
 
 async def _progress(client: Client, team: str, pool: str, server_ids: list[str]) -> dict[str, WatchProgress]:
     out: dict[str, WatchProgress] = {}
-    converter = client.data_converter
     for sid in server_ids:
-        try:
-            desc = await client.get_workflow_handle(health_workflow_id(team, pool, sid)).describe()
-        except RPCError:
-            continue
-        for pending in desc.raw_description.pending_activities:
-            if pending.activity_type.name != "watch_target" or not pending.heartbeat_details.payloads:
-                continue
-            [raw] = await converter.decode(pending.heartbeat_details.payloads[:1], [dict])
+        raw = await pending_heartbeat(client, health_workflow_id(team, pool, sid), "watch_target")
+        if raw is not None:
             out[sid] = WatchProgress.model_validate(raw)
     return out
 

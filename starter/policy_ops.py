@@ -7,12 +7,14 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from poolctl.domain.errors import NotFoundError
 from poolctl.domain.names import policy_workflow_id
-from poolctl.domain.policy_state import PolicyStateView
+from poolctl.domain.policy_state import PolicyLoopProgress, PolicyStateView
+from poolctl.starter.heartbeats import pending_heartbeat
 from poolctl.starter.open_queries import query_open
 from poolctl.workflows.policy import PolicyWorkflow
 
@@ -36,12 +38,20 @@ def _not_running(team: str, pool: str, policy: str) -> NotFoundError:
 
 
 async def query_policy(client: Client, team: str, pool: str, policy: str) -> PolicyStateView:
+    """The policy workflow's `state`, with the running evaluation loop's last heartbeat (newer counters,
+    last metric and decision, next evaluation time) laid over it."""
     view: PolicyStateView | None = await query_open(
-        policy_handle(client, team, pool, policy), PolicyWorkflow.state
+        policy_handle(client, team, pool, policy), PolicyWorkflow.view
     )
     if view is None:
         raise _not_running(team, pool, policy)
-    return view
+    raw = await pending_heartbeat(client, policy_workflow_id(team, pool, policy), "policy_loop")
+    if raw is None:
+        return view
+    try:
+        return view.with_progress(PolicyLoopProgress.model_validate(raw))
+    except ValidationError:
+        return view
 
 
 async def signal_policy(client: Client, team: str, pool: str, policy: str, signal: str) -> None:

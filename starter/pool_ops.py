@@ -56,6 +56,7 @@ def runtime_from(settings: Settings) -> PoolRuntime:
         history_budget=settings.history_budget,
         health_lease_s=settings.health_lease_s,
         health_heartbeat_timeout_s=settings.health_heartbeat_timeout_s,
+        policy_lease_s=settings.policy_lease_s,
     )
 
 

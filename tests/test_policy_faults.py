@@ -1,7 +1,7 @@
 """An exception from the decision code never wedges a running policy (real Temporal dev server).
 
-The fault is injected by `tests/faulty_policy.py`: a subclass of PolicyWorkflow registered under the same
-workflow name on a worker of its own, running the real loop, whose decision code raises twice.
+The fault is injected by `tests/faulty_policy.py`: the real evaluation loop activity with decision code that
+raises twice, on a worker of its own with the real PolicyWorkflow.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from poolctl.activities.policy_loop import PolicyLoopActivities
 from poolctl.activities.policy_metrics import PolicyMetricActivities
 from poolctl.domain.decision import ReasonCode
 from poolctl.domain.names import policy_workflow_id
@@ -21,7 +22,8 @@ from poolctl.domain.policy_state import PolicyInput
 from poolctl.settings import Settings
 from poolctl.team_auth import load_team_keys
 from poolctl.team_interceptor import TeamAuthInterceptor
-from tests.faulty_policy import INJECTED_FAULT, PolicyWorkflowWithInjectedFault
+from poolctl.workflows.policy import PolicyWorkflow
+from tests.faulty_policy import INJECTED_FAULT, evaluate_with_injected_fault
 from tests.helpers import apply_yaml, eventually, settled
 from tests.policy_helpers import metric_server, policy_state, stored_decisions
 
@@ -32,7 +34,7 @@ async def _async(fn, *args):  # type: ignore[no-untyped-def]
     return fn(*args)
 
 
-async def test_policy_survives_an_evaluation_error_injected_by_a_subclass(
+async def test_policy_survives_an_evaluation_error_injected_by_a_second_loop_driver(
     client: Client, settings: Settings, worker
 ) -> None:
     pool_spec = """
@@ -63,13 +65,16 @@ pools:
             Worker(
                 client,
                 task_queue=faulty_queue,
-                workflows=[PolicyWorkflowWithInjectedFault],
-                activities=[metrics.read_policy_metric, metrics.record_policy_decision],
+                workflows=[PolicyWorkflow],
+                activities=[
+                    PolicyLoopActivities(metrics, evaluate=evaluate_with_injected_fault).policy_loop,
+                    metrics.record_policy_decision,
+                ],
                 interceptors=[TeamAuthInterceptor(load_team_keys(settings))],
             )
         )
         handle = await client.start_workflow(
-            PolicyWorkflowWithInjectedFault.run,
+            PolicyWorkflow.run,
             PolicyInput(team=settings.team, pool="web", spec=spec, members=view.servers),
             id=policy_workflow_id(settings.team, "web", "steady"),
             task_queue=faulty_queue,

@@ -1,43 +1,60 @@
-"""PolicyWorkflow: one scaling policy's evaluation loop.
+"""PolicyWorkflow: one scaling policy for as long as it is in its pool's spec.
 
-Every `evaluation_interval` (sooner when a signal or update arrives, or when a schedule window opens or
-closes): read the metric (a local activity) for the pool's members (the pool signals them), evaluate the
-policy with the pure code in `domain.evaluation`, and signal the pool's `recommend` only when the
-recommendation differs from the last one sent. A decision that changes the recommendation is kept (the last MAX_DECISIONS) and written to the store.
-Continues-as-new with its state; the pool owns the cooldowns (they are durable there).
+A metric policy's evaluations run inside a long-lived heartbeating activity (`policy_loop`,
+activities/policy_loop.py): it reads the metric for the pool's members (the pool signals them) every
+`evaluation_interval`, evaluates with the pure code in `domain.evaluation`, and returns only when the
+recommendation differs from the one last sent, at the end of its lease, or when this workflow restarts
+it (a signal changed the policy: pause, resume, toggle, a new spec, new members). This workflow then
+signals the pool's `recommend`, keeps the decision (the last MAX_DECISIONS) and writes it to the store,
+and starts the next loop with the state the last one returned. History grows with decisions, not with
+evaluations. A schedule policy needs no metric: it is evaluated here, at its window's edges (a workflow
+timer), on signals and on membership changes.
+
+All state is one model, `PolicyRunState` (`self.state`), passed whole through continue-as-new; the pool
+owns the cooldowns (they are durable there).
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, FailureError
+from temporalio.exceptions import ActivityError, CancelledError, FailureError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from poolctl import search_attributes as sa
+    from poolctl.activities.policy_loop import PolicyLoopActivities, read_limit_s, resume_progress
     from poolctl.activities.policy_metrics import PolicyMetricActivities
     from poolctl.domain import evaluation
     from poolctl.domain.decision import Decision, Direction, Recommendation, same_recommendation
-    from poolctl.domain.evaluation import PolicyState
     from poolctl.domain.names import pool_key, pool_workflow_id
     from poolctl.domain.policy_spec import PolicySpec
     from poolctl.domain.policy_state import (
         MAX_DECISIONS,
         DecisionRecord,
-        MetricReading,
-        MetricReadRequest,
         PolicyInput,
+        PolicyLoopOutcome,
+        PolicyLoopParams,
+        PolicyRunState,
         PolicyStateView,
         policy_status,
     )
-    from poolctl.domain.pool_state import PoolMembers, ServerRecord
+    from poolctl.domain.pool_state import PoolMembers
     from poolctl.domain.schedule import schedule_window_active
     from poolctl.workflows.history import history_too_long
     from poolctl.workflows.pool_api import PoolSignals
-    from poolctl.workflows.retry_policies import BOOKKEEPING_RETRY, READ_RETRY
+    from poolctl.workflows.retry_policies import BOOKKEEPING_RETRY, LOOP_RETRY
 
+# Re-send an unchanged recommendation when the pool signals this policy (a re-created pool chain starts
+# with no recommendations) and the last send is older than this; a lease end re-sends after REFRESH_AFTER.
 RESEND_AFTER = timedelta(minutes=5)
+REFRESH_AFTER = timedelta(hours=2)
+# The loop's heartbeat timeout: the evaluation interval, within these bounds. A cancellation reaches the
+# loop with its next heartbeat (at most 0.8 x the timeout), so a signal takes effect within an interval.
+MIN_HEARTBEAT_TIMEOUT_S = 5.0
+MAX_HEARTBEAT_TIMEOUT_S = 60.0
 
 
 @workflow.defn
@@ -46,17 +63,16 @@ class PolicyWorkflow:
     def __init__(self, inp: PolicyInput) -> None:
         self.team = inp.team
         self.pool = inp.pool
-        self.spec: PolicySpec = inp.spec
-        self.pstate: PolicyState = inp.state or PolicyState()
-        self.last_sent: Recommendation | None = inp.last_sent
-        self.decisions: list[Decision] = list(inp.decisions)[-MAX_DECISIONS:]
-        self.current: int | None = inp.current
-        self.last_error: str | None = inp.last_error
         self.history_budget = inp.history_budget
-        self.members: list[ServerRecord] = list(inp.members)
-        self._wake = False
-        self._next_at: datetime | None = None
-        self._last_sent_at: datetime | None = None  # not carried: after continue-as-new, one refresh
+        self.lease_s = inp.lease_s
+        self.state: PolicyRunState = inp.run_state()  # all that survives continue-as-new
+        self._restart = False  # stop the running loop and start the next with the current state
+        self._evaluate_now = False  # ... and evaluate at once (the policy itself changed)
+        self._pool_asked = False  # a message came from the pool (it may be a new pool chain)
+
+    @property
+    def spec(self) -> PolicySpec:
+        return self.state.spec
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -64,111 +80,141 @@ class PolicyWorkflow:
     async def run(self, inp: PolicyInput) -> str:
         self._publish_search_attributes()
         while True:
-            self._wake = False  # a signal arriving while we evaluate wakes the next wait at once
-            await self._evaluate()
+            if self.spec.type == "schedule":
+                await self._schedule_round()
+            else:
+                outcome = await self._loop()
+                if outcome is not None:
+                    await self._handle(outcome)
             if history_too_long(self.history_budget):
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(self._carry())
-            wait_s = self._next_wait_s()
-            self._next_at = workflow.now() + timedelta(seconds=wait_s)
-            try:
-                await workflow.wait_condition(
-                    lambda: self._wake, timeout=timedelta(seconds=wait_s), timeout_summary="next evaluation"
-                )
-            except TimeoutError:
-                pass
 
     def _carry(self) -> PolicyInput:
         return PolicyInput(
             team=self.team,
             pool=self.pool,
             spec=self.spec,
-            state=self.pstate,
-            last_sent=self.last_sent,
-            decisions=self.decisions,
-            current=self.current,
-            last_error=self.last_error,
             history_budget=self.history_budget,
-            members=self.members,
+            lease_s=self.lease_s,
+            state=self.state,
         )
 
-    def _next_wait_s(self) -> float:
-        """The evaluation interval; for a schedule, no later than the next window opening or closing."""
-        wait = self.spec.evaluation_interval
-        if self.spec.type == "schedule" and self.spec.schedule is not None:
-            now = workflow.now()
-            try:
-                active, start, end = schedule_window_active(self.spec.schedule, now)
-            except Exception:  # noqa: BLE001 - recorded by the evaluation as EvaluationError; keep the interval
-                return max(wait, 0.001)
-            edge = end if active else start
-            if edge is not None:
-                wait = min(wait, max((edge - now).total_seconds(), 0.0))
+    def _heartbeat_timeout_s(self) -> float:
+        return max(MIN_HEARTBEAT_TIMEOUT_S, min(self.spec.evaluation_interval, MAX_HEARTBEAT_TIMEOUT_S))
+
+    async def _loop(self) -> PolicyLoopOutcome | None:
+        """Run one evaluation loop until it returns, or until a signal asks for a restart (then it is
+        cancelled and returns its state). None when it was cancelled before it could hand its state back."""
+        hb_timeout = self._heartbeat_timeout_s()
+        params = PolicyLoopParams(
+            policy_id=workflow.info().workflow_id,
+            team=self.team,
+            pool=self.pool,
+            spec=self.spec,
+            members=self.state.members,
+            evaluation=self.state.evaluation,
+            last_sent=self.state.last_sent,
+            current=self.state.current,
+            last_error=self.state.last_error,
+            next_evaluation_at=self.state.next_evaluation_at,
+            evaluate_now=self._evaluate_now,
+            lease_s=self.lease_s,
+            heartbeat_every_s=hb_timeout / 2,
+        )
+        self._restart = self._evaluate_now = False
+        handle = workflow.start_activity_method(
+            PolicyLoopActivities.policy_loop,
+            params,
+            start_to_close_timeout=timedelta(
+                seconds=self.lease_s + self.spec.evaluation_interval + read_limit_s(params) + 60
+            ),
+            heartbeat_timeout=timedelta(seconds=hb_timeout),
+            retry_policy=LOOP_RETRY,
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=f"evaluate {self.spec.metric or self.spec.type} every {self.spec.evaluation_interval:g}s",
+        )
+        try:
+            await workflow.wait_condition(lambda: handle.done() or self._restart)
+        except asyncio.CancelledError:
+            handle.cancel()  # the policy is being stopped: stop evaluating now
+            raise
+        if not handle.done():
+            handle.cancel()
+        try:
+            return await handle
+        except ActivityError as e:
+            if not isinstance(e.cause, CancelledError):
+                raise
+            # cancelled while it was not running (between retries): its last heartbeat, if any, is the state
+            progress = resume_progress(e.cause.details)
+            if progress is not None:
+                self.state.evaluation = progress.evaluation
+                self.state.current = progress.current
+                self.state.last_error = progress.last_error
+                self.state.next_evaluation_at = progress.next_evaluation_at
+            return None
+
+    async def _handle(self, outcome: PolicyLoopOutcome) -> None:
+        """Take the loop's state; send a changed recommendation (or a due refresh) and record the decision."""
+        st = self.state
+        st.loops += 1
+        st.evaluation = outcome.evaluation
+        st.current = outcome.current
+        st.last_error = outcome.last_error
+        st.next_evaluation_at = outcome.next_evaluation_at
+        if outcome.decision is not None:
+            await self._act(outcome.decision)
+
+    async def _schedule_round(self) -> None:
+        """A schedule policy: evaluate now (no metric to read), then wait for the window's next edge, a
+        signal, a membership change or the refresh."""
+        self._restart = self._evaluate_now = False
+        now = workflow.now()
+        decision, self.state.evaluation, error = evaluation.evaluate_or_hold(
+            self.spec, current=len(self.state.members), metric=None, now=now, state=self.state.evaluation
+        )
+        self.state.current = len(self.state.members)
+        self.state.last_error = error
+        await self._act(decision)
+        wait_s = self._next_edge_s(now)
+        self.state.next_evaluation_at = now + timedelta(seconds=wait_s)
+        try:
+            await workflow.wait_condition(
+                lambda: self._restart,
+                timeout=timedelta(seconds=wait_s),
+                timeout_summary="schedule window edge",
+            )
+        except TimeoutError:
+            pass
+
+    def _next_edge_s(self, now: datetime) -> float:
+        """Seconds to the schedule window's next opening or closing (the refresh period at most)."""
+        wait = REFRESH_AFTER.total_seconds()
+        assert self.spec.schedule is not None
+        try:
+            active, start, end = schedule_window_active(self.spec.schedule, now)
+        except Exception:  # noqa: BLE001 - recorded by the evaluation as EvaluationError; wait the refresh
+            return wait
+        edge = end if active else start
+        if edge is not None:
+            wait = min(wait, max((edge - now).total_seconds(), 0.0))
         return max(wait, 0.001)
 
-    async def _read(self) -> MetricReading:
-        source = self.spec.source if self.spec.is_metric_policy else None
-        timeout_s = (source.timeout_s if source is not None else 0.0) + 10.0
-        try:
-            return await workflow.execute_local_activity_method(
-                PolicyMetricActivities.read_policy_metric,
-                MetricReadRequest(
-                    team=self.team,
-                    pool=self.pool,
-                    source=source,
-                    servers=self.members,
-                    instance_warmup_s=self.spec.instance_warmup_s,
-                ),
-                start_to_close_timeout=timedelta(seconds=timeout_s),
-                schedule_to_close_timeout=timedelta(seconds=2 * timeout_s + 1),
-                retry_policy=READ_RETRY,
-                summary=f"read {self.spec.metric or 'pool size'}",
-            )
-        except ActivityError as e:
-            cause = e.cause if e.cause is not None else e
-            return MetricReading(value=None, error=f"metric read failed: {cause}", current=self.current or 0)
-
-    def _evaluate_policy(self, reading: MetricReading) -> tuple[Decision, PolicyState]:
-        return evaluation.evaluate_policy(
-            self.spec,
-            current=reading.current,
-            metric=reading.value,
-            now=workflow.now(),
-            state=self.pstate,
-            servers=reading.servers,
-        )
-
-    def _decide(self, reading: MetricReading) -> Decision:
-        """The pure decision (`domain.evaluation`); an exception from it never wedges the loop: it becomes
-        a held decision with reason EvaluationError and the message."""
-        try:
-            decision, self.pstate = self._evaluate_policy(reading)
-        except Exception as e:  # noqa: BLE001 - any fault of the decision code, recorded and held
-            workflow.logger.warning("policy %s: evaluation failed: %s", self.spec.name, e)
-            decision = evaluation.evaluation_error_decision(
-                self.spec, current=reading.current, now=workflow.now(), error=e
-            )
-            self.last_error = decision.formula
-            self.pstate = self.pstate.model_copy(
-                update={"evaluations": self.pstate.evaluations + 1, "last_decision": decision}
-            )
-        return decision
-
-    async def _evaluate(self) -> None:
-        reading = await self._read()
-        self.current = reading.current
-        self.last_error = reading.error
-        decision = self._decide(reading)
+    async def _act(self, decision: Decision) -> None:
+        """Signal the pool when the recommendation changed (or a refresh is due); record a changed one."""
         rec = decision.as_recommendation()
-        changed = not same_recommendation(self.last_sent, rec)
+        changed = not same_recommendation(self.state.last_sent, rec)
+        since = None if self.state.last_sent_at is None else workflow.now() - self.state.last_sent_at
         # re-send an unchanged recommendation now and then: a pool whose workflow chain was re-created
         # starts with no recommendations and would otherwise ignore this policy until it changes its mind
-        stale = self._last_sent_at is None or workflow.now() - self._last_sent_at >= RESEND_AFTER
+        stale = since is None or since >= (RESEND_AFTER if self._pool_asked else REFRESH_AFTER)
+        self._pool_asked = False
         if not changed and not stale:
             return
         if not await self._send(rec) or not changed:
-            return  # not delivered (tried again next evaluation), or only a refresh: no new decision
-        self.decisions = (self.decisions + [decision])[-MAX_DECISIONS:]
+            return  # not delivered (tried again at the next evaluation), or only a refresh: no new decision
+        self.state.decisions = (self.state.decisions + [decision])[-MAX_DECISIONS:]
         await workflow.execute_activity_method(
             PolicyMetricActivities.record_policy_decision,
             DecisionRecord(team=self.team, pool=self.pool, policy=self.spec.name, decision=decision),
@@ -183,10 +229,10 @@ class PolicyWorkflow:
             await handle.signal(PoolSignals.recommend, rec)
         except FailureError as e:
             # the pool is not running (deleted or not started yet): try again at the next evaluation
-            self.last_error = f"could not signal pool: {e}"
+            self.state.last_error = f"could not signal pool: {e}"
             return False
-        self.last_sent = rec
-        self._last_sent_at = workflow.now()
+        self.state.last_sent = rec
+        self.state.last_sent_at = workflow.now()
         return True
 
     # ---- search attributes ------------------------------------------------------------------------
@@ -199,7 +245,7 @@ class PolicyWorkflow:
             sa.POLICY_ID: f"{self.team}/{self.pool}/{self.spec.name}",
             sa.POOL_ID: pool_key(self.team, self.pool),
             sa.TEAM_ID: self.team,
-            sa.POLICY_STATE: policy_status(self.spec, self.pstate),
+            sa.POLICY_STATE: policy_status(self.spec, self.state.evaluation),
         }
         for key, value in wanted.items():
             if current.get(key) != value:
@@ -208,36 +254,37 @@ class PolicyWorkflow:
             workflow.upsert_search_attributes(updates)
 
     def _changed(self) -> None:
+        """The policy itself changed: publish its state and restart the loop, evaluating at once."""
         self._publish_search_attributes()
-        self._wake = True
+        self._restart = self._evaluate_now = True
 
     # ---- messages ---------------------------------------------------------------------------------
 
     @workflow.signal
     def pause(self) -> None:
         """Stop acting: the policy tells the pool it abstains until `resume`."""
-        self.pstate = evaluation.pause(self.pstate)
+        self.state.evaluation = evaluation.pause(self.state.evaluation)
         self._changed()
 
     @workflow.signal
     def resume(self) -> None:
         """Act again (every pause flag cleared; scale-in waits a full stabilization window)."""
-        self.pstate = evaluation.resume(self.pstate)
+        self.state.evaluation = evaluation.resume(self.state.evaluation)
         self._changed()
 
     @workflow.signal
     def toggle(self) -> None:
-        self.pstate = evaluation.toggle(self.pstate)
+        self.state.evaluation = evaluation.toggle(self.state.evaluation)
         self._changed()
 
     @workflow.signal
     def pause_scale_in(self) -> None:
-        self.pstate = evaluation.pause(self.pstate, scale_in=True, scale_out=False)
+        self.state.evaluation = evaluation.pause(self.state.evaluation, scale_in=True, scale_out=False)
         self._changed()
 
     @workflow.signal
     def pause_scale_out(self) -> None:
-        self.pstate = evaluation.pause(self.pstate, scale_in=False, scale_out=True)
+        self.state.evaluation = evaluation.pause(self.state.evaluation, scale_in=False, scale_out=True)
         self._changed()
 
     @workflow.signal
@@ -251,22 +298,41 @@ class PolicyWorkflow:
                 "spec for policy %s sent to policy %s: ignored", spec.name, self.spec.name
             )
             return
+        self._pool_message()
+        if spec == self.spec:
+            return  # the pool re-sent it (e.g. a new pool chain): nothing else to do
         if spec.is_active != self.spec.is_active:
-            self.pstate = evaluation.resume(self.pstate) if spec.is_active else evaluation.pause(self.pstate)
-        self.spec = spec
+            ev = self.state.evaluation
+            self.state.evaluation = evaluation.resume(ev) if spec.is_active else evaluation.pause(ev)
+        self.state.spec = spec
         self._changed()
 
     @workflow.signal
     def pool_members(self, view: PoolMembers) -> None:
-        """The pool's membership changed (a server joined, left or changed health); the next evaluation
-        counts it (no extra evaluation: history grows with decisions, not with membership changes)."""
-        self.members = list(view.servers)
+        """The pool's membership changed (a server joined, left or changed health): the loop restarts with
+        it and keeps its schedule (no extra evaluation)."""
+        self._pool_message()
+        if view.servers == self.state.members:
+            return
+        self.state.members = list(view.servers)
+        self._restart = True
 
-    @workflow.query
-    def state(self) -> PolicyStateView:
+    def _pool_message(self) -> None:
+        """The pool sent something (a new pool chain re-sends spec and members): if the last send is older
+        than RESEND_AFTER, restart the loop so the recommendation is sent again."""
+        self._pool_asked = True
+        since = None if self.state.last_sent_at is None else workflow.now() - self.state.last_sent_at
+        if since is None or since >= RESEND_AFTER:
+            self._restart = True
+
+    @workflow.query(name="state")
+    def view(self) -> PolicyStateView:
+        """The policy as this workflow knows it. The evaluation counters and last metric are as of the loop's
+        last return; `poolctl policy show` adds the running loop's heartbeat (`with_progress`)."""
+        st = self.state
         now = workflow.now()
         remaining: dict[str, float] = {}
-        moved = [d for d in self.decisions if d.direction is not Direction.NONE and not d.abstain]
+        moved = [d for d in st.decisions if d.direction is not Direction.NONE and not d.abstain]
         if moved:
             last = moved[-1]
             out_until = last.at + timedelta(seconds=last.scale_out_cooldown_s)
@@ -275,28 +341,29 @@ class PolicyWorkflow:
                 max(0.0, (out_until - now).total_seconds()) if last.direction is Direction.UP else 0.0
             )
             remaining["scale_in"] = max(0.0, (in_until - now).total_seconds())
+        ev = st.evaluation
         return PolicyStateView(
             team=self.team,
             pool=self.pool,
             policy=self.spec.name,
             type=self.spec.type,
             strategy=self.spec.strategy,
-            status=policy_status(self.spec, self.pstate),
-            paused=self.pstate.paused,
-            scale_in_paused=self.pstate.scale_in_paused,
-            scale_out_paused=self.pstate.scale_out_paused,
+            status=policy_status(self.spec, ev),
+            paused=ev.paused,
+            scale_in_paused=ev.scale_in_paused,
+            scale_out_paused=ev.scale_out_paused,
             dry_run=self.spec.dry_run,
             evaluation_interval=self.spec.evaluation_interval,
-            evaluations=self.pstate.evaluations,
-            current=self.current,
-            last_metric=self.pstate.last_metric,
-            last_metric_at=self.pstate.last_metric_at,
-            last_error=self.last_error,
-            last_recommendation=self.last_sent,
-            last_reason=self.last_sent.reason.value if self.last_sent else None,
-            last_decision=self.pstate.last_decision,
-            decisions=self.decisions,
+            evaluations=ev.evaluations,
+            current=st.current,
+            last_metric=ev.last_metric,
+            last_metric_at=ev.last_metric_at,
+            last_error=st.last_error,
+            last_recommendation=st.last_sent,
+            last_reason=st.last_sent.reason.value if st.last_sent else None,
+            last_decision=ev.last_decision,
+            decisions=st.decisions,
             cooldown_remaining_s=remaining,
-            next_evaluation_at=self._next_at,
+            next_evaluation_at=st.next_evaluation_at,
             spec=self.spec.model_dump(mode="json", exclude_defaults=True),
         )

@@ -147,7 +147,7 @@ class PoolWorkflow(PoolSignals):
                 self.state.stored_version = version
             if not self.state.deleting and self.state.policies_version < version:
                 self.state.policies = await sync_policies(
-                    self.team, self.spec, self.state.policies, self.state.servers, self.runtime.history_budget
+                    self.team, self.spec, self.state.policies, self.state.servers, self.runtime
                 )
                 self.state.policies_version = version
 

@@ -23,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from poolctl.domain.policy_spec import PolicySpec
     from poolctl.domain.policy_state import PolicyInput, policy_status
     from poolctl.domain.pool_spec import PoolSpec
-    from poolctl.domain.pool_state import PoolMembers, ServerRecord
+    from poolctl.domain.pool_state import PoolMembers, PoolRuntime, ServerRecord
     from poolctl.workflows.policy import PolicyWorkflow
     from poolctl.workflows.pool_members import cancel_workflows
 
@@ -38,12 +38,21 @@ def members_view_fingerprint(servers: list[ServerRecord]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-async def _start(team: str, pool: str, spec: PolicySpec, servers: list[ServerRecord], budget: int) -> bool:
+async def _start(
+    team: str, pool: str, spec: PolicySpec, servers: list[ServerRecord], runtime: PoolRuntime
+) -> bool:
     """Start the policy's workflow; False when one already runs under its id."""
     try:
         await workflow.start_child_workflow(
             PolicyWorkflow.run,
-            PolicyInput(team=team, pool=pool, spec=spec, members=list(servers), history_budget=budget),
+            PolicyInput(
+                team=team,
+                pool=pool,
+                spec=spec,
+                members=list(servers),
+                history_budget=runtime.history_budget,
+                lease_s=runtime.policy_lease_s,
+            ),
             id=policy_workflow_id(team, pool, spec.name),
             parent_close_policy=ParentClosePolicy.ABANDON,
             static_summary=f"policy {spec.name} ({spec.type}) on pool {team}/{pool}",
@@ -62,7 +71,7 @@ async def _start(team: str, pool: str, spec: PolicySpec, servers: list[ServerRec
 
 
 async def _send_spec(
-    team: str, pool: str, spec: PolicySpec, servers: list[ServerRecord], budget: int
+    team: str, pool: str, spec: PolicySpec, servers: list[ServerRecord], runtime: PoolRuntime
 ) -> None:
     """Give a running policy its spec (and the membership); start it again if it is gone."""
     handle = workflow.get_external_workflow_handle(policy_workflow_id(team, pool, spec.name))
@@ -71,7 +80,7 @@ async def _send_spec(
         await handle.signal(PolicyWorkflow.pool_members, members_view(servers))
     except Exception as e:  # noqa: BLE001 - it ended (terminated by hand?): start a new one
         workflow.logger.info("policy %s not signalled (%s): starting it", spec.name, e)
-        await _start(team, pool, spec, servers, budget)
+        await _start(team, pool, spec, servers, runtime)
 
 
 async def sync_policies(
@@ -79,7 +88,7 @@ async def sync_policies(
     spec: PoolSpec,
     started: dict[str, PolicySpec],
     servers: list[ServerRecord],
-    history_budget: int,
+    runtime: PoolRuntime,
 ) -> dict[str, PolicySpec]:
     """Make the pool's policy workflows match `spec.policies`: stop removed ones, start new ones, send a
     changed spec to the others. `started` maps the policies this pool runs to the spec last sent; the
@@ -89,10 +98,10 @@ async def sync_policies(
     out: dict[str, PolicySpec] = {}
     for name, pspec in wanted.items():
         if name not in started:
-            if not await _start(team, spec.name, pspec, servers, history_budget):
-                await _send_spec(team, spec.name, pspec, servers, history_budget)
+            if not await _start(team, spec.name, pspec, servers, runtime):
+                await _send_spec(team, spec.name, pspec, servers, runtime)
         elif started[name] != pspec:
-            await _send_spec(team, spec.name, pspec, servers, history_budget)
+            await _send_spec(team, spec.name, pspec, servers, runtime)
         out[name] = pspec
     return out
 

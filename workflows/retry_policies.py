@@ -16,6 +16,9 @@ BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_i
 # The probe loop (`watch_target`): a retried watch resumes its heartbeated counters.
 WATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 
+# A policy's evaluation loop (`policy_loop`): as a probe loop, a retried loop resumes its heartbeat.
+LOOP_RETRY = WATCH_RETRY
+
 # Pushing membership to the balancers: a few quick tries; the next reconcile tries again.
 SYNC_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5), maximum_attempts=4
@@ -23,9 +26,6 @@ SYNC_RETRY = RetryPolicy(
 
 # Draining a victim from the balancers: best effort before it is terminated anyway.
 DRAIN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
-
-# A policy's metric read (a local activity): the next evaluation is the real retry.
-READ_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=2)
 
 # The balancer statistics roll-up run by a Schedule.
 ROLLUP_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=5))
