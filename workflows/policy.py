@@ -84,6 +84,9 @@ class PolicyWorkflow:
                 await self._schedule_round()
             else:
                 outcome = await self._loop()
+                if workflow.cancellation_reason() is not None:
+                    # stopped while the loop handed its state back (which absorbs the cancellation)
+                    raise asyncio.CancelledError("policy stopped")
                 if outcome is not None:
                     await self._handle(outcome)
             if history_too_long(self.history_budget):
@@ -136,11 +139,12 @@ class PolicyWorkflow:
         )
         try:
             await workflow.wait_condition(lambda: handle.done() or self._restart)
+            if not handle.done():
+                handle.cancel()  # it hands its state back (at its next heartbeat)
+                await workflow.wait_condition(handle.done)
         except asyncio.CancelledError:
-            handle.cancel()  # the policy is being stopped: stop evaluating now
+            handle.cancel()  # the policy is being stopped: stop evaluating now, without waiting for it
             raise
-        if not handle.done():
-            handle.cancel()
         try:
             return await handle
         except ActivityError as e:
