@@ -6,7 +6,9 @@ Starts a Temporal dev server (as the tests do) and one in-process worker, then N
 pool. Each policy's metric source is `http_json` against one aiohttp subprocess (cheap: the point is the
 loop, not the metric) that records when each policy's read arrives. Lag of an evaluation = its actual
 read time minus its scheduled time (the previous read + the interval; the loop's timer starts after an
-evaluation ends, so the lag includes the evaluation's own duration). Prints p50/p99/max lag.
+evaluation ends, so the lag includes the evaluation's own duration). Prints p50/p99/max lag, and the
+history events per policy per hour over the measured window (the history length of a sample of the
+policies, read with the client's fetch_history at the window's start and end).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -57,6 +60,14 @@ def pct(xs: list[float], p: float) -> float:
         return float("nan")
     s = sorted(xs)
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+async def history_lengths(client: Any, workflow_ids: list[str]) -> list[int]:
+    """The number of history events of each workflow (all its runs' latest: continue-as-new starts anew)."""
+    out = []
+    for wf_id in workflow_ids:
+        out.append(len([e async for e in client.get_workflow_handle(wf_id).fetch_history_events()]))
+    return out
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -132,7 +143,12 @@ async def run(args: argparse.Namespace) -> dict:
             # the first evaluation of each policy sends its first recommendation and records a decision:
             # let that burst pass, then measure the steady state
             measure_from = time.time() + args.warmup
-            await asyncio.sleep(args.warmup + args.duration)
+            await asyncio.sleep(args.warmup)
+            step = max(1, args.policies // args.history_sample)
+            sample = [policy_workflow_id("bench", "bench", f"p{i}") for i in range(0, args.policies, step)]
+            before = await history_lengths(client, sample)
+            await asyncio.sleep(max(0.0, measure_from + args.duration - time.time()))
+            after = await history_lengths(client, sample)
             async with httpx.AsyncClient() as http:
                 arrivals = (await http.get(f"http://127.0.0.1:{port}/stats")).json()
     finally:
@@ -157,6 +173,11 @@ async def run(args: argparse.Namespace) -> dict:
         "start_s": round(started_in, 1),
         "first_evaluations_spread_s": round(burst, 1),
         "policies_reporting": len(arrivals),
+        "history_sample": len(before),
+        "history_events_per_policy_per_hour": round(
+            sum(b - a for a, b in zip(before, after, strict=True)) / len(before) * 3600 / args.duration, 1
+        ),
+        "history_events_per_policy_total_max": max(after),
     }
 
 
@@ -169,6 +190,7 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=15.0)
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=30.0, help="seconds after the starts before measuring")
+    p.add_argument("--history-sample", type=int, default=20, help="policies whose history length is read")
     args = p.parse_args()
     result = asyncio.run(run(args))
     print(json.dumps(result, indent=2))
