@@ -229,10 +229,24 @@ class PolicyLoopActivities:
         def beat(progress: PolicyLoopProgress) -> None:
             activity.heartbeat(progress.model_dump(mode="json"))
 
-        return await run_policy_loop(
-            params,
-            heartbeat=beat,
-            resume_from=resume_progress(activity.info().heartbeat_details),
-            read=self.metrics.read,
-            evaluate=self.evaluate,
+        loop = asyncio.ensure_future(
+            run_policy_loop(
+                params,
+                heartbeat=beat,
+                resume_from=resume_progress(activity.info().heartbeat_details),
+                read=self.metrics.read,
+                evaluate=self.evaluate,
+            )
         )
+        # a stopping worker hands the state back at once (rather than after its graceful-shutdown timeout):
+        # the workflow starts the next loop, which another (or the restarted) worker picks up
+        shutdown = asyncio.ensure_future(activity.wait_for_worker_shutdown())
+        try:
+            await asyncio.wait({loop, shutdown}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pass  # the workflow asked: the loop returns its state
+        finally:
+            shutdown.cancel()
+        if not loop.done():
+            loop.cancel()
+        return await loop

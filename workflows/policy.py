@@ -167,8 +167,22 @@ class PolicyWorkflow:
         st.current = outcome.current
         st.last_error = outcome.last_error
         st.next_evaluation_at = outcome.next_evaluation_at
-        if outcome.decision is not None:
-            await self._act(outcome.decision)
+        if outcome.decision is None or not await self._act(outcome.decision):
+            return
+        d = outcome.decision
+        if d.direction is not Direction.NONE and not d.abstain and self.state.next_evaluation_at is not None:
+            # the pool is about to change its membership: evaluate next with the new members (a running
+            # loop would learn of them only at its next heartbeat), or at the due time if none come
+            wait_s = (self.state.next_evaluation_at - workflow.now()).total_seconds()
+            if wait_s > 0 and not self._restart:
+                try:
+                    await workflow.wait_condition(
+                        lambda: self._restart,
+                        timeout=timedelta(seconds=wait_s),
+                        timeout_summary="new members",
+                    )
+                except TimeoutError:
+                    pass
 
     async def _schedule_round(self) -> None:
         """A schedule policy: evaluate now (no metric to read), then wait for the window's next edge, a
@@ -205,8 +219,9 @@ class PolicyWorkflow:
             wait = min(wait, max((edge - now).total_seconds(), 0.0))
         return max(wait, 0.001)
 
-    async def _act(self, decision: Decision) -> None:
-        """Signal the pool when the recommendation changed (or a refresh is due); record a changed one."""
+    async def _act(self, decision: Decision) -> bool:
+        """Signal the pool when the recommendation changed (or a refresh is due); record a changed one.
+        True when a changed recommendation was sent."""
         rec = decision.as_recommendation()
         changed = not same_recommendation(self.state.last_sent, rec)
         since = None if self.state.last_sent_at is None else workflow.now() - self.state.last_sent_at
@@ -215,9 +230,9 @@ class PolicyWorkflow:
         stale = since is None or since >= (RESEND_AFTER if self._pool_asked else REFRESH_AFTER)
         self._pool_asked = False
         if not changed and not stale:
-            return
+            return False
         if not await self._send(rec) or not changed:
-            return  # not delivered (tried again at the next evaluation), or only a refresh: no new decision
+            return False  # not delivered (tried again at the next evaluation), or only a refresh
         self.state.decisions = (self.state.decisions + [decision])[-MAX_DECISIONS:]
         await workflow.execute_activity_method(
             PolicyMetricActivities.record_policy_decision,
@@ -226,6 +241,7 @@ class PolicyWorkflow:
             retry_policy=BOOKKEEPING_RETRY,
             summary=f"record decision {decision.current}->{decision.desired} {decision.reason.value}",
         )
+        return True
 
     async def _send(self, rec: Recommendation) -> bool:
         handle = workflow.get_external_workflow_handle(pool_workflow_id(self.team, self.pool))
