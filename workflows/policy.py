@@ -17,7 +17,9 @@ owns the cooldowns (they are durable there).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, CancelledError, FailureError
@@ -29,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from poolctl.activities.policy_metrics import PolicyMetricActivities
     from poolctl.domain import evaluation
     from poolctl.domain.decision import Decision, Direction, Recommendation, same_recommendation
+    from poolctl.domain.evaluation import PolicyState
     from poolctl.domain.names import pool_key, pool_workflow_id
     from poolctl.domain.policy_spec import PolicySpec
     from poolctl.domain.policy_state import (
@@ -69,6 +72,8 @@ class PolicyWorkflow:
         self._restart = False  # stop the running loop and start the next with the current state
         self._evaluate_now = False  # ... and evaluate at once (the policy itself changed)
         self._pool_asked = False  # a message came from the pool (it may be a new pool chain)
+        # pause/resume changes since the running loop started: applied again to the state it returns
+        self._ops: list[Callable[[PolicyState], PolicyState]] = []
 
     @property
     def spec(self) -> PolicySpec:
@@ -126,6 +131,7 @@ class PolicyWorkflow:
             heartbeat_every_s=hb_timeout / 2,
         )
         self._restart = self._evaluate_now = False
+        self._ops = []
         handle = workflow.start_activity_method(
             PolicyLoopActivities.policy_loop,
             params,
@@ -153,7 +159,7 @@ class PolicyWorkflow:
             # cancelled while it was not running (between retries): its last heartbeat, if any, is the state
             progress = resume_progress(e.cause.details)
             if progress is not None:
-                self.state.evaluation = progress.evaluation
+                self.state.evaluation = self._with_ops(progress.evaluation)
                 self.state.current = progress.current
                 self.state.last_error = progress.last_error
                 self.state.next_evaluation_at = progress.next_evaluation_at
@@ -163,7 +169,7 @@ class PolicyWorkflow:
         """Take the loop's state; send a changed recommendation (or a due refresh) and record the decision."""
         st = self.state
         st.loops += 1
-        st.evaluation = outcome.evaluation
+        st.evaluation = self._with_ops(outcome.evaluation)
         st.current = outcome.current
         st.last_error = outcome.last_error
         st.next_evaluation_at = outcome.next_evaluation_at
@@ -184,10 +190,18 @@ class PolicyWorkflow:
                 except TimeoutError:
                     pass
 
+    def _with_ops(self, returned: PolicyState) -> PolicyState:
+        """The state a loop returned, with the pause/resume signals that arrived while it ran."""
+        for op in self._ops:
+            returned = op(returned)
+        self._ops = []
+        return returned
+
     async def _schedule_round(self) -> None:
         """A schedule policy: evaluate now (no metric to read), then wait for the window's next edge, a
         signal, a membership change or the refresh."""
         self._restart = self._evaluate_now = False
+        self._ops = []  # applied already: this state is the only one
         now = workflow.now()
         decision, self.state.evaluation, error = evaluation.evaluate_or_hold(
             self.spec, current=len(self.state.members), metric=None, now=now, state=self.state.evaluation
@@ -273,6 +287,12 @@ class PolicyWorkflow:
         if updates:
             workflow.upsert_search_attributes(updates)
 
+    def _apply(self, op: Callable[[PolicyState], PolicyState]) -> None:
+        """A pause/resume change: now, and again on the state the running loop returns."""
+        self.state.evaluation = op(self.state.evaluation)
+        self._ops.append(op)
+        self._changed()
+
     def _changed(self) -> None:
         """The policy itself changed: publish its state and restart the loop, evaluating at once."""
         self._publish_search_attributes()
@@ -283,29 +303,24 @@ class PolicyWorkflow:
     @workflow.signal
     def pause(self) -> None:
         """Stop acting: the policy tells the pool it abstains until `resume`."""
-        self.state.evaluation = evaluation.pause(self.state.evaluation)
-        self._changed()
+        self._apply(evaluation.pause)
 
     @workflow.signal
     def resume(self) -> None:
         """Act again (every pause flag cleared; scale-in waits a full stabilization window)."""
-        self.state.evaluation = evaluation.resume(self.state.evaluation)
-        self._changed()
+        self._apply(evaluation.resume)
 
     @workflow.signal
     def toggle(self) -> None:
-        self.state.evaluation = evaluation.toggle(self.state.evaluation)
-        self._changed()
+        self._apply(evaluation.toggle)
 
     @workflow.signal
     def pause_scale_in(self) -> None:
-        self.state.evaluation = evaluation.pause(self.state.evaluation, scale_in=True, scale_out=False)
-        self._changed()
+        self._apply(partial(evaluation.pause, scale_in=True, scale_out=False))
 
     @workflow.signal
     def pause_scale_out(self) -> None:
-        self.state.evaluation = evaluation.pause(self.state.evaluation, scale_in=False, scale_out=True)
-        self._changed()
+        self._apply(partial(evaluation.pause, scale_in=False, scale_out=True))
 
     @workflow.signal
     def update_spec(self, spec: PolicySpec) -> None:
@@ -321,10 +336,9 @@ class PolicyWorkflow:
         self._pool_message()
         if spec == self.spec:
             return  # the pool re-sent it (e.g. a new pool chain): nothing else to do
-        if spec.is_active != self.spec.is_active:
-            ev = self.state.evaluation
-            self.state.evaluation = evaluation.resume(ev) if spec.is_active else evaluation.pause(ev)
-        self.state.spec = spec
+        was_active, self.state.spec = self.spec.is_active, spec
+        if spec.is_active != was_active:
+            self._apply(evaluation.resume if spec.is_active else evaluation.pause)
         self._changed()
 
     @workflow.signal
