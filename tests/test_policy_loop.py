@@ -166,3 +166,28 @@ async def test_a_reader_that_raises_is_an_unavailable_metric() -> None:
     out = await run_policy_loop(params(), heartbeat=lambda p: None, resume_from=None, read=read)
     assert out.decision is not None and out.decision.reason.value == "MetricUnavailable"
     assert out.last_error is not None and "RuntimeError: boom" in out.last_error
+
+
+def test_an_input_continued_by_the_earlier_version_folds_its_separate_fields_into_the_run_state() -> None:
+    from poolctl.domain.policy_state import PolicyInput
+
+    old = {
+        "team": "t",
+        "pool": "web",
+        "spec": SPEC.model_dump(mode="json"),
+        "state": {"paused": True, "evaluations": 7},
+        "last_sent": None,
+        "decisions": [],
+        "current": 3,
+        "last_error": "x",
+        "history_budget": 2000,
+        "members": [],
+    }
+    st = PolicyInput.model_validate(old).run_state()
+    assert st.evaluation.paused and st.evaluation.evaluations == 7
+    assert st.current == 3 and st.last_error == "x" and st.spec == SPEC
+    fresh = PolicyInput(team="t", pool="web", spec=SPEC)
+    again = PolicyInput.model_validate(
+        fresh.model_copy(update={"state": fresh.run_state()}).model_dump(mode="json")
+    )
+    assert again.run_state() == fresh.run_state()
