@@ -206,9 +206,8 @@ def resume_progress(details: Any) -> PolicyLoopProgress | None:
         return raw
     try:
         return PolicyLoopProgress.model_validate(raw)
-    except ValidationError as e:
-        activity.logger.warning("ignoring unreadable heartbeat details: %s", e)
-        return None
+    except ValidationError:
+        return None  # an earlier version's heartbeat: start from the state the workflow passed
 
 
 class PolicyLoopActivities:
