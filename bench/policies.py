@@ -8,7 +8,9 @@ loop, not the metric) that records when each policy's read arrives. Lag of an ev
 read time minus its scheduled time (the previous read + the interval; the loop's timer starts after an
 evaluation ends, so the lag includes the evaluation's own duration). Prints p50/p99/max lag, and the
 history events per policy per hour over the measured window (the history length of a sample of the
-policies, read with the client's fetch_history at the window's start and end).
+policies, read with the client's fetch_history at the window's start and end). The window starts after
+`--warmup` and once every policy has been evaluated twice (the start burst — each policy's first decision
+signals the one pool — is behind it), at most `--warmup-max` seconds after the starts.
 """
 
 from __future__ import annotations
@@ -142,8 +144,17 @@ async def run(args: argparse.Namespace) -> dict:
             )
             # the first evaluation of each policy sends its first recommendation and records a decision:
             # let that burst pass, then measure the steady state
-            measure_from = time.time() + args.warmup
+            # then wait until every policy has been evaluated twice (its start, first decision and next loop
+            # are behind it), at most --warmup-max: the window measures the steady state
             await asyncio.sleep(args.warmup)
+            async with httpx.AsyncClient() as http:
+                while time.time() - t0 < args.warmup_max:
+                    seen = (await http.get(f"http://127.0.0.1:{port}/stats")).json()
+                    if sum(1 for v in seen.values() if len(v) >= 2) >= args.policies:
+                        break
+                    await asyncio.sleep(1.0)
+            measure_from = time.time()
+            warmed_up_in = measure_from - t0
             step = max(1, args.policies // args.history_sample)
             sample = [policy_workflow_id("bench", "bench", f"p{i}") for i in range(0, args.policies, step)]
             before = await history_lengths(client, sample)
@@ -171,6 +182,7 @@ async def run(args: argparse.Namespace) -> dict:
         "lag_p99_s": round(pct(lags, 99), 3),
         "lag_max_s": round(max(lags), 3) if lags else None,
         "start_s": round(started_in, 1),
+        "warmup_s": round(warmed_up_in, 1),
         "first_evaluations_spread_s": round(burst, 1),
         "policies_reporting": len(arrivals),
         "history_sample": len(before),
@@ -190,6 +202,12 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=15.0)
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=30.0, help="seconds after the starts before measuring")
+    p.add_argument(
+        "--warmup-max",
+        type=float,
+        default=600.0,
+        help="after --warmup, wait until every policy was evaluated twice, at most this long from the start",
+    )
     p.add_argument("--history-sample", type=int, default=20, help="policies whose history length is read")
     args = p.parse_args()
     result = asyncio.run(run(args))
