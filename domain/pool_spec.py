@@ -8,15 +8,16 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from poolctl.domain.balancer_spec import LoadBalancerSpec
-from poolctl.domain.bounds import Seconds, ServerCount, Weight
+from poolctl.domain.bounds import MAX_SERVERS, Seconds, ServerCount, Weight
 from poolctl.domain.health_spec import HealthCheckSpec
 from poolctl.domain.model import StrictModel
 from poolctl.domain.names import NAME_PATTERN
 from poolctl.domain.notifications import WebhookSpec
 from poolctl.domain.policy_spec import PolicySpec
 from poolctl.domain.provider_options import provider_option_problems
+from poolctl.domain.static_pool import STATIC_PROVIDER, StaticServer
 
-KNOWN_PROVIDERS = ("local", "fake", "aws")
+KNOWN_PROVIDERS = ("local", "fake", "aws", "static")
 
 
 class PoolStatus(StrEnum):
@@ -42,8 +43,8 @@ class PoolSpec(StrictModel):
 
     name: str = Field(pattern=NAME_PATTERN, description="lower-case letters, digits and '-'")
     environment: str = Field(default="development", pattern=NAME_PATTERN)
-    provider: Literal["local", "fake", "aws"] = Field(
-        default="local", description="provider driver that runs the servers"
+    provider: Literal["local", "fake", "aws", "static"] = Field(
+        default="local", description="provider driver that runs the servers (static: existing servers)"
     )
     provider_options: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold credentials
     min_servers: ServerCount = 1
@@ -61,6 +62,9 @@ class PoolSpec(StrictModel):
     load_balancers: list[LoadBalancerSpec] = Field(default_factory=list)
     webhooks: list[WebhookSpec] = Field(
         default_factory=list, max_length=16, description="receivers of this pool's notifications"
+    )
+    servers: list[StaticServer] = Field(
+        default_factory=list, max_length=MAX_SERVERS, description="existing servers of a static pool"
     )
 
     @field_validator("provider_options")
@@ -95,7 +99,30 @@ class PoolSpec(StrictModel):
                 raise ValueError(f"load balancer name {lb.name!r} is used twice")
             seen.add(lb.name)
         self._check_cross_fields()
+        self._check_static()
         return self
+
+    def _check_static(self) -> None:
+        """A static pool's size is its server list: no desired_servers; policies only recommend (dry run)."""
+        if self.provider != STATIC_PROVIDER:
+            if self.servers:
+                raise ValueError(
+                    f"servers: only a static pool lists its servers (provider: static), not provider {self.provider!r}"
+                )
+            return
+        seen: set[str] = set()
+        for s in self.servers:
+            if s.address in seen:
+                raise ValueError(f"servers: {s.address} is listed twice")
+            seen.add(s.address)
+        if self.desired_servers is not None:
+            raise ValueError(
+                "desired_servers: a static pool's size is its servers list; "
+                "add or remove servers (servers:, poolctl server add/remove) instead"
+            )
+        if any(not p.dry_run for p in self.policies):  # recommendation only (domain.static_pool)
+            policies = [p if p.dry_run else p.model_copy(update={"dry_run": True}) for p in self.policies]
+            object.__setattr__(self, "policies", policies)
 
     def _check_cross_fields(self) -> None:
         """Rules between the pool and its policies and balancers (each would fail or do nothing at run time)."""
@@ -146,6 +173,8 @@ class PoolSpec(StrictModel):
 
     @property
     def initial_desired(self) -> int:
+        if self.provider == STATIC_PROVIDER:
+            return len(self.servers)
         return self.min_servers if self.desired_servers is None else self.desired_servers
 
 

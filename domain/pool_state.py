@@ -14,6 +14,7 @@ from poolctl.domain.health import HealthState
 from poolctl.domain.model import Message
 from poolctl.domain.policy_spec import PolicySpec
 from poolctl.domain.pool_spec import PoolSpec, PoolStatus
+from poolctl.domain.static_pool import StaticMembership
 
 
 class ServerLifecycle(StrEnum):
@@ -42,6 +43,10 @@ class ServerRecord(Message):
     state: ServerLifecycle = ServerLifecycle.RUNNING
     health_changed_at: datetime | None = None
     watched: bool = Field(default=False, description="a HealthCheckWorkflow runs for it")
+    weight: int | None = Field(
+        default=None,
+        description="this member's balancer weight (static pools); None: the pool's server_weight",
+    )
 
 
 class PoolMembers(Message):
@@ -119,6 +124,9 @@ class PoolState(Message):
         default="",
         description="random tail of the first run id of this pool's workflow chain; part of idempotency keys",
     )
+    static: StaticMembership = Field(
+        default_factory=StaticMembership, description="a static pool's registered servers (provider: static)"
+    )
 
 
 class PoolInput(Message):
@@ -179,6 +187,9 @@ class PoolStatusView(Message):
     cooldowns: CooldownState = Field(default_factory=CooldownState)
     last_decision: Decision | None = None
     desired_set_by: str = "spec"
+    recommendation_only: str | None = Field(
+        default=None, description="why the pool's policies only recommend (static pools), else None"
+    )
 
 
 class ScaleInput(Message):

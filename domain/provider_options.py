@@ -96,10 +96,15 @@ class AwsProviderOptions(StrictModel):
         return tags
 
 
+class StaticProviderOptions(StrictModel):
+    """The `static` provider (existing servers, listed in the pool's `servers`) has no options."""
+
+
 PROVIDER_OPTIONS: dict[str, type[StrictModel]] = {
     "local": LocalProviderOptions,
     "fake": FakeProviderOptions,
     "aws": AwsProviderOptions,
+    "static": StaticProviderOptions,
 }
 
 
@@ -116,7 +121,11 @@ def provider_option_problems(provider: str, options: dict[str, Any]) -> list[tup
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
-                problems.append((loc, f"unknown option of the {provider} provider (known: {known})"))
+                problems.append(
+                    (loc, f"unknown option of the {provider} provider (known: {known})")
+                    if known
+                    else (loc, f"the {provider} provider has no options")
+                )
             else:
                 problems.append((loc, str(err["msg"])))
         return problems

@@ -21,6 +21,7 @@ from poolctl.starter import (
     pool_ops,
     runner,
     schedules_cli,
+    server_cli,
     teams,
     waiting,
 )
@@ -84,6 +85,7 @@ app.command()(policy_cli.load)
 app.command()(health_cli.health)
 app.command()(schedules_cli.schedules)
 app.add_typer(local_cli.local_app, name="local")
+app.add_typer(server_cli.server_app, name="server")
 app.add_typer(balancer_app, name="balancer")
 app.add_typer(balancer_app, name="lb", hidden=True)  # `poolctl lb` is `poolctl balancer`, listed once
 app.add_typer(teams.team_app, name="team")
@@ -283,7 +285,7 @@ def status(
                     "team": t,
                     "pool": name,
                     "status": view.status.value if view else f"{db_status} (no workflow)",
-                    "reason": view.status_reason if view else db_reason,
+                    "reason": (view.status_reason or view.recommendation_only) if view else db_reason,
                     "current": view.current if view else None,
                     "desired": view.desired if view else None,
                     "min_servers": lo,

@@ -181,6 +181,7 @@ def show(
             {
                 "state": view.model_dump(mode="json", exclude={"decisions"}),
                 "pool_cooldowns": pview.cooldowns.model_dump(mode="json") if pview else None,
+                "recommendation_only": pview.recommendation_only if pview else None,
                 "decisions": [d.model_dump(mode="json") for d in decisions],
             }
         )
@@ -199,6 +200,8 @@ def show(
     )
     if view.last_error:
         console.print(f"  last error:  [red]{escape(view.last_error)}[/]", highlight=False)
+    if pview is not None and pview.recommendation_only:  # a static pool: poolctl never resizes it
+        console.print(f"  mode:        {pview.recommendation_only}", highlight=False)
     rec = view.last_recommendation
     if rec:
         console.print(

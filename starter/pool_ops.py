@@ -36,6 +36,7 @@ from poolctl.domain.pool_state import (
     ScaleAccepted,
     ScaleRequest,
 )
+from poolctl.domain.static_pool import ServerChangeRequest, ServerChangeResult
 from poolctl.settings import Settings
 from poolctl.starter.open_queries import query_open
 from poolctl.store import queries
@@ -175,6 +176,17 @@ async def request_scale(client: Client, team: str, pool: str, desired: int, reas
     with _refused_or_missing(f"pool {pool!r} has no running workflow (apply its spec first)"):
         return await pool_handle(client, team, pool).execute_update(
             PoolWorkflow.scale, ScaleRequest(desired=desired, reason=reason, request_id=str(uuid.uuid4()))
+        )
+
+
+async def request_server_change(
+    client: Client, team: str, pool: str, address: str, weight: int | None, *, adding: bool
+) -> ServerChangeResult:
+    """`poolctl server add/remove`: the static pool's `change_server` update (refused with RequestRefused
+    when the pool is not static, the address is bad or, for remove, not a member)."""
+    with _refused_or_missing(f"pool {pool!r} has no running workflow (apply its spec first)"):
+        return await pool_handle(client, team, pool).execute_update(
+            PoolWorkflow.change_server, ServerChangeRequest(address=address, weight=weight, remove=not adding)
         )
 
 

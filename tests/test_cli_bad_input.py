@@ -37,7 +37,7 @@ CASES = {
     "malformed_yaml": ("pools:\n  - name: web\n   min_servers: [1\n", r"malformed YAML"),
     "unknown_provider": (
         "pools:\n  - name: web\n    provider: gcp\n",
-        r"pools\[1\] \(web\)\.provider: Input should be 'local', 'fake' or 'aws'",
+        r"pools\[1\] \(web\)\.provider: Input should be 'local', 'fake', 'aws' or 'static'",
     ),
 }
 

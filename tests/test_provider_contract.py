@@ -1,5 +1,6 @@
 """The provider contract, run against every driver: `local` (real processes), `fake` (in memory; the
-test ids say so) and `ec2` (boto3 against a real moto server): idempotent provision under retry,
+test ids say so), `static` (existing servers registered by address) and `ec2` (boto3 against a real
+moto server): idempotent provision under retry,
 terminate twice, list by pool, and non-retryable errors surfaced as non-retryable ApplicationErrors."""
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Driver:
     failing_type: str = errors.PROVIDER_CONFIG_ERROR
 
 
-@pytest.fixture(params=["local", "fake", "ec2"])
+@pytest.fixture(params=["local", "fake", "static", "ec2"])
 async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Driver]:
     settings = Settings(state_dir=tmp_path / "state", database_url=f"sqlite:///{tmp_path / 'poolctl.db'}")
     settings.ensure_state_dir()
@@ -54,6 +55,15 @@ async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
             failing_options={"quota": 0},
             failing_error=ProviderQuotaError,
             failing_type=errors.PROVIDER_QUOTA_ERROR,
+        )
+    elif request.param == "static":  # registers an address; a malformed one is a config error
+        migrate(settings.resolved_database_url)  # its registry is the store
+        d = Driver(
+            "static",
+            get_provider("static", settings.state_dir, settings),
+            settings,
+            options={"address": "127.0.0.1:8001"},
+            failing_options={"address": "127.0.0.1:0"},
         )
     else:
         endpoint = request.getfixturevalue("aws_endpoint")

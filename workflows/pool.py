@@ -41,6 +41,17 @@ with workflow.unsafe.imports_passed_through():
         ScaleResult,
         ServerRecord,
     )
+    from poolctl.domain.static_pool import (
+        RECOMMENDATION_ONLY,
+        STATIC_PROVIDER,
+        ServerChangeRequest,
+        ServerChangeResult,
+        StaticMembership,
+        apply_server_change,
+        listed,
+        merge_static_servers,
+        server_change_refusal,
+    )
     from poolctl.workflows.history import history_too_long
     from poolctl.workflows.notify import notify
     from poolctl.workflows.pool_api import PoolSignals
@@ -58,6 +69,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from poolctl.workflows.retry_policies import BOOKKEEPING_RETRY
     from poolctl.workflows.scale_pool import ScalePoolWorkflow, failure_text
+    from poolctl.workflows.static_members import membership_plan, register_servers, rotation_notes
 
 MAX_REMEMBERED_REQUESTS = 50
 
@@ -69,7 +81,9 @@ class PoolWorkflow(PoolSignals):
         self.team = inp.team
         self.spec: PoolSpec = inp.spec
         self.runtime = inp.runtime
-        self.state: PoolState = inp.state or PoolState(desired=inp.spec.initial_desired)
+        self.state: PoolState = inp.state or PoolState(
+            desired=inp.spec.initial_desired, static=StaticMembership(registered=listed(inp.spec.servers))
+        )
         self._wake = True
         self._scaling = False
         self._published: tuple[str, str | None, int] | None = None
@@ -151,7 +165,14 @@ class PoolWorkflow(PoolSignals):
                 )
                 self.state.policies_version = version
 
+    @property
+    def static(self) -> bool:
+        """A pool of existing servers: poolctl registers them, never provisions (domain.static_pool)."""
+        return self.spec.provider == STATIC_PROVIDER
+
     def target(self) -> int:
+        if self.static:
+            return len(self.state.static.registered)
         return clamp(self.state.desired, self.spec.min_servers, self.spec.max_servers)
 
     def _next_wake_s(self) -> float:
@@ -209,6 +230,9 @@ class PoolWorkflow(PoolSignals):
         if self.spec.paused:
             self._set_status(PoolStatus.PAUSED, "pool is paused")
             return
+        if self.static:
+            await self._reconcile_static()
+            return
         if self.state.status is PoolStatus.ERROR:
             return  # waits for an operator: a new scale request or spec clears it
         self._arbitrate_policies()
@@ -217,6 +241,34 @@ class PoolWorkflow(PoolSignals):
             await self._heal()
             return
         await self._run_scaling(ScaleAction(plan.direction.value), plan.count, plan.target)
+
+    async def _reconcile_static(self) -> None:
+        """A static pool: register and deregister servers to match its list (spec and `server add/remove`),
+        and record servers that healing takes out of rotation or puts back. Never provisions; its policies
+        only recommend (their specs are dry runs)."""
+        plan = membership_plan(self.state)
+        for direction, cause, status in await register_servers(
+            self.team, self.spec, self.state, self.runtime, plan
+        ):
+            await self._record_note(direction, cause, status)
+        if plan.to_deregister:
+            victims = [s for s in self.state.servers if s.server_id in set(plan.to_deregister)]
+            self.state.intent = ScaleIntent(
+                cause=f"server remove {', '.join(f'{v.host}:{v.port}' for v in victims)}"
+            )
+            await self._run_scaling(ScaleAction.DOWN, len(victims), self.target(), victims=victims)
+        self.state.desired = self.target()
+        self._set_status(PoolStatus.ACTIVE, None)
+        for change in rotation_notes(self.state):
+            what = "out of rotation (unhealthy)" if change.out else "back in rotation (healthy)"
+            await self._record_note("heal", f"auto-healing: {change.server_id} {what}", "succeeded")
+            self._queue(
+                heal_event(
+                    self.team, self.spec.name, self.state.epoch, workflow.now(),
+                    action="out_of_rotation" if change.out else "back_in_rotation", key=f"{self.state.seq}",
+                    servers=[change.server_id], status="succeeded", reason="unhealthy" if change.out else "healthy",
+                )
+            )  # fmt: skip
 
     async def _heal(self) -> None:
         """Auto-healing: replace servers that stay unhealthy, a batch at a time (launch before terminate);
@@ -491,6 +543,10 @@ class PoolWorkflow(PoolSignals):
     def _validate_scale(self, req: ScaleRequest) -> None:
         if self.state.deleting:
             raise ValueError(f"pool {self.spec.name} is being deleted")
+        if self.static:
+            raise ValueError(
+                f"pool {self.spec.name} is static: its size is its servers; use poolctl server add/remove"
+            )
         if not (self.spec.min_servers <= req.desired <= self.spec.max_servers):
             raise ValueError(
                 f"desired {req.desired} is outside pool {self.spec.name}'s range "
@@ -513,6 +569,12 @@ class PoolWorkflow(PoolSignals):
             desired_set_by=self.state.desired_set_by,
         )
         self.state.applies += 1
+        if req.spec.provider == STATIC_PROVIDER:  # like desired: what changed in the file, not hand edits
+            self.state.static.registered = merge_static_servers(
+                None if first or not self.static else self.spec.servers,
+                req.spec.servers,
+                self.state.static.registered,
+            )
         if req.spec != self.spec:
             self.state.health_spec_changed |= (
                 req.spec.effective_health_check != self.spec.effective_health_check
@@ -569,6 +631,24 @@ class PoolWorkflow(PoolSignals):
         self._wake = True
         return len(self.state.servers)
 
+    @workflow.update
+    async def change_server(self, req: ServerChangeRequest) -> ServerChangeResult:
+        """`poolctl server add POOL ADDRESS [--weight N]` / `server remove POOL ADDRESS` on a static pool:
+        the loop registers the server, or drains and deregisters it."""
+        self.state.static.registered, result = apply_server_change(self.state.static.registered, req)
+        self._wake = True
+        return result
+
+    @change_server.validator
+    def _validate_change_server(self, req: ServerChangeRequest) -> None:
+        if self.state.deleting:
+            raise ValueError(f"pool {self.spec.name} is being deleted")
+        refusal = server_change_refusal(
+            self.spec.provider, self.state.static.registered, req, pool=self.spec.name
+        )
+        if refusal is not None:
+            raise ValueError(refusal)
+
     @workflow.signal
     def recommend(self, rec: Recommendation) -> None:
         """A policy's latest recommendation (PolicyWorkflow sends it when it changes)."""
@@ -607,4 +687,5 @@ class PoolWorkflow(PoolSignals):
             cooldowns=self.state.cooldowns,
             last_decision=self.state.last_decision,
             desired_set_by=self.state.desired_set_by,
+            recommendation_only=RECOMMENDATION_ONLY if self.static and self.spec.policies else None,
         )

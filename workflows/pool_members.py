@@ -14,7 +14,7 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from poolctl import search_attributes as sa
     from poolctl.activities.balancer_activities import BalancerActivities, SyncBalancersInput
-    from poolctl.domain.balancing import members_for
+    from poolctl.domain.balancing import Member, members_for
     from poolctl.domain.health import HealthState
     from poolctl.domain.health_messages import HealthInput, HealthRuntime
     from poolctl.domain.names import health_workflow_id, pool_key
@@ -110,10 +110,19 @@ async def update_health_specs(team: str, spec: PoolSpec, servers: list[ServerRec
                 workflow.logger.info("health workflow of %s not updated: %s", server.server_id, e)
 
 
-def members_fingerprint(spec: PoolSpec, servers: list[ServerRecord]) -> str:
-    members = members_for(
-        servers, default_weight=spec.server_weight, require_healthy=spec.effective_health_check is not None
+def pool_members(spec: PoolSpec, servers: list[ServerRecord]) -> list[Member]:
+    """The balancer members of the pool's servers: a server's own weight (static pools) wins over the
+    pool's `server_weight`."""
+    return members_for(
+        servers,
+        weights={s.server_id: s.weight for s in servers if s.weight is not None},
+        default_weight=spec.server_weight,
+        require_healthy=spec.effective_health_check is not None,
     )
+
+
+def members_fingerprint(spec: PoolSpec, servers: list[ServerRecord]) -> str:
+    members = pool_members(spec, servers)
     text = "|".join(f"{m.server_id}@{m.address}:{m.weight}:{m.state.value}" for m in members)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -128,9 +137,7 @@ async def sync_balancers(
     fp = members_fingerprint(spec, servers)
     if fp == last:
         return last
-    members = members_for(
-        servers, default_weight=spec.server_weight, require_healthy=spec.effective_health_check is not None
-    )
+    members = pool_members(spec, servers)
     try:
         await workflow.execute_activity_method(
             BalancerActivities.sync_pool_balancers,

@@ -9,23 +9,27 @@ from poolctl.activities.providers.base import Provider, ProviderConfigError
 from poolctl.activities.providers.ec2 import EC2Provider
 from poolctl.activities.providers.fake import FakeProvider
 from poolctl.activities.providers.local import LocalProvider
+from poolctl.activities.providers.static import StaticProvider
 from poolctl.localserver.processes import kill_all_local_servers as _kill_all
 from poolctl.settings import Settings, get_settings
 
-PROVIDER_NAMES = ("local", "fake", "aws")
+PROVIDER_NAMES = ("local", "fake", "aws", "static")
 
-_cache: dict[tuple[str, Path, str | None, str | None], Provider] = {}
+_cache: dict[tuple[str, Path, str | None, str | None, str | None], Provider] = {}
 _cache_lock = threading.Lock()
 
 
 def get_provider(name: str, state_dir: Path, settings: Settings | None = None) -> Provider:
-    """The (cached, one per name, state dir and AWS region/endpoint) provider driver called `name`.
-    `settings` gives the `aws` driver its region and endpoint (default: the process's settings)."""
-    aws_region = aws_endpoint = None
+    """The (cached) provider driver called `name`, one per name, state dir and configuration: the `aws`
+    driver's region and endpoint, the `static` driver's database (its registry is the store); `settings`
+    default to the process's."""
+    region = endpoint = database = None
     if name == "aws":
         s = settings or get_settings()
-        aws_region, aws_endpoint = s.aws_region, s.aws_endpoint_url
-    key = (name, Path(state_dir).resolve(), aws_region, aws_endpoint)
+        region, endpoint = s.aws_region, s.aws_endpoint_url
+    elif name == "static":
+        database = (settings or get_settings()).resolved_database_url
+    key = (name, Path(state_dir).resolve(), region, endpoint, database)
     with _cache_lock:
         provider = _cache.get(key)
         if provider is None:
@@ -34,7 +38,9 @@ def get_provider(name: str, state_dir: Path, settings: Settings | None = None) -
             elif name == "fake":
                 provider = FakeProvider()
             elif name == "aws":
-                provider = EC2Provider(region=aws_region, endpoint_url=aws_endpoint)
+                provider = EC2Provider(region=region, endpoint_url=endpoint)
+            elif name == "static":
+                provider = StaticProvider(database)
             else:
                 raise ProviderConfigError(
                     f"unknown provider {name!r}; known providers: {', '.join(PROVIDER_NAMES)}"
