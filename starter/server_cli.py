@@ -27,7 +27,7 @@ PoolArg = Annotated[str, typer.Argument(help="Pool name (a pool with provider: s
 AddressArg = Annotated[str, typer.Argument(help="host:port, e.g. 10.0.0.5:8080 or [2001:db8::5]:8080.")]
 TeamOpt = Annotated[
     str | None,
-    typer.Option("--team", "-t", help="Team that owns the pool [default: POOLCTL_TEAM or 'default']."),
+    typer.Option("--team", "-t", help="Team that owns the pool (default: POOLCTL_TEAM or 'default')."),
 ]
 WaitOpt = Annotated[bool, typer.Option(help="Wait until the pool has registered (or removed) the server.")]
 TimeoutOpt = Annotated[
@@ -81,19 +81,20 @@ def _change(
             pool_ops.request_server_change(client, t, pool, canonical, weight, adding=adding)
         )
         if result.action == "reweighted":
-            console.print(f"{pool}: {result.address} weight {result.previous_weight} -> {result.weight}")
+            say(f"{pool}: {result.address} weight {result.previous_weight} -> {result.weight}")
         elif result.action in ("added", "unchanged"):
-            console.print(
+            say(
                 f"{pool}: {result.address} {result.action} (weight {result.weight}); {result.registered} server(s)"
             )
         else:
-            console.print(f"{pool}: {result.address} removed; {result.registered} server(s)")
+            say(f"{pool}: {result.address} removed; {result.registered} server(s)")
         if wait:
             s = await _wait_for(client, t, pool, result.address, result.weight if adding else None, adding)
-            if adding:
-                console.print(f"  registered as {s.server_id}, health {s.health.value}")
-            else:
-                console.print("  drained and deregistered")
+            say(
+                f"  registered as {s.server_id}, health {s.health.value}"
+                if adding
+                else "  drained and deregistered"
+            )
 
     try:
         run_command(go, timeout)
@@ -101,6 +102,14 @@ def _change(
         fail(f"refused: {e}", EXIT_BAD_INPUT)
     except (NotFoundError, SpecError) as e:
         fail(str(e), EXIT_BAD_INPUT)
+    except RuntimeError as e:
+        s = get_settings()
+        fail(f"{e} (Temporal at {s.temporal_address}; start the stack with `poolctl dev up`)")
+
+
+def say(line: str) -> None:
+    """One line, as is: addresses such as [::1]:80 are not Rich markup."""
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @server_app.command("add")
@@ -108,7 +117,7 @@ def add(
     pool: PoolArg,
     address: AddressArg,
     weight: Annotated[
-        int | None, typer.Option(help="Balancer weight, 0-256 [default: 1; kept when re-adding].")
+        int | None, typer.Option(help="Balancer weight, 0-256 (default 1; a re-added server keeps its weight).")
     ] = None,
     team: TeamOpt = None,
     wait: WaitOpt = True,
