@@ -117,7 +117,8 @@ def add(
     pool: PoolArg,
     address: AddressArg,
     weight: Annotated[
-        int | None, typer.Option(help="Balancer weight, 0-256 (default 1; a re-added server keeps its weight).")
+        int | None,
+        typer.Option(help="Balancer weight, 0-256 (default 1; a re-added server keeps its weight)."),
     ] = None,
     team: TeamOpt = None,
     wait: WaitOpt = True,
