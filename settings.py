@@ -82,6 +82,15 @@ class Settings(BaseSettings):
     activity_timeout_s: float = Field(
         default=60.0, gt=0, description="Longest a single provider call may take."
     )
+    error_retry_initial_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=86_400,
+        description="A pool in error tries its scaling again after this long, then twice as long each time.",
+    )
+    error_retry_max_s: float = Field(
+        default=600.0, gt=0, le=86_400, description="Longest wait between two tries of a pool in error."
+    )
     health_lease_s: float = Field(
         default=3600.0, gt=0, description="Longest one probe-loop activity runs before it is renewed."
     )

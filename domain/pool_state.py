@@ -10,6 +10,7 @@ from pydantic import Field
 
 from poolctl.domain.arbitration import CooldownState
 from poolctl.domain.decision import Decision, Recommendation
+from poolctl.domain.error_retry import ErrorRetry
 from poolctl.domain.health import HealthState
 from poolctl.domain.model import Message
 from poolctl.domain.policy_spec import PolicySpec
@@ -89,6 +90,8 @@ class PoolRuntime(Message):
     health_heartbeat_timeout_s: float = 30.0
     health_config_error_backoff_s: float = 60.0
     policy_lease_s: float = 3600.0
+    error_retry_initial_s: float = 30.0
+    error_retry_max_s: float = 600.0
 
 
 class PoolState(Message):
@@ -127,6 +130,7 @@ class PoolState(Message):
     static: StaticMembership = Field(
         default_factory=StaticMembership, description="a static pool's registered servers (provider: static)"
     )
+    error_retry: ErrorRetry | None = Field(default=None, description="recovery state while in error")
 
 
 class PoolInput(Message):

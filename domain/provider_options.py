@@ -13,12 +13,14 @@ from pydantic import Field, Strict, ValidationError, field_validator
 
 from poolctl.domain.bounds import MAX_SERVERS, Port, ServerCount
 from poolctl.domain.model import StrictModel
+from poolctl.domain.provider_faults import ProviderFaults
 
 _StartupSeconds = Annotated[float, Strict(), Field(gt=0, le=3600, allow_inf_nan=False)]
 
 
-class LocalProviderOptions(StrictModel):
-    """Options of the `local` provider (real processes on 127.0.0.1)."""
+class LocalProviderOptions(ProviderFaults):
+    """Options of the `local` provider (real processes on 127.0.0.1), with its fault-injection options
+    (domain.provider_faults: `fail_ratio`, `hang_ratio`/`hang_s`, `fail_for_s`, `boot_delay_s`)."""
 
     quota: ServerCount | None = Field(default=None, description="most live servers of the pool")
     command: list[Annotated[str, Strict(), Field(min_length=1, max_length=4096)]] | None = Field(

@@ -369,8 +369,10 @@ async def serve(
     count: int = 1,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    boot_delay_s: float = 0.0,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or `stop` is set). Writes the json state file once bound."""
+    """Serve until SIGTERM/SIGINT (or `stop` is set). Writes the json state file once bound, which is
+    `boot_delay_s` seconds after start (a slow boot: nothing answers until then)."""
     servers_dir = Path(state_dir) / "servers"
     servers_dir.mkdir(parents=True, exist_ok=True)
     json_path = servers_dir / f"{server_id}.json"
@@ -379,6 +381,11 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
+    if boot_delay_s > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), boot_delay_s)
+        if stop.is_set():
+            return
 
     servers: dict[int, SimServer] = {}
     socks: list[socket.socket] = []
@@ -440,6 +447,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="serve N ports from this one process, as servers ID-0001..ID-NNNN",
     )
+    p.add_argument(
+        "--boot-delay-s", type=float, default=0.0, help="wait this long before serving (a slow boot)"
+    )
     args = p.parse_args(argv)
     if args.count < 1:
         p.error("--count must be >= 1")
@@ -448,5 +458,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    asyncio.run(serve(args.server_id, args.state_dir, args.host, args.port, args.count))
+    asyncio.run(
+        serve(
+            args.server_id, args.state_dir, args.host, args.port, args.count, boot_delay_s=args.boot_delay_s
+        )
+    )
     return 0

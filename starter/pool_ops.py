@@ -58,6 +58,8 @@ def runtime_from(settings: Settings) -> PoolRuntime:
         health_lease_s=settings.health_lease_s,
         health_heartbeat_timeout_s=settings.health_heartbeat_timeout_s,
         policy_lease_s=settings.policy_lease_s,
+        error_retry_initial_s=settings.error_retry_initial_s,
+        error_retry_max_s=settings.error_retry_max_s,
     )
 
 

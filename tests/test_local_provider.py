@@ -27,6 +27,7 @@ from poolctl.activities.providers.base import (
 from poolctl.activities.providers.fake import FakeProvider
 from poolctl.activities.providers.local import LocalProvider, server_id_for
 from poolctl.activities.providers.registry import clear_provider_cache, get_provider, kill_all_local_servers
+from poolctl.domain.provider_faults import draw
 from poolctl.localserver.processes import pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -311,3 +312,60 @@ async def test_process_spawned_by_a_worker_killed_before_recording_it_is_adopted
     assert await answers(client, info) == sid
     assert find_server_process(sid, tmp_path) == orphan
     assert live_pids(tmp_path) == {orphan}
+
+
+async def test_injected_failures_fail_calls_before_anything_is_done(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    with pytest.raises(ProviderError, match="injected failure"):
+        await provider.provision(req("fi/1", fail_ratio=1))
+    assert not live_pids(tmp_path) and await provider.describe(server_id_for("fi/1")) is None
+    info = await provider.provision(req("fi/2", pool="team/other", fail_ratio=0))
+    assert info.state == ServerState.RUNNING
+
+
+async def test_outage_window_fails_every_call_then_recovers(provider: LocalProvider) -> None:
+    options = {"fail_for_s": 1.0}
+    with pytest.raises(ProviderError, match="injected failure"):
+        await provider.provision(req("ow/1", **options))
+    started = time.monotonic()
+    while True:  # the window is counted from the pool's first call
+        try:
+            info = await provider.provision(req("ow/1", **options))
+            break
+        except ProviderError:
+            assert time.monotonic() - started < 10
+            await asyncio.sleep(0.1)
+    assert info.state == ServerState.RUNNING
+
+
+async def test_terminate_is_subject_to_the_servers_fault_options(provider: LocalProvider) -> None:
+    def draws_ok(key: str) -> bool:  # provision passes, the first terminate fails, the second passes
+        sid = server_id_for(key)
+        return draw(key, 1, "fail") >= 0.5 and draw(f"terminate/{sid}", 1, "fail") < 0.5 <= draw(
+            f"terminate/{sid}", 2, "fail"
+        )
+
+    key = next(k for k in (f"tf/{i}" for i in range(1000)) if draws_ok(k))
+    info = await provider.provision(req(key, fail_ratio=0.5))
+    with pytest.raises(ProviderError, match="injected failure"):
+        await provider.terminate(info.server_id)
+    assert (await provider.describe(info.server_id)).state == ServerState.RUNNING  # type: ignore[union-attr]
+    gone = await provider.terminate(info.server_id)
+    assert gone is not None and gone.state == ServerState.TERMINATED
+
+
+async def test_a_hanging_provision_times_out_but_creates_the_server(provider: LocalProvider) -> None:
+    call = provider.provision(req("hang/1", hang_ratio=1, hang_s=30))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(call, 5)
+    info = await provider.describe(server_id_for("hang/1"))
+    assert info is not None and info.state == ServerState.RUNNING  # created, though the caller never heard
+
+
+async def test_a_slow_boot_answers_only_after_its_delay(provider: LocalProvider) -> None:
+    started = time.monotonic()
+    info = await provider.provision(req("boot/1", boot_delay_s=1.5))
+    assert info.state == ServerState.RUNNING and time.monotonic() - started >= 1.5
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{info.url}/health")).status_code == 200

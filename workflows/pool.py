@@ -67,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
         sync_policies,
         tell_members,
     )
+    from poolctl.workflows.pool_recovery import may_reconcile, retry_wake_s, scaling_failed
     from poolctl.workflows.retry_policies import BOOKKEEPING_RETRY
     from poolctl.workflows.scale_pool import ScalePoolWorkflow, failure_text
     from poolctl.workflows.static_members import membership_plan, register_servers, rotation_notes
@@ -191,6 +192,9 @@ class PoolWorkflow(PoolSignals):
                     due = (s.health_changed_at - now).total_seconds() + self.spec.heal_after_s
                     if due > 0:
                         wake = min(wake, due + 0.2)
+        retry_s = retry_wake_s(self.state, now)
+        if retry_s is not None:
+            wake = min(wake, retry_s + 0.2)
         return max(wake, 0.5)
 
     def _active_recommendations(self) -> list[Recommendation]:
@@ -233,8 +237,8 @@ class PoolWorkflow(PoolSignals):
         if self.static:
             await self._reconcile_static()
             return
-        if self.state.status is PoolStatus.ERROR:
-            return  # waits for an operator: a new scale request or spec clears it
+        if not may_reconcile(self.state, workflow.now()):
+            return  # in error: the next try is not due yet (an operator's scale or spec clears it at once)
         self._arbitrate_policies()
         plan = plan_scale(len(self.state.servers), self.target())
         if plan.direction is Direction.NONE:
@@ -401,7 +405,7 @@ class PoolWorkflow(PoolSignals):
                 if direction is ScaleAction.DOWN
                 else []
             )
-        if not self.state.deleting:
+        if not self.state.deleting and self.state.status is not PoolStatus.ERROR:  # a retry stays `error`
             self._set_status(PoolStatus.SCALING, f"scaling {direction} {current} -> {target}")
         await self._publish_status()
         self._scaling = True
@@ -467,12 +471,10 @@ class PoolWorkflow(PoolSignals):
             scaling_event(self.team, self.spec.name, self.state.epoch, self.state.last_event, workflow.now())
         )
         if result.status != "succeeded":
-            self._set_status(
-                PoolStatus.ERROR, f"scale {inp.direction} #{inp.seq} {result.status}: {result.error}"
-            )
-            reason = self.state.status_reason or result.status
+            error = f"scale {inp.direction} #{inp.seq} {result.status}: {result.error}"
+            scaling_failed(self.state, error, self.runtime, workflow.now())  # each failed try is a pool_error
             self._queue(
-                pool_error_event(self.team, self.spec.name, self.state.epoch, inp.seq, reason, workflow.now())
+                pool_error_event(self.team, self.spec.name, self.state.epoch, inp.seq, error, workflow.now())
             )
         elif not self.state.deleting:
             self._set_status(PoolStatus.ACTIVE, None)
@@ -483,6 +485,8 @@ class PoolWorkflow(PoolSignals):
     def _set_status(self, status: PoolStatus, reason: str | None) -> None:
         self.state.status = status
         self.state.status_reason = reason
+        if status is not PoolStatus.ERROR:
+            self.state.error_retry = None  # recovered (or an operator acted): the backoff starts over
 
     # ---- notifications: webhooks (workflows/notify.py delivers them, never blocking the pool) ------
 

@@ -28,6 +28,11 @@ Options (``ProvisionRequest.options``), all optional:
 - ``command`` (list of str): argv prefix replacing ``[sys.executable, "-m", "poolctl.localserver"]``;
   ``--server-id ID --state-dir DIR --host H --port 0`` are appended. It must write the server json.
 - ``startup_timeout_s`` (float, default 15): how long to wait for the server to answer.
+- fault injection, for fault tests (``domain.provider_faults``): ``fail_ratio``, ``hang_ratio`` with
+  ``hang_s``, ``fail_for_s`` and ``boot_delay_s``. Calls are numbered per idempotency key (provision)
+  or server (terminate) in this driver; the outage window of ``fail_for_s`` starts at the pool's first
+  call and is kept in ``servers/faults/{pool hash}.json``, so a restarted worker stays in the same
+  window. A server remembers its pool's fault options, so terminating it is subject to them too.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ from poolctl.activities.providers.base import (
     ServerInfo,
     ServerState,
 )
+from poolctl.domain.provider_faults import Fault, ProviderFaults, fault_for
+from poolctl.domain.provider_options import provider_option_problems
 from poolctl.localserver.processes import (
     find_server_process,
     kill_all_local_servers,
@@ -61,11 +68,10 @@ from poolctl.localserver.processes import (
     stop_process,
     track_child,
 )
-from poolctl.localserver.records import ServerRecords, now_text
+from poolctl.localserver.records import ServerRecords, now_text, read_json, write_json_atomic
 
 HOST = "127.0.0.1"
 DEFAULT_STARTUP_TIMEOUT_S = 15.0
-KNOWN_OPTIONS = {"quota", "command", "startup_timeout_s"}
 
 
 def server_id_for(idempotency_key: str) -> str:
@@ -83,6 +89,7 @@ class LocalProvider:
         self.host = host
         self.records = ServerRecords(self.state_dir)
         self.servers_dir = self.records.servers_dir
+        self._fault_calls: dict[str, int] = {}  # calls per key (provision) or server (terminate)
 
     def _alive(self, rec: dict[str, Any]) -> bool:
         return pid_alive(rec.get("pid"), rec.get("proc_start"))
@@ -122,26 +129,17 @@ class LocalProvider:
     # ------------------------------------------------------------ provision
 
     @staticmethod
-    def _validate_options(options: dict[str, Any]) -> None:
-        unknown = set(options) - KNOWN_OPTIONS
-        if unknown:
+    def _validate_options(options: dict[str, Any]) -> ProviderFaults:
+        """Check the options against domain.provider_options (ProviderConfigError naming each bad one);
+        returns their fault-injection part."""
+        problems = provider_option_problems("local", options)
+        if problems:
             raise ProviderConfigError(
-                f"local provider: unknown option(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(sorted(KNOWN_OPTIONS))}"
+                "local provider: " + "; ".join(f"option {loc}: {msg}" for loc, msg in problems)
             )
-        quota = options.get("quota")
-        if quota is not None and (isinstance(quota, bool) or not isinstance(quota, int) or quota < 0):
-            raise ProviderConfigError("local provider: option quota must be a non-negative integer")
-        command = options.get("command")
-        if command is not None and (
-            not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command)
-        ):
-            raise ProviderConfigError("local provider: option command must be a non-empty list of strings")
-        timeout = options.get("startup_timeout_s")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-        ):
-            raise ProviderConfigError("local provider: option startup_timeout_s must be a positive number")
+        return ProviderFaults.model_validate(
+            {k: v for k, v in options.items() if k in ProviderFaults.model_fields}
+        )
 
     def _spawn(self, rec: dict[str, Any], options: dict[str, Any]) -> None:
         """Start the server process for `rec` (lock held). Updates rec with pid/pgid/proc_start."""
@@ -151,6 +149,9 @@ class LocalProvider:
         prefix = options.get("command") or [sys.executable, "-m", "poolctl.localserver"]
         argv = [*prefix, "--server-id", sid, "--state-dir", str(self.state_dir), "--host", self.host]
         argv += ["--port", "0"]
+        boot_delay_s = float(options.get("boot_delay_s") or 0)
+        if boot_delay_s:
+            argv += ["--boot-delay-s", str(boot_delay_s)]
         env = dict(os.environ)
         pkg_root = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
@@ -227,6 +228,7 @@ class LocalProvider:
                     "pid": None,
                     "created_at": now_text(),
                     "restarts": 0,
+                    "faults": {k: v for k, v in options.items() if k in ProviderFaults.model_fields},
                 }
                 self.records.save(rec)  # intent first: a retry after a crash right here adopts or respawns
             self._spawn(rec, options)
@@ -277,13 +279,40 @@ class LocalProvider:
             return rec
 
     async def provision(self, request: ProvisionRequest) -> ServerInfo:
-        self._validate_options(request.options)
+        faults = self._validate_options(request.options)
+        fault = await self._injected_fault(faults, request.pool, request.idempotency_key)
         sid = server_id_for(request.idempotency_key)
         rec, ready = await asyncio.to_thread(self._begin_provision, request, sid)
         if not ready:
             limit_s = float(request.options.get("startup_timeout_s") or DEFAULT_STARTUP_TIMEOUT_S)
             rec = await self._wait_ready(rec, limit_s)
+        if fault is Fault.HANG:  # the server exists, but the caller hears nothing in time
+            await asyncio.sleep(faults.hang_s)
         return self._info(rec)
+
+    # ------------------------------------------------------------ fault injection
+
+    def _window_started_at(self, pool: str) -> float:
+        """Epoch seconds of the pool's first faulty call (recorded on first use, kept across restarts)."""
+        path = self.servers_dir / "faults" / (hashlib.sha256(pool.encode()).hexdigest()[:16] + ".json")
+        with self.records.locked():
+            data = read_json(path)
+            if data is None:
+                path.parent.mkdir(exist_ok=True)
+                data = {"pool": pool, "first_call_at": time.time()}
+                write_json_atomic(path, data)
+            return float(data["first_call_at"])
+
+    async def _injected_fault(self, faults: ProviderFaults, pool: str, key: str) -> Fault:
+        """The fault of this call (domain.provider_faults); raises the injected failure itself."""
+        if not faults.any:
+            return Fault.NONE
+        call = self._fault_calls[key] = self._fault_calls.get(key, 0) + 1
+        started = await asyncio.to_thread(self._window_started_at, pool)
+        fault = fault_for(faults, key=key, call=call, elapsed_s=time.time() - started)
+        if fault is Fault.FAIL:
+            raise ProviderError(f"local provider: injected failure (call {call} of {key})")
+        return fault
 
     # ------------------------------------------------------------ terminate / describe / list
 
@@ -308,7 +337,14 @@ class LocalProvider:
         return rec
 
     async def terminate(self, server_id: str) -> ServerInfo | None:
+        known = await asyncio.to_thread(self.records.load, server_id)
+        fault, faults = Fault.NONE, ProviderFaults()
+        if known is not None and known.get("faults") and known["status"] != "terminated":
+            faults = ProviderFaults.model_validate(known["faults"])
+            fault = await self._injected_fault(faults, known["pool"], f"terminate/{server_id}")
         rec = await asyncio.to_thread(self._terminate_blocking, server_id)
+        if fault is Fault.HANG:
+            await asyncio.sleep(faults.hang_s)
         return None if rec is None else self._info(rec, alive=False)
 
     async def describe(self, server_id: str) -> ServerInfo | None:
