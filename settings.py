@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     error_retry_max_s: float = Field(
         default=600.0, gt=0, le=86_400, description="Longest wait between two tries of a pool in error."
     )
+    drift_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description="How often a pool compares its members with the provider's list (drift reconcile); 0: never.",
+    )
     health_lease_s: float = Field(
         default=3600.0, gt=0, description="Longest one probe-loop activity runs before it is renewed."
     )

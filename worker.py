@@ -57,12 +57,14 @@ def activities_for(settings: Settings) -> list[object]:
     health_store = HealthStoreActivities(settings)
     housekeeping = HousekeepingActivities(settings)
     webhooks = WebhookActivities(settings)
+    drift = DriftActivities(settings)
     return [
         watch_target_activity,
         health_store.record_health,
         provisioning.provision_server,
         provisioning.terminate_server,
-        DriftActivities(settings).detect_pool_drift,
+        drift.detect_pool_drift,
+        drift.adopt_server,
         inventory.record_event_started,
         inventory.record_event_finished,
         inventory.update_pool_status,

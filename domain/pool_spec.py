@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.bounds import MAX_SERVERS, Seconds, ServerCount, Weight
+from poolctl.domain.drift import OrphanPolicy
 from poolctl.domain.health_spec import HealthCheckSpec
 from poolctl.domain.model import StrictModel
 from poolctl.domain.names import NAME_PATTERN
@@ -56,6 +57,11 @@ class PoolSpec(StrictModel):
     )
     server_weight: Weight = Field(default=1, description="balancer weight of each member")
     termination_policy: TerminationPolicy = TerminationPolicy.OLDEST_FIRST
+    orphan_policy: OrphanPolicy = Field(
+        default=OrphanPolicy.ADOPT,
+        description="a server the provider runs under the pool's tag that the pool does not count: adopt it "
+        "as a member, or terminate it (drift reconcile)",
+    )
     paused: bool = Field(default=False, description="a paused pool makes no scaling actions")
     policies: list[PolicySpec] = Field(default_factory=list)
     health_check: HealthCheckSpec | None = None

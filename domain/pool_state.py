@@ -92,6 +92,7 @@ class PoolRuntime(Message):
     policy_lease_s: float = 3600.0
     error_retry_initial_s: float = 30.0
     error_retry_max_s: float = 600.0
+    drift_interval_s: float = 60.0
 
 
 class PoolState(Message):
@@ -131,6 +132,7 @@ class PoolState(Message):
         default_factory=StaticMembership, description="a static pool's registered servers (provider: static)"
     )
     error_retry: ErrorRetry | None = Field(default=None, description="recovery state while in error")
+    drift_checked_at: datetime | None = Field(default=None, description="last drift check (pool_drift)")
 
 
 class PoolInput(Message):

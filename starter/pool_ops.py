@@ -60,6 +60,7 @@ def runtime_from(settings: Settings) -> PoolRuntime:
         policy_lease_s=settings.policy_lease_s,
         error_retry_initial_s=settings.error_retry_initial_s,
         error_retry_max_s=settings.error_retry_max_s,
+        drift_interval_s=settings.drift_interval_s,
     )
 
 

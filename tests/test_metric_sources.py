@@ -206,3 +206,14 @@ async def test_policy_read_gives_per_server_samples_with_readiness(servers: list
     )
     assert d.metric == pytest.approx(40.0)
     assert "3 of 5 servers ready" in d.formula and "1 without a value at 50" in d.formula
+
+
+@pytest.mark.parametrize(
+    ("value", "says"), [(float("nan"), "nan"), (float("-inf"), "-inf"), (-0.5, "negative")]
+)
+def test_values_no_policy_may_scale_on_are_unavailable(value: float, says: str) -> None:
+    from poolctl.activities.metrics.errors import usable_value
+
+    with pytest.raises(MetricUnavailableError, match=says):
+        usable_value("http_json", value)
+    assert usable_value("http_json", 0.0) == 0.0

@@ -1,5 +1,5 @@
-"""Unit and property tests of the pure recovery pieces: the error-retry backoff (domain.error_retry) and
-the injected provider faults (domain.provider_faults)."""
+"""Unit and property tests of the pure recovery pieces: the error-retry backoff (domain.error_retry), the
+injected provider faults (domain.provider_faults) and the drift plan (domain.drift)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from poolctl.domain.drift import OrphanPolicy, drift_due, plan_drift
 from poolctl.domain.error_retry import after_failure, error_reason, retry_delay_s, retry_due
 from poolctl.domain.provider_faults import Fault, ProviderFaults, draw, fault_for
 from poolctl.domain.provider_options import provider_option_problems
@@ -110,3 +111,28 @@ def test_bad_fault_options_are_refused_naming_the_option(options: dict, where: s
 def test_fault_options_are_local_provider_options() -> None:
     ok = {"fail_ratio": 0.5, "hang_ratio": 0.1, "hang_s": 30, "fail_for_s": 120, "boot_delay_s": 2.5}
     assert provider_option_problems("local", ok) == []
+
+
+def test_drift_plan_adopts_running_orphans_and_waits_for_booting_ones() -> None:
+    plan = plan_drift({"b": True, "a": True, "c": False}, ["z", "y"], OrphanPolicy.ADOPT)
+    assert (plan.adopt, plan.waiting, plan.terminate, plan.forget) == (["a", "b"], ["c"], [], ["y", "z"])
+    assert plan.acts
+
+
+def test_drift_plan_terminates_every_orphan_under_the_terminate_policy() -> None:
+    plan = plan_drift({"b": True, "c": False}, [], OrphanPolicy.TERMINATE)
+    assert (plan.adopt, plan.waiting, plan.terminate, plan.forget) == ([], [], ["b", "c"], [])
+    assert not plan_drift({}, [], OrphanPolicy.TERMINATE).acts
+
+
+@given(st.dictionaries(st.text(max_size=5), st.booleans()), st.lists(st.text(max_size=5), unique=True))
+def test_drift_plan_handles_every_server_once(orphans: dict[str, bool], gone: list[str]) -> None:
+    for policy in OrphanPolicy:
+        plan = plan_drift(orphans, [g for g in gone if g not in orphans], policy)
+        acted = plan.adopt + plan.waiting + plan.terminate
+        assert sorted(acted) == sorted(orphans) and len(set(acted)) == len(acted)
+
+
+def test_drift_checks_are_due_every_interval_and_can_be_turned_off() -> None:
+    assert drift_due(None, 100, 60) and drift_due(40, 100, 60) and not drift_due(41, 100, 60)
+    assert not drift_due(None, 100, 0)

@@ -55,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
     from poolctl.workflows.history import history_too_long
     from poolctl.workflows.notify import notify
     from poolctl.workflows.pool_api import PoolSignals
+    from poolctl.workflows.pool_drift import drift_wake_s, reconcile_drift
     from poolctl.workflows.pool_members import (
         start_health_watches,
         stop_health_watches,
@@ -118,6 +119,7 @@ class PoolWorkflow(PoolSignals):
                     continue
                 await self._send_notifications()
                 return "deleted"
+            await self._check_drift()
             await self._reconcile()
             await self._tend_members()
             await self._send_notifications()
@@ -192,9 +194,9 @@ class PoolWorkflow(PoolSignals):
                     due = (s.health_changed_at - now).total_seconds() + self.spec.heal_after_s
                     if due > 0:
                         wake = min(wake, due + 0.2)
-        retry_s = retry_wake_s(self.state, now)
-        if retry_s is not None:
-            wake = min(wake, retry_s + 0.2)
+        for extra_s in (retry_wake_s(self.state, now), drift_wake_s(self.state, self.runtime, now)):
+            if extra_s is not None:
+                wake = min(wake, extra_s + 0.2)
         return max(wake, 0.5)
 
     def _active_recommendations(self) -> list[Recommendation]:
@@ -322,6 +324,14 @@ class PoolWorkflow(PoolSignals):
                     status=done.status if done else "unknown", reason=done.error or "" if done else "",
                 )
             )  # fmt: skip
+
+    async def _check_drift(self) -> None:
+        """Drift reconcile (workflows.pool_drift): gone members forgotten, orphans adopted or terminated;
+        each action a recorded event."""
+        if self.static:
+            return  # a static pool's servers are the spec's; the static driver does not list by tag
+        for cause, status in await reconcile_drift(self.team, self.spec, self.state, self.runtime):
+            await self._record_note("drift", cause, status)
 
     async def _record_note(self, direction: str, cause: str, status: str) -> None:
         """A scaling event for something the pool decided not to do (e.g. healing stopped)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from poolctl.activities.metrics.cloudwatch import read_cloudwatch
-from poolctl.activities.metrics.errors import METRIC_UNAVAILABLE_ERROR, MetricUnavailableError
+from poolctl.activities.metrics.errors import METRIC_UNAVAILABLE_ERROR, MetricUnavailableError, usable_value
 from poolctl.activities.metrics.http_json import read_http_json
 from poolctl.activities.metrics.prometheus import query_prometheus
 from poolctl.activities.metrics.scrape import scrape_metric
@@ -33,8 +33,23 @@ async def read_metric(
     `server_ids` (EC2 instance ids) the ones a CloudWatch source reads, in `aws_region` (default: the AWS
     configuration) through `aws_endpoint_url` (default: AWS's).
 
-    Raises MetricUnavailableError, with a message naming the source, on any failure.
+    Raises MetricUnavailableError, with a message naming the source, on any failure, and for a value no
+    policy may scale on (NaN, infinite, negative: errors.usable_value).
     """
+    return usable_value(
+        source_spec.kind,
+        await _read(source_spec, server_urls, client, server_ids, aws_region, aws_endpoint_url),
+    )
+
+
+async def _read(
+    source_spec: MetricSource,
+    server_urls: list[str],
+    client: httpx.AsyncClient,
+    server_ids: list[str] | None,
+    aws_region: str | None,
+    aws_endpoint_url: str | None,
+) -> float:
     if isinstance(source_spec, ScrapeSource):
         if source_spec.metric is None:
             raise MetricUnavailableError("scrape", "the scrape source names no metric")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import httpx
 
 from poolctl.domain.errors import PoolctlError
@@ -17,6 +19,16 @@ class MetricUnavailableError(PoolctlError):
         self.source = source
         self.message = message
         super().__init__(f"{source}: {message}")
+
+
+def usable_value(label: str, value: float) -> float:
+    """`value` if a policy may scale on it; a MetricUnavailableError for NaN, an infinity or a negative
+    number (utilisation, rates, queue depths and counts are never below zero: a negative is garbage)."""
+    if not math.isfinite(value):
+        raise MetricUnavailableError(label, f"value is {value}")
+    if value < 0:
+        raise MetricUnavailableError(label, f"value is negative ({value:g}): not a usable metric")
+    return value
 
 
 async def get_ok(client: httpx.AsyncClient, url: str, label: str, timeout_s: float) -> httpx.Response:

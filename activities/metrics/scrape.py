@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import math
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from poolctl.activities.metrics.errors import MetricUnavailableError, get_ok
+from poolctl.activities.metrics.errors import MetricUnavailableError, get_ok, usable_value
 from poolctl.domain.readiness import aggregate
 
 
@@ -35,9 +34,7 @@ async def scrape_one(client: httpx.AsyncClient, url: str, metric: str, timeout_s
     value = parse_prometheus_text(resp.text, metric)
     if value is None:
         raise MetricUnavailableError(label, f"no sample of {metric!r} in the answer")
-    if not math.isfinite(value):
-        raise MetricUnavailableError(label, f"{metric} is {value}")
-    return value
+    return usable_value(f"{label} {metric}", value)
 
 
 async def scrape_servers(

@@ -94,12 +94,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
         return
     tr = terminalreporter
     tr.section("fault suite")
-    header = f"{'fault':<58} {'runs':>4} {'lost':>4} {'dupl':>4} {'orph':>4}  final state"
+    header = f"{"fault":<62} {'runs':>4} {'lost':>4} {'dupl':>4} {'orph':>4}  final state"
     tr.write_line(header)
     for row in TABLE.values():
         finals = ", ".join(sorted(set(row.final)))
         tr.write_line(
-            f"{row.fault:<58} {row.runs:>4} {row.lost:>4} {row.duplicates:>4} {row.orphans:>4}  {finals}"
+            f"{row.fault:<62} {row.runs:>4} {row.lost:>4} {row.duplicates:>4} {row.orphans:>4}  {finals}"
         )
 
 
