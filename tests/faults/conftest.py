@@ -94,7 +94,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
         return
     tr = terminalreporter
     tr.section("fault suite")
-    header = f"{"fault":<62} {'runs':>4} {'lost':>4} {'dupl':>4} {'orph':>4}  final state"
+    header = f"{'fault':<62} {'runs':>4} {'lost':>4} {'dupl':>4} {'orph':>4}  final state"
     tr.write_line(header)
     for row in TABLE.values():
         finals = ", ".join(sorted(set(row.final)))
