@@ -11,7 +11,7 @@ from temporalio import activity
 
 from poolctl.activities.providers.base import ProviderError, ServerInfo, ServerState
 from poolctl.activities.providers.registry import get_provider
-from poolctl.activities.provisioning import as_application_error
+from poolctl.activities.provisioning import as_application_error, record_server_info
 from poolctl.domain.model import Message
 from poolctl.domain.names import pool_key
 from poolctl.domain.pool_state import ServerRecord
@@ -116,17 +116,14 @@ class DriftActivities:
 
     def _record(self, inp: AdoptInput) -> None:
         o = inp.server
-        with session_scope(self.settings.resolved_database_url) as s:
-            inventory.record_server(
-                s,
-                team=inp.team,
-                pool=inp.pool,
-                server_id=o.server_id,
-                provider=inp.provider,
-                idempotency_key=o.idempotency_key,
-                host=o.host,
-                port=o.port,
-                state="running",
-                created_at=o.created_at,
-                weight=inp.weight,
-            )
+        info = ServerInfo(
+            server_id=o.server_id,
+            provider=inp.provider,
+            pool=pool_key(inp.team, inp.pool),
+            idempotency_key=o.idempotency_key,
+            host=o.host,
+            port=o.port,
+            state=ServerState.RUNNING,
+            created_at=o.created_at,
+        )
+        record_server_info(self.settings.resolved_database_url, inp.team, inp.pool, info, weight=inp.weight)

@@ -34,6 +34,24 @@ def as_application_error(e: ProviderError) -> ApplicationError:
     return ApplicationError(str(e), type=errors.PROVIDER_ERROR)
 
 
+def record_server_info(database_url: str, team: str, pool: str, info: ServerInfo, *, weight: int) -> None:
+    """Record a server as its provider describes it, as a member of `team/pool` (idempotent upsert)."""
+    with session_scope(database_url) as s:
+        inventory.record_server(
+            s,
+            team=team,
+            pool=pool,
+            server_id=info.server_id,
+            provider=info.provider,
+            idempotency_key=info.idempotency_key,
+            host=info.host,
+            port=info.port,
+            state=info.state.value,
+            created_at=info.created_at,
+            weight=weight,
+        )
+
+
 class ProvisioningActivities:
     """Provision/terminate servers. Both are idempotent: same key -> same server; terminating twice succeeds."""
 
@@ -65,20 +83,7 @@ class ProvisioningActivities:
         )
 
     def _record(self, inp: ProvisionInput, info: ServerInfo) -> None:
-        with session_scope(self.settings.resolved_database_url) as s:
-            inventory.record_server(
-                s,
-                team=inp.team,
-                pool=inp.pool,
-                server_id=info.server_id,
-                provider=info.provider,
-                idempotency_key=info.idempotency_key,
-                host=info.host,
-                port=info.port,
-                state=info.state.value,
-                created_at=info.created_at,
-                weight=inp.weight,
-            )
+        record_server_info(self.settings.resolved_database_url, inp.team, inp.pool, info, weight=inp.weight)
 
     @activity.defn(name="terminate_server")
     async def terminate_server(self, inp: TerminateInput) -> str:

@@ -74,6 +74,28 @@ async def check_pool(client: Client, settings: Settings, pool: str, desired: int
     return Invariants(lost=lost, duplicates=duplicates, orphans=orphans, final=final)
 
 
+async def assert_invariants(  # type: ignore[no-untyped-def]
+    client: Client, settings: Settings, pool: str, desired: int, fault: str, fault_record
+) -> Invariants:
+    """End of a fault test: check the invariants (`check_pool`), count the run in the table under
+    `fault`, and fail unless every count is 0."""
+    inv = await check_pool(client, settings, pool, desired)
+    fault_record(fault, inv)
+    inv.assert_clean()
+    return inv
+
+
+@pytest.fixture
+def quick_recovery(settings: Settings) -> Settings:
+    """Short provider retries, error backoff and drift interval, so a fault test runs in about its fault's length."""
+    settings.scale_attempts = 2
+    settings.retry_initial_interval_s = 0.2
+    settings.error_retry_initial_s = 2.0
+    settings.error_retry_max_s = 10.0
+    settings.drift_interval_s = 2.0
+    return settings
+
+
 @pytest.fixture
 def fault_record(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """`fault_record(name, invariants)`: count a run of a fault in the summary table."""

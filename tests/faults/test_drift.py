@@ -19,7 +19,7 @@ from poolctl.domain.names import pool_key
 from poolctl.settings import Settings
 from poolctl.store import inventory
 from poolctl.store.db import session_scope
-from tests.faults.conftest import check_pool
+from tests.faults.conftest import assert_invariants
 from tests.helpers import apply_yaml, eventually, pool_view, settled
 
 pytestmark = [pytest.mark.temporal, pytest.mark.slow]
@@ -30,11 +30,9 @@ def pool_yaml(size: int, extra: str = "") -> str:
 
 
 @pytest.fixture
-def drifty(settings: Settings) -> Settings:
-    settings.drift_interval_s = 2.0
-    settings.error_retry_initial_s = 2.0
-    settings.error_retry_max_s = 10.0
-    return settings
+def drifty(quick_recovery: Settings) -> Settings:
+    quick_recovery.scale_attempts = 3
+    return quick_recovery
 
 
 def drift_events(settings: Settings) -> list:
@@ -60,9 +58,9 @@ async def test_server_killed_by_hand_on_a_pool_without_health_check_is_replaced(
     )  # fmt: skip
     [note] = [e for e in drift_events(s) if victim in e.cause]
     assert "no longer runs" in note.cause and note.status == "succeeded"
-    inv = await check_pool(client, s, "web", 3)
-    fault_record("server process killed by hand (no health check)", inv)
-    inv.assert_clean()
+    await assert_invariants(
+        client, s, "web", 3, "server process killed by hand (no health check)", fault_record
+    )
 
 
 async def _start_orphan(s: Settings) -> str:
@@ -85,9 +83,9 @@ async def test_orphan_under_the_pools_tag_is_adopted_and_the_pool_kept_at_desire
     )
     # adopted, the pool counts 3: the normal reconcile scales in to the operator's 2
     await settled(client, s, "web", 2, timeout=120)
-    inv = await check_pool(client, s, "web", 2)
-    fault_record("orphan server under the pool's tag (orphan_policy adopt)", inv)
-    inv.assert_clean()
+    await assert_invariants(
+        client, s, "web", 2, "orphan server under the pool's tag (orphan_policy adopt)", fault_record
+    )
 
 
 async def test_orphan_under_the_pools_tag_is_terminated_by_policy(
@@ -104,9 +102,9 @@ async def test_orphan_under_the_pools_tag_is_terminated_by_policy(
     assert info is not None and info.state.value == "terminated"
     after = await settled(client, s, "web", 2, timeout=60)
     assert {m.server_id for m in after.servers} == {m.server_id for m in before.servers}
-    inv = await check_pool(client, s, "web", 2)
-    fault_record("orphan server under the pool's tag (orphan_policy terminate)", inv)
-    inv.assert_clean()
+    await assert_invariants(
+        client, s, "web", 2, "orphan server under the pool's tag (orphan_policy terminate)", fault_record
+    )
 
 
 async def test_provisions_that_all_time_out_but_create_servers_are_adopted(
@@ -123,9 +121,9 @@ async def test_provisions_that_all_time_out_but_create_servers_are_adopted(
     )
     await settled(client, s, "web", 2, timeout=120)  # adopted by drift, then a retry finds nothing to do
     assert sum("adopted" in c for c in await _drift_causes(s)) == 2
-    inv = await check_pool(client, s, "web", 2)
-    fault_record("provider: calls hang past their timeout (servers created)", inv)
-    inv.assert_clean()
+    await assert_invariants(
+        client, s, "web", 2, "provider: calls hang past their timeout (servers created)", fault_record
+    )
 
 
 async def _drift_causes(s: Settings) -> list[str]:

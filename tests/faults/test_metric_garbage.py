@@ -14,7 +14,7 @@ from aiohttp import web
 from temporalio.client import Client
 
 from poolctl.settings import Settings
-from tests.faults.conftest import check_pool
+from tests.faults.conftest import assert_invariants
 from tests.helpers import apply_yaml, eventually, pool_view, settled
 from tests.policy_helpers import events, policy_state
 
@@ -99,13 +99,13 @@ async def test_metric_garbage_never_scales_in_and_scaling_resumes_when_data_retu
             view = await pool_view(client, settings, "web")
             assert view is not None and (view.desired, view.current) == (3, 3)
             assert all(e.direction != "down" for e in events(settings, "web"))
-            inv = await check_pool(client, settings, "web", 3)
-            fault_record(f"metric source answers {name}: no scale-in", inv)
-            inv.assert_clean()
+            await assert_invariants(
+                client, settings, "web", 3, f"metric source answers {name}: no scale-in", fault_record
+            )
         # good data again, and low: the policy scales in at once (desired = ceil(3 * 10 / 50) = 1)
         metric["body"] = '{"v": 10}'
         await settled(client, settings, "web", 1, timeout=120)
         assert [e.direction for e in events(settings, "web")].count("down") == 1
-        inv = await check_pool(client, settings, "web", 1)
-        fault_record("metric data returns after garbage: scaling resumes", inv)
-        inv.assert_clean()
+        await assert_invariants(
+            client, settings, "web", 1, "metric data returns after garbage: scaling resumes", fault_record
+        )

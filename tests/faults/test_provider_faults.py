@@ -15,7 +15,7 @@ from poolctl.settings import Settings
 from poolctl.store import inventory
 from poolctl.store.db import session_scope
 from tests.cli_process import run_cli
-from tests.faults.conftest import check_pool
+from tests.faults.conftest import assert_invariants
 from tests.helpers import apply_yaml, eventually, pool_view, settled
 
 pytestmark = [pytest.mark.temporal, pytest.mark.slow]
@@ -29,16 +29,6 @@ def faulty_pool(size: int, options: str) -> str:
         "pools:\n  - name: web\n    min_servers: 0\n    max_servers: 10\n"
         f"    desired_servers: {size}\n    provider_options: {{{options}}}\n"
     )
-
-
-@pytest.fixture
-def quick_recovery(settings: Settings) -> Settings:
-    """Short provider retries and error backoff, so a fault test runs in about its fault's length."""
-    settings.scale_attempts = 2
-    settings.retry_initial_interval_s = 0.2
-    settings.error_retry_initial_s = 2.0
-    settings.error_retry_max_s = 10.0
-    return settings
 
 
 def events(settings: Settings) -> list:
@@ -69,9 +59,9 @@ async def test_provider_down_for_minutes_then_back_leaves_the_pool_at_desired_si
     # `poolctl events` shows every try
     shown = json.loads((await run_cli(s, "events", "web", "--limit", "1000", "--json")).out)
     assert len(shown) == len(history) and {e["status"] for e in shown} == {"failed", "succeeded"}
-    inv = await check_pool(client, s, "web", 3)
-    fault_record(f"provider down {OUTAGE_S:g}s, then back (no operator)", inv)
-    inv.assert_clean()
+    await assert_invariants(
+        client, s, "web", 3, f"provider down {OUTAGE_S:g}s, then back (no operator)", fault_record
+    )
 
 
 async def _failed_retries(s: Settings) -> int:
@@ -84,9 +74,7 @@ async def test_half_the_provider_calls_failing_the_pool_converges(
     s = quick_recovery
     await apply_yaml(client, s, faulty_pool(4, "fail_ratio: 0.5"))
     await settled(client, s, "web", 4, timeout=180)
-    inv = await check_pool(client, s, "web", 4)
-    fault_record("provider: half the calls fail", inv)
-    inv.assert_clean()
+    await assert_invariants(client, s, "web", 4, "provider: half the calls fail", fault_record)
 
 
 async def test_slow_boots_past_the_providers_wait_the_pool_converges(
@@ -98,6 +86,6 @@ async def test_slow_boots_past_the_providers_wait_the_pool_converges(
     # (same idempotency key) finds the same server, now answering
     await apply_yaml(client, s, faulty_pool(3, "boot_delay_s: 3, startup_timeout_s: 2"))
     await settled(client, s, "web", 3, timeout=180)
-    inv = await check_pool(client, s, "web", 3)
-    fault_record("provider: slow boots (past the provider's wait)", inv)
-    inv.assert_clean()
+    await assert_invariants(
+        client, s, "web", 3, "provider: slow boots (past the provider's wait)", fault_record
+    )
