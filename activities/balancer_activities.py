@@ -35,6 +35,7 @@ from poolctl.activities.balancers.base import (
     UnknownMemberError,
 )
 from poolctl.activities.balancers.registry import make_driver
+from poolctl.activities.kill_points import kill_point
 from poolctl.balancer.credentials import balancer_token
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import BalancerStats, Member, SyncResult
@@ -145,6 +146,8 @@ class BalancerActivities:
         """Drive every active balancer of the pool to exactly `members` (idempotent: only the difference
         is applied; a restarted balancer is rebuilt). Tries every balancer, then fails (retryably) if one
         could not be reached; a refused token or request is not retried."""
+        if any(m.state.value == "in_rotation" for m in inp.members or []):
+            kill_point("registering_in_balancer")  # test-only: a server is being put in rotation
         specs = await asyncio.to_thread(self._balancers, inp.team, inp.pool)
         if not specs:
             return []
@@ -178,6 +181,7 @@ class BalancerActivities:
         """Set the server draining on every active balancer of the pool, then wait (heartbeating) until it
         has no active connections anywhere or the timeout passes. The caller then terminates the server
         and syncs it out. A balancer that does not know the server counts as drained."""
+        kill_point("draining")
         specs = await asyncio.to_thread(self._balancers, inp.team, inp.pool)
         timeout_s = (
             inp.timeout_s if inp.timeout_s is not None else max((s.drain_timeout_s for s in specs), default=0)

@@ -7,6 +7,7 @@ import asyncio
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from poolctl.activities.kill_points import kill_point
 from poolctl.activities.messages import ProvisionInput, TerminateInput
 from poolctl.activities.providers.base import (
     ProviderConfigError,
@@ -60,6 +61,7 @@ class ProvisioningActivities:
 
     @activity.defn(name="provision_server")
     async def provision_server(self, inp: ProvisionInput) -> ServerRecord:
+        kill_point("before_provision")
         provider = get_provider(inp.provider, self.settings.state_dir, self.settings)
         request = ProvisionRequest(
             pool=pool_key(inp.team, inp.pool), idempotency_key=inp.idempotency_key, options=inp.options
@@ -68,6 +70,7 @@ class ProvisioningActivities:
             info = await provider.provision(request)
         except ProviderError as e:
             raise as_application_error(e) from e
+        kill_point("after_provider_call")
         await asyncio.to_thread(self._record, inp, info)
         activity.logger.info(
             "server %s (%s) at %s: %s", info.server_id, inp.provider, info.address, info.state.value
@@ -87,11 +90,13 @@ class ProvisioningActivities:
 
     @activity.defn(name="terminate_server")
     async def terminate_server(self, inp: TerminateInput) -> str:
+        kill_point("terminating")
         provider = get_provider(inp.provider, self.settings.state_dir, self.settings)
         try:
             await provider.terminate(inp.server_id)
         except ProviderError as e:
             raise as_application_error(e) from e
+        kill_point("after_terminate")
         await asyncio.to_thread(self._mark_terminated, inp.server_id)
         activity.logger.info("server %s (%s) terminated", inp.server_id, inp.provider)
         return inp.server_id

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 from temporalio import activity
 
+from poolctl.activities.kill_points import kill_point
 from poolctl.domain.health import HealthState, HealthStatus, ProbeResult, Transition, observe
 from poolctl.domain.health_messages import WatchProgress
 from poolctl.domain.health_spec import HealthCheckSpec
@@ -215,6 +216,7 @@ async def watch_target_activity(params: WatchParams) -> WatchOutcome:
     """
     from poolctl.activities.probes import get_prober
 
+    kill_point("waiting_for_health")
     info = activity.info()
     resume = _resume_progress(info.heartbeat_details)
     last: list[WatchProgress] = []
