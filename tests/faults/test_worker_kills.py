@@ -200,34 +200,62 @@ async def test_one_of_two_workers_killed_with_work_in_flight(
     )
 
 
-# (kill point, the pool has a health check, the pool has a balancer, size after the scale-out, then scale to)
+# (kill point, the pool has a health check, size after the scale-out, then scale to)
 KILL_POINT_CASES = [
-    ("before_provision", False, False, 2, None),
-    ("after_provider_call", False, False, 2, None),
-    ("waiting_for_health", True, False, 2, None),
-    ("registering_in_balancer", True, True, 2, None),
-    ("draining", True, True, 2, 1),
-    ("terminating", False, False, 2, 1),
-    ("after_terminate", False, False, 2, 1),
+    ("before_provision", False, 2, None),
+    ("after_provider_call", False, 2, None),
+    ("waiting_for_health", True, 2, None),
+    ("terminating", False, 2, 1),
+    ("after_terminate", False, 2, 1),
 ]
+BALANCER_KILL_POINT_CASES = [("registering_in_balancer", 2, None), ("draining", 2, 1)]
 
 
-@pytest.mark.parametrize(("point", "health", "balanced", "size", "scale_to"), KILL_POINT_CASES)
+@pytest.mark.parametrize(("point", "health", "size", "scale_to"), KILL_POINT_CASES)
 async def test_worker_killed_at_a_named_step(  # noqa: PLR0913 - the parameters of one case
     client: Client,
     fast: Settings,
     workers: Workers,
     fault_record,
-    request: pytest.FixtureRequest,
     point: str,
     health: bool,
-    balanced: bool,
     size: int,
     scale_to: int | None,
 ):
-    balancer = request.getfixturevalue("front") if balanced else None
+    await _kill_at(client, fast, workers, fault_record, point, pool_yaml(size, health=health), size, scale_to)
+
+
+@pytest.mark.parametrize(("point", "size", "scale_to"), BALANCER_KILL_POINT_CASES)
+async def test_worker_killed_at_a_balancer_step(  # noqa: PLR0913 - the parameters of one case
+    client: Client,
+    fast: Settings,
+    workers: Workers,
+    fault_record,
+    front: BalancerProxy,
+    point: str,
+    size: int,
+    scale_to: int | None,
+):
+    spec = pool_yaml(size, balancer=front)
+    await _kill_at(client, fast, workers, fault_record, point, spec, size, scale_to, balancer=front)
+
+
+async def _kill_at(  # noqa: PLR0913
+    client: Client,
+    fast: Settings,
+    workers: Workers,
+    fault_record,  # type: ignore[no-untyped-def]
+    point: str,
+    spec: str,
+    size: int,
+    scale_to: int | None,
+    *,
+    balancer: BalancerProxy | None = None,
+) -> None:
+    """A worker that SIGKILLs itself at `point`, then a new one: the invariants, one event per action (its
+    outcome succeeded), and a balancer (if any) holding exactly the pool's servers, in rotation."""
     w1 = workers.start(**{KILL_AT_ENV: point})
-    await apply_yaml(client, fast, pool_yaml(size, health=health, balancer=balancer))
+    await apply_yaml(client, fast, spec)
     if scale_to is not None:
         await settled(client, fast, "web", size, timeout=120)
         await pool_ops.request_scale(client, fast.team, "web", scale_to, f"fault: kill at {point}")
@@ -243,7 +271,7 @@ async def test_worker_killed_at_a_named_step(  # noqa: PLR0913 - the parameters 
     expected = [("up", "succeeded")] + ([("down", "succeeded")] if scale_to is not None else [])
     actions = sorted((e.started_at, e.direction, e.status) for e in events(fast, "web"))
     assert [(d, st) for _, d, st in actions] == expected  # one event per action, with its outcome
-    if balancer is not None:  # the balancer ends with exactly the pool's servers, all in rotation
+    if balancer is not None:
         await eventually(
             lambda: asyncio.sleep(0, {m.server_id: m.state.value for m in balancer.members()}),
             lambda got: got == {s.server_id: "in_rotation" for s in view.servers},
