@@ -11,7 +11,6 @@ from typing import Annotated, Any
 import typer
 
 from poolctl.domain.addresses import canonical_server_address, format_server_address
-from poolctl.domain.errors import NotFoundError, SpecError
 from poolctl.domain.pool_state import PoolStatusView
 from poolctl.settings import get_settings
 from poolctl.starter import pool_ops, waiting
@@ -96,15 +95,7 @@ def _change(
                 else "  drained and deregistered"
             )
 
-    try:
-        run_command(go, timeout)
-    except pool_ops.RequestRefused as e:
-        fail(f"refused: {e}", EXIT_BAD_INPUT)
-    except (NotFoundError, SpecError) as e:
-        fail(str(e), EXIT_BAD_INPUT)
-    except RuntimeError as e:
-        s = get_settings()
-        fail(f"{e} (Temporal at {s.temporal_address}; start the stack with `poolctl dev up`)")
+    run_command(go, timeout)  # operator errors become one line and their exit code there (starter.runner)
 
 
 def say(line: str) -> None:
