@@ -43,12 +43,13 @@ class CpuPinner:
 
     async def pin_now(self, http: httpx.AsyncClient) -> None:
         for sid, url in await asyncio.to_thread(self.urls):
-            if self._pinned.get(sid, "unset") == self.cpu:
+            cpu = self.cpu  # what this post sends: `set` may change self.cpu while it is in flight
+            if self._pinned.get(sid, "unset") == cpu:
                 continue
             with contextlib.suppress(httpx.HTTPError):
-                r = await http.post(f"{url}/admin/load", json={"cpu_percent": self.cpu}, timeout=2)
+                r = await http.post(f"{url}/admin/load", json={"cpu_percent": cpu}, timeout=2)
                 if r.status_code == 200:
-                    self._pinned[sid] = self.cpu
+                    self._pinned[sid] = cpu  # a later value is re-sent by the next pass
 
     async def set(self, cpu: float | None) -> None:
         self.cpu = cpu
