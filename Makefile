@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint typecheck unit down clean system-deps bench histories native
+.PHONY: demo test install lint typecheck unit down clean system-deps bench histories native native-if-possible
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ install: $(STAMP)
 # The built-in balancer's hot path compiled by mypyc (optional: balancer/native.py; needs a C compiler).
 native: $(STAMP)
 	$(BIN)/python -c "from poolctl.balancer.native import build, NATIVE_DIR; build(); print('built', NATIVE_DIR)"
+
+# `make test` checks what the image runs (the Dockerfile builds the compiled hot path): built when a C
+# compiler is here and the build is not current; otherwise the suite runs the pure-Python modules.
+native-if-possible: $(STAMP)
+	@$(BIN)/python -c "from poolctl.balancer import native; native.built() or native.build()" 2>/dev/null \
+	  && echo "balancer hot path: compiled (balancer/_native, from the current sources)" \
+	  || echo "balancer hot path: pure Python (make native failed: no C compiler?); the suite runs that"
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -39,8 +46,10 @@ typecheck: $(STAMP)
 	@mkdir -p $(VENV)/mypy-path && ln -sfn ../.. $(VENV)/mypy-path/poolctl
 	$(BIN)/mypy
 
-test: $(STAMP) system-deps lint typecheck
+test: $(STAMP) system-deps lint typecheck native-if-possible
 	$(BIN)/pytest -q -p no:cacheprovider
+	@echo "the proxy's framing attacks and fuzzing again on the pure-Python modules (a source install runs them):"
+	POOLCTL_PURE_PYTHON=1 $(BIN)/pytest -q -p no:cacheprovider tests/test_proxy_attacks.py tests/test_proxy_fuzz.py
 
 # Re-record the workflow histories that tests/test_replay.py replays (after an intended, patched or
 # never-deployed change to workflow code; see docs/workflow-changes.md).

@@ -115,7 +115,12 @@ def test_worker_environment_names_real_settings(compose: dict[str, Any]) -> None
 def test_dockerfile_runs_the_worker() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11", text, re.M)
-    assert "pip install --no-cache-dir ." in text
+    assert "pip install --no-cache-dir '.[fast]'" in text  # uvloop for the built-in balancer
+    # production runs the compiled hot path (issue 13's CPU figure): built in a stage with a compiler,
+    # and the image's build fails if the installed package does not use it
+    assert re.search(r"^FROM python:3\.11\S* AS native", text, re.M)
+    assert "from poolctl.balancer.native import build; build()" in text
+    assert "COPY --from=native" in text and "native.active()" in text
     assert 'CMD ["python", "-m", "poolctl.worker"]' in text
     assert ".venv" in (ROOT / ".dockerignore").read_text()
 
