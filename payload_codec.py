@@ -18,9 +18,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
-from poolctl.domain.addresses import is_loopback_host
 from poolctl.settings import Settings
-from poolctl.state_secrets import read_or_create_secret_file
+from poolctl.state_secrets import key_texts, read_or_create_secret_file
 
 ENCODING = b"binary/encrypted"
 """`encoding` metadata of an encrypted payload (the same marker Temporal's samples use)."""
@@ -77,10 +76,6 @@ class Keyring:
         return sorted(self.ciphers)
 
 
-def temporal_is_local(address: str) -> bool:
-    return is_loopback_host(address.rpartition(":")[0] or "127.0.0.1")
-
-
 def key_file(settings: Settings) -> Path:
     return settings.state_dir / KEY_FILE
 
@@ -101,24 +96,24 @@ def load_keyring(settings: Settings) -> Keyring:
        generated key when one exists and `POOLCTL_PAYLOAD_KEY` replaced it.
 
     Raises PayloadKeyError naming the setting that is missing or malformed."""
-    old: list[bytes] = []
-    path = key_file(settings)
-    if settings.payload_key is not None and settings.payload_key.get_secret_value().strip():
-        current = parse_key(settings.payload_key.get_secret_value(), "POOLCTL_PAYLOAD_KEY")
-        if path.exists():
-            old.append(parse_key(path.read_text(), str(path)))
-    elif temporal_is_local(settings.temporal_address) or path.exists():
-        current = parse_key(read_or_create_secret_file(path, new_key_text), str(path))
-    else:
-        raise PayloadKeyError(
+    current, old = key_texts(
+        configured=settings.payload_key,
+        configured_name="POOLCTL_PAYLOAD_KEY",
+        old=settings.payload_keys_old,
+        old_name="POOLCTL_PAYLOAD_KEYS_OLD",
+        path=key_file(settings),
+        temporal_address=settings.temporal_address,
+        new_text=new_key_text,
+        missing=lambda: PayloadKeyError(
             f"no payload key: Temporal at {settings.temporal_address} is not local, so set POOLCTL_PAYLOAD_KEY "
             "(32 random bytes, base64, e.g. `openssl rand -base64 32`) to the same value for every client "
             "and worker (docs/security.md#secrets)"
-        )
-    if settings.payload_keys_old is not None:
-        for item in settings.payload_keys_old.get_secret_value().replace(",", " ").split():
-            old.append(parse_key(item, "POOLCTL_PAYLOAD_KEYS_OLD"))
-    return Keyring.from_keys(current, old)
+        ),
+        keep_replaced_file=True,
+    )
+    return Keyring.from_keys(
+        parse_key(current.text, current.where), [parse_key(k.text, k.where) for k in old]
+    )
 
 
 _cache: dict[tuple[object, ...], Keyring] = {}

@@ -26,9 +26,9 @@ from temporalio.api.common.v1 import Payload
 
 from poolctl.domain.errors import PoolctlError
 from poolctl.domain.names import NAME_RE, team_of_workflow_id
-from poolctl.payload_codec import PayloadKeyError, new_key_text, parse_key, temporal_is_local
+from poolctl.payload_codec import PayloadKeyError, new_key_text, parse_key
 from poolctl.settings import Settings
-from poolctl.state_secrets import read_or_create_secret_file
+from poolctl.state_secrets import key_texts, read_or_create_secret_file
 
 HEADER = "poolctl-team-auth"
 """Temporal header holding a message's proof: JSON `{"team": ..., "proof": ...}`."""
@@ -147,25 +147,22 @@ def load_team_keys(settings: Settings) -> TeamKeys:
     `POOLCTL_TEAM_AUTH_KEY`, else `<state_dir>/team-auth.key` (generated on first use only when Temporal
     is on a loopback address, the dev stack); `POOLCTL_TEAM_AUTH_KEYS_OLD` still verify.
     Raises TeamAuthError when there is no key or one is malformed."""
-    path = key_file(settings)
-    configured = settings.team_auth_key.get_secret_value().strip() if settings.team_auth_key else ""
-    if configured:
-        current = _parse(configured, "POOLCTL_TEAM_AUTH_KEY")
-    elif temporal_is_local(settings.temporal_address) or path.exists():
-        current = _parse(read_or_create_secret_file(path, new_key_text), str(path))
-    else:
-        raise TeamAuthError(
+    current, old = key_texts(
+        configured=settings.team_auth_key,
+        configured_name="POOLCTL_TEAM_AUTH_KEY",
+        old=settings.team_auth_keys_old,
+        old_name="POOLCTL_TEAM_AUTH_KEYS_OLD",
+        path=key_file(settings),
+        temporal_address=settings.temporal_address,
+        new_text=new_key_text,
+        missing=lambda: TeamAuthError(
             f"no team auth key: Temporal at {settings.temporal_address} is not local, so the worker needs "
             "POOLCTL_TEAM_AUTH_KEY (32 random bytes, base64: `openssl rand -base64 32`), and a caller needs "
             "POOLCTL_TEAM_TOKEN (docs/security.md#teams)"
-        )
-    old = tuple(
-        _parse(item, "POOLCTL_TEAM_AUTH_KEYS_OLD")
-        for item in (settings.team_auth_keys_old.get_secret_value() if settings.team_auth_keys_old else "")
-        .replace(",", " ")
-        .split()
+        ),
+        keep_replaced_file=False,
     )
-    return TeamKeys(current, old)
+    return TeamKeys(_parse(current.text, current.where), tuple(_parse(k.text, k.where) for k in old))
 
 
 class TeamCredentials(Protocol):
