@@ -1,14 +1,21 @@
-"""Test backends for balancer tests: tiny HTTP servers that answer with their own id, and port helpers."""
+"""Test backends for balancer tests: tiny HTTP servers that answer with their own id, port helpers, and a
+built-in balancer run inside the test's process."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 from aiohttp import web
 
+from poolctl.balancer.credentials import balancer_token
+from poolctl.balancer.proxy import BalancerProxy, ProxyConfig
+from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import Member, MemberState
+from poolctl.settings import Settings
 
 
 class Backend:
@@ -77,3 +84,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def in_process_balancer(settings: Settings, name: str = "front") -> AsyncIterator[BalancerProxy]:
+    """The built-in balancer `name` (weighted) on two free ports, running in this process with the admin
+    token the worker of `settings` uses; a pool spec declares it with the proxy's `port`/`admin_port`."""
+    lb_port, admin_port = free_port(), free_port()
+    spec = LoadBalancerSpec(name=name, port=lb_port, admin_port=admin_port, algorithm="weighted")
+    proxy = BalancerProxy(ProxyConfig.from_spec(spec, balancer_token(settings)))
+    await proxy.start()
+    assert (proxy.port, proxy.admin_port) == (lb_port, admin_port)
+    try:
+        yield proxy
+    finally:
+        await proxy.stop(grace_s=1)

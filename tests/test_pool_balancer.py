@@ -31,8 +31,7 @@ from sqlalchemy import select
 from temporalio.client import Client
 
 from poolctl.balancer.credentials import balancer_token
-from poolctl.balancer.proxy import BalancerProxy, ProxyConfig
-from poolctl.domain.balancer_spec import LoadBalancerSpec
+from poolctl.balancer.proxy import BalancerProxy
 from poolctl.domain.capacity import pick_victims
 from poolctl.domain.pool_spec import TerminationPolicy
 from poolctl.domain.pool_state import ServerRecord
@@ -41,7 +40,7 @@ from poolctl.starter import pool_ops
 from poolctl.store import inventory
 from poolctl.store.db import session_scope
 from poolctl.store.models import HealthCheck, Server
-from tests.backends import free_port
+from tests.backends import in_process_balancer
 from tests.helpers import apply_yaml, eventually, pool_view, settled
 
 pytestmark = pytest.mark.temporal
@@ -186,13 +185,8 @@ async def admin_post(server: ServerRecord, path: str, body: dict[str, object]) -
 @pytest.fixture
 async def front(settings: Settings) -> AsyncIterator[BalancerProxy]:
     """The built-in balancer the spec declares, running in this process on the ports it declares."""
-    lb_port, admin_port = free_port(), free_port()
-    spec = LoadBalancerSpec(name="front", port=lb_port, admin_port=admin_port, algorithm="weighted")
-    proxy = BalancerProxy(ProxyConfig.from_spec(spec, balancer_token(settings)))
-    await proxy.start()
-    assert (proxy.port, proxy.admin_port) == (lb_port, admin_port)
-    yield proxy
-    await proxy.stop(grace_s=1)
+    async with in_process_balancer(settings) as proxy:
+        yield proxy
 
 
 async def test_pool_drives_its_balancer(client: Client, settings: Settings, worker, front: BalancerProxy):

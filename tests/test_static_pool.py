@@ -24,15 +24,13 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from poolctl.balancer.credentials import balancer_token
-from poolctl.balancer.proxy import BalancerProxy, ProxyConfig
-from poolctl.domain.balancer_spec import LoadBalancerSpec
+from poolctl.balancer.proxy import BalancerProxy
 from poolctl.domain.static_pool import RECOMMENDATION_ONLY
 from poolctl.settings import Settings
 from poolctl.starter import policy_ops
 from poolctl.store import inventory
 from poolctl.store.db import session_scope
-from tests.backends import free_port
+from tests.backends import free_port, in_process_balancer
 from tests.cli_process import run_cli
 from tests.helpers import apply_yaml, eventually, pool_view
 
@@ -93,11 +91,8 @@ async def externals(tmp_path: Path) -> AsyncIterator[list[External]]:
 @pytest.fixture
 async def front(settings: Settings) -> AsyncIterator[BalancerProxy]:
     """The built-in balancer the spec declares, running in this process on the ports it declares."""
-    spec = LoadBalancerSpec(name="front", port=free_port(), admin_port=free_port(), algorithm="weighted")
-    proxy = BalancerProxy(ProxyConfig.from_spec(spec, balancer_token(settings)))
-    await proxy.start()
-    yield proxy
-    await proxy.stop(grace_s=1)
+    async with in_process_balancer(settings) as proxy:
+        yield proxy
 
 
 def static_spec(servers: list[External], front: BalancerProxy, *, policy: bool = False) -> str:

@@ -22,13 +22,11 @@ import pytest
 from temporalio.client import Client
 
 from poolctl.activities.kill_points import KILL_AT_ENV
-from poolctl.balancer.credentials import balancer_token
-from poolctl.balancer.proxy import BalancerProxy, ProxyConfig
-from poolctl.domain.balancer_spec import LoadBalancerSpec
+from poolctl.balancer.proxy import BalancerProxy
 from poolctl.settings import Settings
 from poolctl.starter import pool_ops
 from poolctl.store.db import migrate
-from tests.backends import free_port
+from tests.backends import in_process_balancer
 from tests.faults.conftest import assert_invariants
 from tests.helpers import apply_yaml, eventually, pool_view, settled
 from tests.policy_helpers import events
@@ -117,11 +115,8 @@ def workers(fast: Settings, tmp_path: Path) -> Iterator[Workers]:
 @pytest.fixture
 async def front(fast: Settings) -> AsyncIterator[BalancerProxy]:
     """The built-in balancer a kill-point pool declares, running in this process on its ports."""
-    spec = LoadBalancerSpec(name="front", port=free_port(), admin_port=free_port(), algorithm="weighted")
-    proxy = BalancerProxy(ProxyConfig.from_spec(spec, balancer_token(fast)))
-    await proxy.start()
-    yield proxy
-    await proxy.stop(grace_s=1)
+    async with in_process_balancer(fast) as proxy:
+        yield proxy
 
 
 async def test_worker_killed_during_scale_in(client: Client, fast: Settings, workers: Workers, fault_record):
