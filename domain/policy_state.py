@@ -24,6 +24,32 @@ MAX_DECISIONS = 20
 # Longest one evaluation-loop activity runs before it returns to the workflow (which then starts the next).
 DEFAULT_LEASE_S = 3600.0
 
+# Bounds of an evaluation loop's heartbeat timeout (`loop_heartbeat_timeout_s`), seconds.
+MIN_LOOP_HEARTBEAT_TIMEOUT_S = 5.0
+MAX_LOOP_HEARTBEAT_TIMEOUT_S = 60.0
+
+
+def loop_heartbeat_timeout_s(interval_s: float) -> float:
+    """Heartbeat timeout (seconds) of an evaluation loop evaluating every `interval_s` seconds: twice the
+    interval, within [MIN_LOOP_HEARTBEAT_TIMEOUT_S, MAX_LOOP_HEARTBEAT_TIMEOUT_S] (30 s at 15 s).
+
+    The SDK sends an activity's heartbeats at most every 0.8 x its heartbeat timeout T (the worker's
+    throttle), so the server hears from a healthy loop every 0.8 x T and a heartbeat may arrive up to
+    0.2 x T late: at T = the interval that was 3 s at 15 s, which a loaded worker missed (the loop was
+    retried: a gap in the evaluations). At 2 x the interval: 6 s, and the loop itself may fall silent for
+    0.6 x T (18 s; it heartbeats every 0.4 x T, `loop_heartbeat_every_s`). Costs: a signal that restarts
+    the loop (pause, resume, a new spec, new members) reaches it with its next sent heartbeat, within
+    0.8 x T (1.6 intervals, 24 s at 15 s; the workflow applies a pause to its own state at once); a
+    crashed worker's loop is retried from its last heartbeat at most T + 1 s (LOOP_RETRY's first interval)
+    after that heartbeat reached the server: 31 s at 15 s, 61 s at most."""
+    return max(MIN_LOOP_HEARTBEAT_TIMEOUT_S, min(2 * interval_s, MAX_LOOP_HEARTBEAT_TIMEOUT_S))
+
+
+def loop_heartbeat_every_s(heartbeat_timeout_s: float) -> float:
+    """How often (seconds) the loop heartbeats: half the SDK's throttle (0.4 x the heartbeat timeout), so
+    each throttle window holds a heartbeat to send even when one comes late by up to 0.4 x the timeout."""
+    return 0.4 * heartbeat_timeout_s
+
 
 class PolicyRunState(Message):
     """Everything a PolicyWorkflow knows that is not its identity: the one model it holds (`self.state`)

@@ -8,10 +8,22 @@ import asyncio
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from poolctl.activities.policy_loop import run_policy_loop
 from poolctl.domain.decision import Direction
 from poolctl.domain.policy_spec import PolicySpec
-from poolctl.domain.policy_state import MetricReading, MetricReadRequest, PolicyLoopParams, PolicyLoopProgress
+from poolctl.domain.policy_state import (
+    MAX_LOOP_HEARTBEAT_TIMEOUT_S,
+    MIN_LOOP_HEARTBEAT_TIMEOUT_S,
+    MetricReading,
+    MetricReadRequest,
+    PolicyLoopParams,
+    PolicyLoopProgress,
+    loop_heartbeat_every_s,
+    loop_heartbeat_timeout_s,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SPEC = PolicySpec.model_validate(
@@ -191,3 +203,20 @@ def test_an_input_continued_by_the_earlier_version_folds_its_separate_fields_int
         fresh.model_copy(update={"state": fresh.run_state()}).model_dump(mode="json")
     )
     assert again.run_state() == fresh.run_state()
+
+
+def test_the_heartbeat_timeout_is_twice_the_interval_within_its_bounds() -> None:
+    assert loop_heartbeat_timeout_s(15) == 30 and loop_heartbeat_every_s(30) == 12
+    assert loop_heartbeat_timeout_s(1) == MIN_LOOP_HEARTBEAT_TIMEOUT_S
+    assert loop_heartbeat_timeout_s(86_400) == MAX_LOOP_HEARTBEAT_TIMEOUT_S
+
+
+@given(st.floats(min_value=1, max_value=86_400))
+def test_a_heartbeat_may_come_late_and_a_dead_worker_is_still_noticed(interval: float) -> None:
+    timeout = loop_heartbeat_timeout_s(interval)
+    every = loop_heartbeat_every_s(timeout)
+    # the SDK sends at most every 0.8 x timeout; the loop heartbeats twice per such window
+    assert every <= 0.8 * timeout / 2
+    # one evaluation interval of silence is survived (up to the cap), and a crash is noticed in bounded time
+    assert timeout >= min(2 * interval, MAX_LOOP_HEARTBEAT_TIMEOUT_S)
+    assert MIN_LOOP_HEARTBEAT_TIMEOUT_S <= timeout <= MAX_LOOP_HEARTBEAT_TIMEOUT_S

@@ -42,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
         PolicyLoopParams,
         PolicyRunState,
         PolicyStateView,
+        loop_heartbeat_every_s,
+        loop_heartbeat_timeout_s,
         policy_status,
     )
     from poolctl.domain.pool_state import PoolMembers
@@ -54,10 +56,6 @@ with workflow.unsafe.imports_passed_through():
 # with no recommendations) and the last send is older than this; a lease end re-sends after REFRESH_AFTER.
 RESEND_AFTER = timedelta(minutes=5)
 REFRESH_AFTER = timedelta(hours=2)
-# The loop's heartbeat timeout: the evaluation interval, within these bounds. A cancellation reaches the
-# loop with its next heartbeat (at most 0.8 x the timeout), so a signal takes effect within an interval.
-MIN_HEARTBEAT_TIMEOUT_S = 5.0
-MAX_HEARTBEAT_TIMEOUT_S = 60.0
 
 
 @workflow.defn
@@ -108,13 +106,10 @@ class PolicyWorkflow:
             state=self.state,
         )
 
-    def _heartbeat_timeout_s(self) -> float:
-        return max(MIN_HEARTBEAT_TIMEOUT_S, min(self.spec.evaluation_interval, MAX_HEARTBEAT_TIMEOUT_S))
-
     async def _loop(self) -> PolicyLoopOutcome | None:
         """Run one evaluation loop until it returns, or until a signal asks for a restart (then it is
         cancelled and returns its state). None when it was cancelled before it could hand its state back."""
-        hb_timeout = self._heartbeat_timeout_s()
+        hb_timeout = loop_heartbeat_timeout_s(self.spec.evaluation_interval)
         params = PolicyLoopParams(
             policy_id=workflow.info().workflow_id,
             team=self.team,
@@ -128,7 +123,7 @@ class PolicyWorkflow:
             next_evaluation_at=self.state.next_evaluation_at,
             evaluate_now=self._evaluate_now,
             lease_s=self.lease_s,
-            heartbeat_every_s=hb_timeout / 2,
+            heartbeat_every_s=loop_heartbeat_every_s(hb_timeout),
         )
         self._restart = self._evaluate_now = False
         self._ops = []
@@ -173,6 +168,11 @@ class PolicyWorkflow:
         st.current = outcome.current
         st.last_error = outcome.last_error
         st.next_evaluation_at = outcome.next_evaluation_at
+        if self._evaluate_now:
+            # the policy changed while this loop ran (pause, resume, toggle, a new spec; the loop learns of
+            # it only with a sent heartbeat, up to 1.6 intervals later): its decision is stale, and the next
+            # loop evaluates at once with the change
+            return
         if outcome.decision is None or not await self._act(outcome.decision):
             return
         d = outcome.decision
