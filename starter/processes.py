@@ -68,7 +68,8 @@ class PortHolder:
     cmdline: list[str]
 
     def describe(self) -> str:
-        cmd = " ".join(self.cmdline)
+        """`pid N (command line)` on one line (an argument's own newlines become spaces)."""
+        cmd = " ".join(" ".join(self.cmdline).split())
         return f"pid {self.pid} ({cmd[:120]})" if cmd else f"pid {self.pid}"
 
 

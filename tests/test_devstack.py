@@ -1,13 +1,20 @@
-"""The dev stack's promises that need no running stack: `dev down` names the local servers it leaves running
-and how to stop them; `dev up` refuses a port another process holds, naming it, and starts nothing;
-`--json` timestamps carry their zone."""
+"""The dev stack's promises: `dev down` names the local servers it leaves running and how to stop them;
+`dev up` waits for a port another process still holds (a server still stopping) and starts once it is
+released, or gives up after `port_release_wait_s` with one line naming the port and its holder, starting
+nothing; `--json` timestamps carry their zone. The `dev up` tests run the real CLI on a private state dir
+and private ports, holding a port with a listener of their own."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,27 +60,105 @@ async def test_dev_down_names_the_local_servers_it_leaves_running_and_how_to_sto
     assert not any("left running" in line for line in said)
 
 
-def test_dev_up_refuses_a_port_held_by_another_process_and_names_it(tmp_path: Path):
+@contextlib.contextmanager
+def port_held(port: int = 0) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A python process of this test listening on 127.0.0.1:`port` (0: any free port) until it is stopped;
+    yields it and the port."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import socket, sys, time\n"
-         "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
-         "print(s.getsockname()[1], flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", "import socket, sys\n"
+         f"s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen()\n"
+         "print(s.getsockname()[1], flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert holder.stdout is not None
-        held = int(holder.stdout.readline())
+        yield holder, int(holder.stdout.readline())
+    finally:
+        holder.kill()  # our own process, by its pid
+        holder.wait(10)
+
+
+def test_dev_up_refuses_a_port_held_by_another_process_and_names_it(tmp_path: Path):
+    with port_held() as (holder, held):
         settings = Settings(
-            state_dir=tmp_path / "state", temporal_address=f"127.0.0.1:{free_port()}", temporal_ui_port=held
+            state_dir=tmp_path / "state",
+            temporal_address=f"127.0.0.1:{free_port()}",
+            temporal_ui_port=held,
+            port_release_wait_s=0,
         )
         with pytest.raises(RuntimeError) as e:
             devstack.up(settings, say=lambda m: None)
-        assert f"port {held} is held by pid {holder.pid}" in str(e.value)
+        assert f"port {held} is still held by pid {holder.pid}" in str(e.value)
         assert "POOLCTL_TEMPORAL_UI_PORT" in str(e.value)
         assert not (settings.state_dir / "pids" / "temporal.pid").exists()  # nothing was started
-    finally:
-        holder.terminate()  # our own process, by its pid
-        holder.wait(10)
+
+
+def stack_env(tmp_path: Path, temporal_port: int, wait_s: float) -> dict[str, str]:
+    """`poolctl dev ...` on a private state dir, database and ports (never a real stack's or another test's)."""
+    env = dict(os.environ)
+    env.update(
+        POOLCTL_ENV_FILE=os.devnull,
+        POOLCTL_STATE_DIR=str(tmp_path / "stack"),
+        POOLCTL_DATABASE_URL=f"sqlite:///{tmp_path / 'stack.db'}",
+        POOLCTL_TEMPORAL_ADDRESS=f"127.0.0.1:{temporal_port}",
+        POOLCTL_TEMPORAL_UI_PORT=str(free_port()),
+        POOLCTL_WORKER_METRICS_PORT="0",
+        POOLCTL_PORT_RELEASE_WAIT_S=str(wait_s),
+    )
+    return env
+
+
+async def dev(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "poolctl.starter.cli", "dev", *args,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+async def test_dev_up_waits_for_a_held_port_to_be_released_then_starts(tmp_path: Path):
+    with port_held() as (holder, port):
+        env = stack_env(tmp_path, port, wait_s=300)  # far longer than this test needs: it releases the port
+        up = await dev(env, "up")
+        try:
+            assert up.stdout is not None
+            said = ""
+            while "waiting up to" not in said:  # dev up says it waits, naming the port and its holder
+                line = await asyncio.wait_for(up.stdout.readline(), 120)
+                assert line, f"dev up ended without waiting: {said}"
+                said += line.decode()
+            assert f"port {port} is held by pid {holder.pid}" in said
+            holder.kill()  # the port is released while dev up waits
+            holder.wait(10)
+            out, err = await asyncio.wait_for(up.communicate(), 180)
+            assert up.returncode == 0, (said + out.decode(), err.decode())
+            assert "ready" in out.decode() and "Traceback" not in err.decode()
+            assert (tmp_path / "stack" / "pids" / "temporal.pid").exists()
+        finally:
+            if up.returncode is None:
+                up.kill()  # our own process
+                await up.wait()
+            down = await dev(env, "down")
+            await asyncio.wait_for(down.communicate(), 120)
+
+
+async def test_dev_up_gives_up_on_a_port_never_released_with_one_line_naming_its_holder(tmp_path: Path):
+    wait_s = 2.0
+    with port_held() as (holder, port):
+        env = stack_env(tmp_path, port, wait_s)
+        started = time.monotonic()
+        up = await dev(env, "up")
+        out, err = await asyncio.wait_for(up.communicate(), 120)
+        took = time.monotonic() - started
+    assert up.returncode != 0
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    assert len(lines) == 1, err.decode()
+    assert f"port {port} is still held by pid {holder.pid} ({sys.executable}" in lines[0]
+    assert "POOLCTL_TEMPORAL_ADDRESS" in lines[0]
+    assert "Traceback" not in out.decode() + err.decode()
+    # within its bound: the wait, plus starting the CLI (slow on a loaded machine; never asserted tighter)
+    assert took < wait_s + 60
+    assert not (tmp_path / "stack" / "pids" / "temporal.pid").exists()  # nothing was started
 
 
 def test_json_output_gives_every_timestamp_its_zone(capsys: pytest.CaptureFixture[str]):
