@@ -1,16 +1,18 @@
 """The fault suite's shared parts: the summary table (printed at the end of every run that includes
 tests/faults: fault, runs, actions lost, duplicate servers, orphans, final state), the invariant check
-every fault test ends with, and a private PostgreSQL server a test may stop and start."""
+every fault test ends with, a private PostgreSQL server and a private dev stack (file-backed Temporal
+server and worker) a test may stop and start."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,11 +20,15 @@ import pytest
 from sqlalchemy import select
 from temporalio.client import Client
 
-from poolctl.activities.providers.registry import get_provider
+from poolctl.activities.providers.registry import get_provider, kill_all_local_servers
 from poolctl.domain.names import pool_key
 from poolctl.settings import Settings
+from poolctl.starter import devstack
+from poolctl.starter.processes import stop as stop_process
 from poolctl.store.db import session_scope
 from poolctl.store.models import ScalingEvent, Server
+from poolctl.temporal_client import connect
+from tests.backends import free_port
 from tests.helpers import pool_view
 from tests.processes import local_server_pids
 
@@ -187,3 +193,44 @@ def private_postgres() -> Iterator[PrivatePostgres]:
             pass
         time.sleep(0)  # nothing else: the data dir goes with the temp dir
         shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class PrivateStack:
+    """A dev stack of the test's own, as `poolctl dev up` runs it: a file-backed Temporal dev server and a
+    worker on private ports, state dir and SQLite file, so a test can stop and start its Temporal server.
+    `client` is connected to it (a new one after `start_temporal`)."""
+
+    settings: Settings
+    client: Client
+
+    async def stop_temporal(self) -> None:
+        """Stop the Temporal server (the pid in its pid file: SIGTERM, SIGKILL after 20 s)."""
+        tpid = int((self.settings.state_dir / "pids" / "temporal.pid").read_text())
+        assert await asyncio.to_thread(stop_process, tpid, 20)
+
+    async def start_temporal(self) -> None:
+        """Start the Temporal server again on the same database file (`dev up`; the worker kept running)."""
+        await asyncio.to_thread(devstack.up, self.settings, say=lambda m: None)
+        self.client = await connect(self.settings)
+
+
+@pytest.fixture
+async def private_stack(settings: Settings, tmp_path: Path) -> AsyncIterator[PrivateStack]:
+    own = settings.model_copy(
+        update={
+            "state_dir": tmp_path / "stack",
+            "database_url": f"sqlite:///{tmp_path / 'stack.db'}",
+            "temporal_address": f"127.0.0.1:{free_port()}",
+            "temporal_ui_port": free_port(),
+            "worker_metrics_port": 0,
+            "activity_timeout_s": 8.0,
+        }
+    )
+    own.ensure_state_dir()
+    try:
+        await asyncio.to_thread(devstack.up, own, say=lambda m: None)
+        yield PrivateStack(own, await connect(own))
+    finally:
+        await asyncio.to_thread(devstack.down, own, say=lambda m: None)
+        kill_all_local_servers(own.state_dir)
