@@ -220,10 +220,18 @@ async def watch_target_activity(params: WatchParams) -> WatchOutcome:
     info = activity.info()
     resume = _resume_progress(info.heartbeat_details)
     last: list[WatchProgress] = []
+    # The SDK sends a heartbeat to the server at most every 0.8 x heartbeat_timeout (the newest details
+    # win), so recording one after every probe only costs the worker an encode; record at most one
+    # per 0.6 x heartbeat_every_s (the wait loop's beats, every heartbeat_every_s, always pass).
+    min_gap = 0.6 * params.heartbeat_every_s
+    sent_at = [-math.inf]
 
     def beat(progress: WatchProgress) -> None:
         last[:] = [progress]
-        activity.heartbeat(progress.model_dump(mode="json"))
+        now = time.monotonic()
+        if now - sent_at[0] >= min_gap:
+            sent_at[0] = now
+            activity.heartbeat(progress.model_dump(mode="json"))
 
     prober = get_prober()
 

@@ -194,6 +194,59 @@ async def test_http_connection_refused(prober: Prober) -> None:
     assert not r.ok and not r.config_error and "connect failed" in (r.error or "")
 
 
+async def test_status_only_probe_sends_one_request_head_and_closes() -> None:
+    """The status-only path (http, no body check): a well-formed HTTP/1.1 request (Host with the port, the
+    method, the path and query as given, Connection: close), the code from the status line."""
+    heads: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    p = Prober()
+    try:
+        r = await p.probe(http(path="/h?x=1", method="HEAD"), "127.0.0.1", port)
+    finally:
+        await p.close()
+        server.close()
+        await server.wait_closed()
+    assert not r.ok and r.status_code == 503 and r.error == "unexpected status 503"
+    [head] = heads
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HEAD /h?x=1 HTTP/1.1"
+    assert f"Host: 127.0.0.1:{port}" in lines and "Connection: close" in lines
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "bad response: status line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n", "bad response: connection closed before"),
+        (b"", "bad response: connection closed before"),
+    ],
+)
+async def test_status_only_probe_fails_on_what_is_not_an_http_response(reply: bytes, error: str) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    p = Prober()
+    try:
+        r = await p.probe(http(path="/"), "127.0.0.1", server.sockets[0].getsockname()[1])
+    finally:
+        await p.close()
+        server.close()
+        await server.wait_closed()
+    assert not r.ok and not r.config_error and (r.error or "").startswith(error), r.error
+
+
 async def test_port_override(prober: Prober, http_port: int) -> None:
     r = await prober.probe(http(path="/ok", port=http_port), "127.0.0.1", closed_port())
     assert r.ok
