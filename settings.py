@@ -115,7 +115,11 @@ class Settings(BaseSettings):
         description="Longest one policy evaluation loop (an activity) runs before the policy renews it.",
     )
     history_budget: int = Field(
-        default=2000, ge=100, description="Events after which a long-lived workflow continues-as-new."
+        default=2000,
+        ge=100,
+        description="Events after which a long-lived workflow (pool, policy, health check) continues-as-new. "
+        "The check runs between turns of its loop, so a run's history stays within this plus one turn: pool "
+        "+40 (a turn scaling by up to 3 servers), policy +35, health check +25 (docs/reliability.md).",
     )
     balancer_token: str = Field(
         default="",

@@ -180,7 +180,9 @@ class _WorkflowInbound(WorkflowInboundInterceptor):
 
     async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
         # Checked when the run starts, not on replay: a refused start failed its run, and a run started
-        # before the check existed (no header) must still replay.
+        # before the check existed (no header) must still replay. `input.args` are the objects the
+        # workflow's __init__ took, after the signals of its first task: a workflow that kept them and let
+        # a handler change them would be refused (long-lived workflows copy their input).
         why = None if workflow.unsafe.is_replaying() else self._start_refusal(input)
         if why is not None:
             workflow.logger.warning("team check refused a start: %s", why)

@@ -33,6 +33,10 @@ with workflow.unsafe.imports_passed_through():
 class HealthCheckWorkflow:
     @workflow.init
     def __init__(self, inp: HealthInput) -> None:
+        # a copy: signals taken before the run starts change this run's state, and the team check
+        # (team_interceptor) verifies the start's proof against the input after them: it refused a
+        # continue-as-new run that signals reached first, and the chain ended
+        inp = inp.model_copy(deep=True)
         self.inp = inp
         self.check_state: HealthCheckState = inp.state  # all that survives continue-as-new
         self._published_state: str | None = None

@@ -62,6 +62,10 @@ REFRESH_AFTER = timedelta(hours=2)
 class PolicyWorkflow:
     @workflow.init
     def __init__(self, inp: PolicyInput) -> None:
+        # a copy: signals taken before the run starts change this run's state, and the team check
+        # (team_interceptor) verifies the start's proof against the input after them: it refused a
+        # continue-as-new run that signals reached first, and the chain ended
+        inp = inp.model_copy(deep=True)
         self.team = inp.team
         self.pool = inp.pool
         self.history_budget = inp.history_budget

@@ -80,6 +80,10 @@ MAX_REMEMBERED_REQUESTS = 50
 class PoolWorkflow(PoolSignals):
     @workflow.init
     def __init__(self, inp: PoolInput) -> None:
+        # a copy: signals taken before the run starts change this run's state, and the team check
+        # (team_interceptor) verifies the start's proof against the input after them: it refused a
+        # continue-as-new run that signals reached first, and the chain ended
+        inp = inp.model_copy(deep=True)
         self.team = inp.team
         self.spec: PoolSpec = inp.spec
         self.runtime = inp.runtime
