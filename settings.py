@@ -232,6 +232,23 @@ class Settings(BaseSettings):
         self.state_dir.mkdir(parents=True, exist_ok=True)
         return self.state_dir
 
+    def as_env(self) -> dict[str, str]:
+        """Every setting that has a value, as the `POOLCTL_<NAME>` variable that gives it back (secrets in
+        clear, datetimes in ISO 8601): what a process poolctl starts (the dev stack's worker, a built-in
+        balancer) needs to run with these settings rather than with its defaults (a second stack's worker
+        would otherwise bind the default metrics port of the first)."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            env[f"POOLCTL_{name.upper()}"] = str(value)
+        return env
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

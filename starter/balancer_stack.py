@@ -45,14 +45,10 @@ def declared(settings: Settings) -> list[store.StoredBalancer]:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {**os.environ, **settings.as_env(), "POOLCTL_DATABASE_URL": settings.resolved_database_url}
     # a balancer is the stack's process, not the caller's: it runs as the stack (the team auth key in the
     # state dir), whichever team's caller started it
     env.pop("POOLCTL_TEAM_TOKEN", None)
-    env["POOLCTL_STATE_DIR"] = str(settings.state_dir)
-    env["POOLCTL_DATABASE_URL"] = settings.resolved_database_url
-    if settings.balancer_token:
-        env["POOLCTL_BALANCER_TOKEN"] = settings.balancer_token
     return env
 
 

@@ -118,13 +118,7 @@ def up(settings: Settings, *, say=print) -> None:  # type: ignore[no-untyped-def
     if pid_alive(wpid):
         say(f"worker already running (pid {wpid})")
     else:
-        env = dict(os.environ)
-        env["POOLCTL_STATE_DIR"] = str(settings.state_dir)
-        env["POOLCTL_TEMPORAL_ADDRESS"] = settings.temporal_address
-        env["POOLCTL_TEMPORAL_NAMESPACE"] = settings.temporal_namespace
-        env["POOLCTL_TASK_QUEUE"] = settings.task_queue
-        if settings.database_url:
-            env["POOLCTL_DATABASE_URL"] = settings.database_url
+        env = {**os.environ, **settings.as_env()}  # the stack's settings, not the worker's defaults
         start = p["worker_log"].stat().st_size if p["worker_log"].exists() else 0
         wpid = spawn([sys.executable, "-m", "poolctl.worker"], p["worker_log"], env)
         p["worker_pid"].write_text(str(wpid))
