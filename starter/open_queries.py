@@ -17,6 +17,8 @@ from temporalio.client import WorkflowHandle, WorkflowQueryRejectedError
 from temporalio.common import QueryRejectCondition
 from temporalio.service import RPCError, RPCStatusCode
 
+from poolctl.temporal_client import clear_frames
+
 
 async def query_open(handle: WorkflowHandle[Any, Any], query: Any, *args: Any) -> Any:
     """The answer of `query` (a `@workflow.query` method reference) on the workflow's open run, or None
@@ -25,14 +27,18 @@ async def query_open(handle: WorkflowHandle[Any, Any], query: Any, *args: Any) -
     while True:
         try:
             return await handle.query(query, *args, reject_condition=QueryRejectCondition.NOT_OPEN)
-        except WorkflowQueryRejectedError:
-            return None
-        except RPCError as e:
-            if e.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
-                return None
-            if e.status not in NO_WORKER_ANSWERED:
+        except (WorkflowQueryRejectedError, RPCError) as e:
+            if isinstance(e, RPCError) and e.status not in (*NOT_OPEN, *NO_WORKER_ANSWERED):
                 raise
+            # Handled here, but the SDK's bridge future still holds it, in a cycle the garbage collector
+            # does not break on 3.11: its frames would keep the client (hence the command's Temporal
+            # runtime) alive past the loop (`poolctl.temporal_client.command_runtime`).
+            clear_frames(e)
+            if not (isinstance(e, RPCError) and e.status in NO_WORKER_ANSWERED):
+                return None
 
 
+# what the server answers for a workflow that is closed or unknown
+NOT_OPEN = (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION)
 # what the server answers when no worker took the query before its own deadline
 NO_WORKER_ANSWERED = (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED)

@@ -41,6 +41,7 @@ from poolctl.settings import Settings
 from poolctl.starter.open_queries import query_open
 from poolctl.store import queries
 from poolctl.store.db import session_scope
+from poolctl.temporal_client import clear_frames
 from poolctl.workflows.pool import PoolWorkflow
 
 
@@ -161,6 +162,7 @@ async def is_running(client: Client, team: str, pool: str) -> bool:
         desc = await pool_handle(client, team, pool).describe()
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
+            clear_frames(e)  # handled: its frames must not keep the client alive (`starter.open_queries`)
             return False
         raise
     return desc.status == WorkflowExecutionStatus.RUNNING

@@ -27,6 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from poolctl.activities.balancer_activities import RollupInput
 from poolctl.activities.housekeeping import HousekeepingInput
 from poolctl.settings import Settings
+from poolctl.temporal_client import clear_frames
 from poolctl.workflows.balancer_stats import BalancerStatsWorkflow
 from poolctl.workflows.housekeeping import HousekeepingWorkflow
 
@@ -132,6 +133,7 @@ async def list_schedules(client: Client, settings: Settings) -> list[ScheduleVie
         except RPCError as e:
             if e.status != RPCStatusCode.NOT_FOUND:
                 raise
+            clear_frames(e)  # handled: its frames must not keep the client alive (`starter.open_queries`)
             out.append(ScheduleView(sid, kind.what, kind.every_s(settings), False, None, None, exists=False))
             continue
         info = desc.info
