@@ -22,12 +22,16 @@ def _interrupted_while_loading(signum: int, frame: FrameType | None) -> None:
 
 
 def _silent_interrupt(e: SystemExit) -> bool:
-    """Did Typer turn a KeyboardInterrupt into this exit 130 without a word (outside `starter.runner`)?"""
+    """Did Typer turn a KeyboardInterrupt into this exit 130 without a word (outside `starter.runner`)?
+
+    Typer raises its `Exit(130)` *from* the KeyboardInterrupt (its cause). A command that said its own
+    line (`output.fail(..., 130)` in an `except KeyboardInterrupt:` block) raised its Exit *during* it (its
+    context only): that one has been said and gets no second line."""
     if e.code != EXIT_INTERRUPTED:
         return False
     cause = e.__context__
     while cause is not None and type(cause).__name__ == "Exit":  # click's / typer's Exit
-        cause = cause.__cause__ or cause.__context__
+        cause = cause.__cause__
     return isinstance(cause, KeyboardInterrupt)
 
 
