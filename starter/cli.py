@@ -540,6 +540,7 @@ HELP_PANELS = {  # `poolctl --help` lists commands under these headings, in this
         "validate",
         "status",
         "servers",
+        "server",
         "events",
         "health",
         "scale",

@@ -37,6 +37,7 @@ def test_root_help_lists_each_command_once_under_headings():
     listed = [line.split()[1] for line in text.splitlines() if line.startswith("│ ") and line[2] != " "]
     assert listed.count("balancer") == 1 and "lb" not in listed  # `lb` is a hidden alias
     assert listed.index("demo") < listed.index("apply") < listed.index("policy") < listed.index("worker")
+    assert "Other" not in text  # every command sits under a heading that says what it is for
 
 
 def test_timeout_help_says_what_it_bounds():
