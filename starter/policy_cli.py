@@ -347,7 +347,9 @@ def simulate(
         fail(f"pool {pspec.name} has no policy {policy!r} (policies: {names})", EXIT_BAD_INPUT)
     try:
         points = load_trace_csv(trace)
-    except (OSError, ValueError) as e:
+    except OSError as e:  # as a spec file that cannot be read is said (`starter.specfile`)
+        fail(f"{trace}: cannot read: {e.strerror or e}", EXIT_BAD_INPUT)
+    except ValueError as e:
         fail(str(e), EXIT_BAD_INPUT)
     n0 = pspec.initial_desired if start is None else start
     steps = run_sim(

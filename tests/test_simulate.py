@@ -128,3 +128,17 @@ def test_simulate_instance_warmup_and_activation_from_zero() -> None:
     ]
     assert reasons[3:6] == [ReasonCode.SERVERS_NOT_READY] * 3  # warming up for 60 s
     assert steps[6].ready == 1 and reasons[6] is ReasonCode.TARGET_TRACKING
+
+
+def test_simulate_names_a_trace_it_cannot_read_in_one_line(tmp_path: Path) -> None:
+    """A missing trace file is said as a missing spec file is: the path, `cannot read`, the reason; exit 2."""
+    from typer.testing import CliRunner
+
+    from poolctl.starter.cli import app
+
+    missing = tmp_path / "nope.csv"
+    result = CliRunner().invoke(
+        app, ["simulate", "-f", "examples/demo.yaml", "--policy", "cpu-target", "--trace", str(missing)]
+    )
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {missing}: cannot read: No such file or directory"
