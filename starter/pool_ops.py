@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from temporalio.client import (
     Client,
@@ -98,6 +99,21 @@ def start_operation(settings: Settings, team: str, spec: PoolSpec) -> WithStartW
     )
 
 
+async def update_with_start(client: Client, update: Any, op: WithStartWorkflowOperation, *args: Any) -> Any:
+    """`client.execute_update_with_start_workflow(update, *args, start_workflow_operation=op)`, and when it
+    fails (a refusal, Temporal gone, the command's deadline cancelling it) the start's error that the SDK
+    also parks in `op`'s handle future is taken out of it, frames cleared: left there, asyncio prints
+    "Future exception was never retrieved" with a traceback when the command ends, and its frames keep the
+    client alive past the loop (`poolctl.temporal_client.command_runtime`)."""
+    try:
+        return await client.execute_update_with_start_workflow(update, *args, start_workflow_operation=op)
+    except BaseException:
+        parked = op._workflow_handle  # the SDK's own future behind the public `op.workflow_handle()`
+        if parked.done() and not parked.cancelled() and (error := parked.exception()) is not None:
+            clear_frames(error)
+        raise
+
+
 async def refusal(client: Client, team: str, spec: PoolSpec) -> str | None:
     """What the pool's running workflow would refuse in `spec` ("field: message"), None if no workflow runs.
 
@@ -113,10 +129,11 @@ async def apply_pool(client: Client, settings: Settings, team: str, spec: PoolSp
     """Send one pool's whole spec to its workflow (started with it if none runs): create-or-update in one
     call. The workflow writes the store and runs the policies; a refusal raises RequestRefused."""
     try:
-        result: ApplyResult = await client.execute_update_with_start_workflow(
+        result: ApplyResult = await update_with_start(
+            client,
             PoolWorkflow.apply,
+            start_operation(settings, team, spec),
             ApplyRequest(team=team, spec=spec),
-            start_workflow_operation=start_operation(settings, team, spec),
         )
     except WorkflowUpdateFailedError as e:
         raise RequestRefused(_failure_message(e)) from e
@@ -235,9 +252,10 @@ async def request_delete(client: Client, settings: Settings, team: str, pool: st
     spec = stored_spec(settings, team, pool)
     with _refused_or_missing(f"pool {pool!r} not found in team {team!r}"):
         if spec is not None:
-            return await client.execute_update_with_start_workflow(
-                PoolWorkflow.delete, start_workflow_operation=start_operation(settings, team, spec)
+            deleted: int = await update_with_start(
+                client, PoolWorkflow.delete, start_operation(settings, team, spec)
             )
+            return deleted
         return await pool_handle(client, team, pool).execute_update(PoolWorkflow.delete)
 
 

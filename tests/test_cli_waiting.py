@@ -1,5 +1,5 @@
-"""No silent waits, no tracebacks: with the worker stopped, `poolctl scale` (a real subprocess) says it waits
-for a worker on the task queue, gives up at `--timeout` with one line and exit code 3, and Ctrl-C ends it
+"""No silent waits, no tracebacks: with the worker stopped, `poolctl scale` and `delete pool` (real subprocesses) say they wait
+for a worker on the task queue, give up at `--timeout` with one line and exit code 3, and Ctrl-C ends `scale`
 with one line and exit code 130."""
 
 from __future__ import annotations
@@ -44,11 +44,16 @@ async def pool_without_worker(client: Client, settings: Settings) -> AsyncIterat
     yield settings
 
 
-async def test_scale_without_a_worker_says_so_and_times_out_with_one_line_and_exit_3(
-    pool_without_worker: Settings,
+@pytest.mark.parametrize(
+    "command",
+    [["scale", "web", "--desired", "1"], ["delete", "pool", "web", "--yes"]],  # delete: an update-with-start
+    ids=["scale", "delete"],
+)
+async def test_without_a_worker_says_so_and_times_out_with_one_line_and_exit_3(
+    pool_without_worker: Settings, command: list[str]
 ):
     proc = await asyncio.create_subprocess_exec(
-        POOLCTL, "scale", "web", "--desired", "1", "--timeout", "5",
+        POOLCTL, *command, "--timeout", "5",
         env=cli_env(pool_without_worker), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await proc.communicate()
