@@ -2,9 +2,10 @@
 
 Refused, each with a one-line message: files over 1 MiB, text that is not UTF-8 (UTF-16/32 included),
 nesting deeper than 64 levels, documents whose aliases expand to more than 100,000 nodes (the "billion
-laughs"), and duplicate keys in a mapping. Scalars follow the YAML 1.2 core schema: only `true`/`false`
-are booleans (`yes`, `no`, `on`, `off` stay strings), `010` is ten, `1:30` and `2024-01-01` stay strings,
-`1e3` is a number.
+laughs"), duplicate keys in a mapping, and integers longer than 100 characters (Python cannot even convert
+more than 4,300 decimal digits). Scalars follow the YAML 1.2 core schema: only `true`/`false` are booleans
+(`yes`, `no`, `on`, `off` stay strings), `010` is ten, `1:30` and `2024-01-01` stay strings, `1e3` is a
+number.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 MAX_FILE_BYTES = 1024 * 1024
 MAX_DEPTH = 64
 MAX_EXPANDED_NODES = 100_000
+MAX_INT_DIGITS = 100
+"""Longest integer literal read (Python refuses to convert more than 4,300 decimal digits at all)."""
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -73,6 +76,11 @@ class SpecLoader(yaml.SafeLoader):
 
     def construct_yaml_int(self, node: ScalarNode) -> int:  # type: ignore[override]
         value = str(self.construct_scalar(node))
+        if len(value) > MAX_INT_DIGITS:
+            raise SpecYamlError(
+                f"an integer of {len(value):,} characters; integers may be at most {MAX_INT_DIGITS} characters long",
+                node.start_mark.line + 1,
+            )
         if value.startswith(("0x", "0o")):
             return int(value[2:], 16 if value[1] == "x" else 8)
         return int(value, 10)
