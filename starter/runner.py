@@ -87,7 +87,7 @@ def run_command(make: Callable[[], Awaitable[T]], timeout_s: float = waiting.DEF
     except (SpecError, NotFoundError) as e:
         fail(str(e), EXIT_BAD_INPUT)
     except RequestRefused as e:
-        fail(f"refused: {e}", EXIT_BAD_INPUT)
+        fail(str(e) if str(e).startswith("refused") else f"refused: {e}", EXIT_BAD_INPUT)
     except TemporalUnreachable as e:
         fail(f"{e}; {start_hint(e.address)}")
     except RPCError as e:

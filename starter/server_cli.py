@@ -16,6 +16,7 @@ from poolctl.settings import get_settings
 from poolctl.starter import pool_ops, waiting
 from poolctl.starter.output import EXIT_BAD_INPUT, console, fail
 from poolctl.starter.runner import run_command
+from poolctl.starter.teams import team_or_exit
 from poolctl.temporal_client import connect
 
 server_app = typer.Typer(
@@ -26,7 +27,9 @@ PoolArg = Annotated[str, typer.Argument(help="Pool name (a pool with provider: s
 AddressArg = Annotated[str, typer.Argument(help="host:port, e.g. 10.0.0.5:8080 or [2001:db8::5]:8080.")]
 TeamOpt = Annotated[
     str | None,
-    typer.Option("--team", "-t", help="Team that owns the pool (default: POOLCTL_TEAM or 'default')."),
+    typer.Option(
+        "--team", "-t", help="Team that owns the pool.  \\[default: your team token's, else POOLCTL_TEAM]"
+    ),
 ]
 WaitOpt = Annotated[bool, typer.Option(help="Wait until the pool has registered (or removed) the server.")]
 TimeoutOpt = Annotated[
@@ -72,7 +75,7 @@ def _change(
     canonical = _address(address)
     if weight is not None and not 0 <= weight <= 256:
         fail(f"bad weight: {weight} is outside 0-256", EXIT_BAD_INPUT)
-    t = team or get_settings().team
+    t = team_or_exit(team)  # the caller's team (poolctl.starter.teams): another team's is refused here
 
     async def go() -> None:
         client = await connect(get_settings())

@@ -240,6 +240,8 @@ async def test_cli_with_team_a_token_cannot_list_read_scale_pause_or_delete_team
         ["policy", "pause", "web", "cpu", "--team", b],
         ["delete", "pool", "web", "--team", b, "--yes"],
         ["apply", "-f", str(spec), "--no-wait"],
+        ["server", "add", "web", "127.0.0.1:9", "--team", b],
+        ["server", "remove", "web", "127.0.0.1:9", "--team", b],
     ):
         code, out = await cli(*args)
         assert code == 2, (args, out)
@@ -247,6 +249,8 @@ async def test_cli_with_team_a_token_cannot_list_read_scale_pause_or_delete_team
     # without --team the caller's own team is meant: team A has no pool web
     code, out = await cli("status", "web")
     assert code == 2 and f"team '{a}'" in out and "not found" in out, out
+    code, out = await cli("server", "add", "web", "127.0.0.1:9")  # not POOLCTL_TEAM's (team B's) pool
+    assert code == 2 and "has no running workflow" in out and "refused" not in out, out
 
     # nothing changed in team B
     view = await pool_view(client, team_b_pool, "web")
