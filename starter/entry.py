@@ -3,7 +3,9 @@
 Loading the CLI (Typer, Rich, pydantic, the Temporal SDK) takes a second or two; a Ctrl-C in that time
 would otherwise print a `KeyboardInterrupt` traceback from some import. Until the CLI is loaded, SIGINT
 prints one line and exits 130 (nothing has been sent anywhere yet); after that the commands' own handling
-applies (`starter.runner`), and a Ctrl-C that Typer turns into a silent exit 130 gets its line here."""
+applies (`starter.runner`), and a Ctrl-C that Typer turns into a silent exit 130 gets its line here, as
+does one while Typer still builds the command line from the commands' signatures (before any command runs,
+outside Click's own handling; it takes a noticeable time on a loaded machine)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         cli.main()
+    except KeyboardInterrupt:  # only Typer's building of the command escapes Click's handling of Ctrl-C
+        sys.stderr.write("interrupted: poolctl was still starting; nothing was sent\n")
+        sys.stderr.flush()
+        sys.exit(EXIT_INTERRUPTED)
     except SystemExit as e:
         if _silent_interrupt(e):
             sys.stderr.write("interrupted\n")

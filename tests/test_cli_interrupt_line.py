@@ -1,8 +1,11 @@
 """Ctrl-C gets exactly one line: the console script adds `interrupted` only to the exit 130 that Typer
 made of a KeyboardInterrupt without a word, not to a command's own `error: interrupted: ...` exit
-(`poolctl dev up` / `dev down` say what state the stack may be in)."""
+(`poolctl dev up` / `dev down` say what state the stack may be in); and a Ctrl-C while Typer still builds
+the command line gets the starting line too."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 import typer
@@ -51,3 +54,24 @@ def test_other_exits_get_nothing():
         raise typer.Exit(2)
 
     assert not _silent_interrupt(_exit_of(bad_input))
+
+
+def test_ctrl_c_while_typer_builds_the_command_line_prints_one_line_and_exits_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Typer reads every command's signature after the imports, outside Click's handling of Ctrl-C: a SIGINT
+    then (2 s into `poolctl dev down` on a loaded machine) was a KeyboardInterrupt traceback."""
+    import typer.main
+
+    from poolctl.starter import entry
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(typer.main, "get_command", interrupted)
+    monkeypatch.setattr(sys, "argv", ["poolctl", "dev", "down"])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # Typer installs its own
+    with pytest.raises(SystemExit) as e:
+        entry.main()
+    assert e.value.code == 130
+    assert capsys.readouterr().err == "interrupted: poolctl was still starting; nothing was sent\n"
