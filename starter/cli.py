@@ -230,7 +230,7 @@ def apply(
 
     async def go() -> list[pool_ops.ApplyOutcome]:
         client = await _client()  # reach Temporal before writing anything
-        outcomes = await waiting.for_worker(pool_ops.apply_documents(client, _settings(), docs))
+        outcomes = await waiting.for_worker(pool_ops.apply_documents(client, _settings(), docs), sends=True)
         await balancer_stack.after_apply(client, _settings(), say=lambda m: console.print(m, highlight=False))
         if not as_json:
             for o in outcomes:
@@ -444,7 +444,9 @@ def scale(
         before = await waiting.for_worker(pool_ops.query_status(client, t, pool))
         if before is None:
             raise NotFoundError(f"pool {pool!r} (team {t}) has no running workflow: apply its spec first")
-        accepted = await waiting.for_worker(pool_ops.request_scale(client, t, pool, desired, reason))
+        accepted = await waiting.for_worker(
+            pool_ops.request_scale(client, t, pool, desired, reason), sends=True
+        )
         console.print(
             f"{pool}: desired {accepted.previous_desired} -> {accepted.desired} (now {accepted.current} servers)"
         )
@@ -471,7 +473,7 @@ def delete_pool(
 
     async def go() -> int:
         client = await _client()
-        n = await waiting.for_worker(pool_ops.delete_pool(client, _settings(), t, pool))
+        n = await waiting.for_worker(pool_ops.delete_pool(client, _settings(), t, pool), sends=True)
         # with the dev stack running, its balancers are stopped too (they are no longer declared)
         await balancer_stack.after_apply(client, _settings(), say=lambda m: console.print(m, highlight=False))
         return n

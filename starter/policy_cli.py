@@ -245,6 +245,7 @@ def _signal_command(signal: str, doc: str) -> None:
             return await waiting.for_worker(
                 policy_ops.signal_and_read(client, t, pool, policy, signal),
                 f"waiting for policy {policy} to take the {signal} signal",
+                sends=True,
             )
 
         view = _run(go, timeout)

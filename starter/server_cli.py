@@ -80,7 +80,7 @@ def _change(
     async def go() -> None:
         client = await connect(get_settings())
         result = await waiting.for_worker(
-            pool_ops.request_server_change(client, t, pool, canonical, weight, adding=adding)
+            pool_ops.request_server_change(client, t, pool, canonical, weight, adding=adding), sends=True
         )
         if result.action == "reweighted":
             say(f"{pool}: {result.address} weight {result.previous_weight} -> {result.weight}")

@@ -47,11 +47,18 @@ class Deadline:
     def waiting_line(self) -> str:
         return f"waiting for a worker on task queue {self.task_queue} (is the worker running? poolctl dev status)"
 
-    def timed_out(self, what: str) -> WaitTimedOut:
+    def timed_out(self, what: str, *, sends: bool = False) -> WaitTimedOut:
         return WaitTimedOut(
             f"timed out after {self.timeout_s:g}s {what} on task queue {self.task_queue} "
             "(is the worker running? poolctl dev status; or raise --timeout)"
+            + (SENT_CARRIES_ON if sends else "")
         )
+
+
+SENT_CARRIES_ON = "; what it already sent may still be done when a worker answers (see poolctl status)"
+"""What a timed-out command that changes something adds: a signal it sent, or an update the server admitted,
+stays with Temporal, so a pool may still be deleted (or a server added) once a worker polls again; an
+admitted update that no worker accepted can also be dropped by the server, hence "may"."""
 
 
 _deadline: ContextVar[Deadline | None] = ContextVar("poolctl_deadline", default=None)
@@ -80,12 +87,12 @@ def remaining_s(default: float = DEFAULT_TIMEOUT_S) -> float:
     return default if d is None else d.remaining_s
 
 
-async def for_worker(call: Awaitable[T], what: str = "waiting for a worker") -> T:
+async def for_worker(call: Awaitable[T], what: str = "waiting for a worker", *, sends: bool = False) -> T:
     """Await `call` (an update, a query, a workflow result: anything a worker must answer) within the
     current command's deadline. After `notice_after_s` without an answer it says, once, that it waits for
     a worker on the task queue; when the deadline passes it cancels the call and raises `WaitTimedOut`
-    (`what` completes the message: "timed out after 5s waiting for ..."). Outside a `deadline` block the
-    call is simply awaited."""
+    (`what` completes the message: "timed out after 5s waiting for ..."; `sends`: `call` sends a change,
+    which the message says still happens). Outside a `deadline` block the call is simply awaited."""
     d = _deadline.get()
     if d is None:
         return await call
@@ -98,7 +105,7 @@ async def for_worker(call: Awaitable[T], what: str = "waiting for a worker") -> 
                 d.say(d.waiting_line())
         done, _ = await asyncio.wait({task}, timeout=d.remaining_s)
         if not done:
-            raise d.timed_out(what)
+            raise d.timed_out(what, sends=sends)
         return task.result()
     finally:
         if not task.done():

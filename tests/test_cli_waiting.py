@@ -13,6 +13,7 @@ import pytest
 from temporalio.client import Client
 
 from poolctl.settings import Settings
+from poolctl.starter.waiting import SENT_CARRIES_ON
 from tests.helpers import EMPTY_POOL_SPEC, POOLCTL, apply_yaml, eventually, settled
 
 pytestmark = pytest.mark.temporal
@@ -45,12 +46,15 @@ async def pool_without_worker(client: Client, settings: Settings) -> AsyncIterat
 
 
 @pytest.mark.parametrize(
-    "command",
-    [["scale", "web", "--desired", "1"], ["delete", "pool", "web", "--yes"]],  # delete: an update-with-start
+    ("command", "sent"),
+    [
+        (["scale", "web", "--desired", "1"], ""),  # still asking the pool for its status: nothing sent
+        (["delete", "pool", "web", "--yes"], SENT_CARRIES_ON),  # an update-with-start: sent
+    ],
     ids=["scale", "delete"],
 )
 async def test_without_a_worker_says_so_and_times_out_with_one_line_and_exit_3(
-    pool_without_worker: Settings, command: list[str]
+    pool_without_worker: Settings, command: list[str], sent: str
 ):
     proc = await asyncio.create_subprocess_exec(
         POOLCTL, *command, "--timeout", "5",
@@ -63,7 +67,7 @@ async def test_without_a_worker_says_so_and_times_out_with_one_line_and_exit_3(
     assert lines == [
         f"waiting for a worker on task queue {queue} (is the worker running? poolctl dev status)",
         f"error: timed out after 5s waiting for a worker on task queue {queue} "
-        "(is the worker running? poolctl dev status; or raise --timeout)",
+        "(is the worker running? poolctl dev status; or raise --timeout)" + sent,
     ], err.decode()
     assert proc.returncode == 3
     assert out == b""
