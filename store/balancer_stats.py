@@ -51,7 +51,8 @@ def get_balancer(
     found = list_balancers(session, team, pool, name)
     if not found:
         where = f" in pool {pool!r}" if pool else ""
-        raise NotFoundError(f"load balancer {name!r} not found{where} (team {team or 'any'})")
+        whose = f"team {team!r}" if team else "any team"
+        raise NotFoundError(f"load balancer {name!r} not found{where} ({whose}; poolctl lb list lists them)")
     if len(found) > 1:
         pools = ", ".join(f"{b.team}/{b.pool}" for b in found)
         raise NotFoundError(f"load balancer {name!r} exists in several pools ({pools}): pass --pool/--team")

@@ -79,3 +79,11 @@ def test_validate_accepts_the_demo_spec():
     result = CliRunner().invoke(app, ["validate", "-f", "examples/demo.yaml"])
     assert result.exit_code == 0, result.output
     assert "valid" in result.output
+
+
+def test_unknown_balancer_is_one_line_that_says_where_it_looked(cli_env: Settings):
+    result = CliRunner().invoke(app, ["lb", "stats", "nope", "--pool", "web"])
+    assert result.exit_code == 2, result.output
+    assert " ".join(result.output.split()) == (
+        "error: load balancer 'nope' not found in pool 'web' (any team; poolctl lb list lists them)"
+    )
