@@ -82,11 +82,9 @@ def serve(
         try:
             docs = load_yaml_documents(decode_spec_bytes(file.read_bytes()))
             spec = LoadBalancerSpec.model_validate(docs[0] if len(docs) == 1 else docs)
-        except (
-            OSError,
-            ValueError,
-            yaml.YAMLError,
-        ) as e:  # SpecYamlError and ValidationError are ValueErrors
+        except OSError as e:
+            fail(f"{file}: cannot read: {e.strerror or e}", EXIT_BAD_INPUT)
+        except (ValueError, yaml.YAMLError) as e:  # SpecYamlError and ValidationError are ValueErrors
             fail(f"{file}: {e}", EXIT_BAD_INPUT)
     elif name:
         b = _stored(name, pool, team)
@@ -116,7 +114,13 @@ def serve(
     try:
         runner(main())
     except OSError as e:
-        fail(f"balancer {spec.name}: {e}")
+        ports = f"{config.listen_host}:{config.listen_port}" + (
+            f" (admin {config.admin_host}:{config.admin_port})" if config.admin_port is not None else ""
+        )
+        fail(
+            f"balancer {spec.name}: cannot serve on {ports}: {e.strerror or e}"
+            " (does the dev stack already run it? poolctl dev status)"
+        )
 
 
 @balancer_app.command("haproxy-config")

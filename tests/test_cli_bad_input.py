@@ -87,3 +87,25 @@ def test_unknown_balancer_is_one_line_that_says_where_it_looked(cli_env: Setting
     assert " ".join(result.output.split()) == (
         "error: load balancer 'nope' not found in pool 'web' (any team; poolctl lb list lists them)"
     )
+
+
+def test_balancer_serve_on_a_taken_port_or_a_missing_file_is_one_line(cli_env: Settings, tmp_path: Path):
+    import socket
+
+    with socket.socket() as taken, socket.socket() as free:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        free.bind(("127.0.0.1", 0))
+        port, admin = taken.getsockname()[1], free.getsockname()[1]
+        free.close()  # a free admin port: only the listen port is taken
+        spec = tmp_path / "lb.yaml"
+        spec.write_text(f"{{name: front, port: {port}, admin_port: {admin}}}\n")
+        result = CliRunner().invoke(app, ["balancer", "serve", "-f", str(spec), "--no-uvloop"])
+    assert result.exit_code == 1, result.output
+    assert " ".join(result.output.split()) == (
+        f"error: balancer front: cannot serve on 127.0.0.1:{port} (admin 127.0.0.1:{admin}): Address already "
+        "in use (does the dev stack already run it? poolctl dev status)"
+    )
+    result = CliRunner().invoke(app, ["balancer", "serve", "-f", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {tmp_path / 'nope.yaml'}: cannot read: No such file or directory"
