@@ -6,11 +6,15 @@ sends goes through `query_open`, which asks with `QueryRejectCondition.NOT_OPEN`
 workflow that is closed or unknown.
 
 A query waits for a worker to answer it; with no worker polling, the server gives up after about 30 s
-("Timeout expired"). `query_open` asks again until it gets an answer: how long the command waits is the
-caller's deadline (`starter.waiting.for_worker`, `--timeout`), not the server's."""
+("Timeout expired"), or, once it has noticed that the task queue lost its pollers (a worker killed), answers
+FAILED_PRECONDITION "no poller seen for task queue recently, worker may be down" (the status it also uses
+for a closed workflow: that one said "no workflow" to `poolctl status` of a running pool). `query_open`
+asks again until it gets an answer: how long the command waits is the caller's deadline
+(`starter.waiting.for_worker`, `--timeout`), not the server's."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from temporalio.client import WorkflowHandle, WorkflowQueryRejectedError
@@ -34,11 +38,23 @@ async def query_open(handle: WorkflowHandle[Any, Any], query: Any, *args: Any) -
             # does not break on 3.11: its frames would keep the client (hence the command's Temporal
             # runtime) alive past the loop (`poolctl.temporal_client.command_runtime`).
             clear_frames(e)
-            if not (isinstance(e, RPCError) and e.status in NO_WORKER_ANSWERED):
+            if isinstance(e, RPCError) and _no_poller(e):
+                await asyncio.sleep(
+                    NO_POLLER_RETRY_S
+                )  # answered at once while no worker polls: not a busy loop
+            elif not (isinstance(e, RPCError) and e.status in NO_WORKER_ANSWERED):
                 return None
+
+
+def _no_poller(e: RPCError) -> bool:
+    """Is this the server's "no worker polls the task queue" answer (the workflow may well be open)?"""
+    return e.status == RPCStatusCode.FAILED_PRECONDITION and NO_POLLER_MESSAGE in e.message
 
 
 # what the server answers for a workflow that is closed or unknown
 NOT_OPEN = (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION)
+# what the server's matching service says (FAILED_PRECONDITION) when the task queue has had no poller lately
+NO_POLLER_MESSAGE = "no poller seen for task queue recently"
+NO_POLLER_RETRY_S = 1.0
 # what the server answers when no worker took the query before its own deadline
 NO_WORKER_ANSWERED = (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED)
