@@ -61,8 +61,15 @@ class SpecLoader(yaml.SafeLoader):
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, MappingNode):
             seen: set[Any] = set()
+            merges = 0
             for key_node, _ in node.value:
                 if key_node.tag == _MERGE_TAG:
+                    merges += 1
+                    if merges > 1:  # PyYAML would let the last one win; `<<: [*a, *b]` merges several
+                        raise SpecYamlError(
+                            "duplicate key '<<' in a mapping (merge several with <<: [*a, *b])",
+                            key_node.start_mark.line + 1,
+                        )
                     continue
                 key = self.construct_object(key_node, deep=True)
                 try:
