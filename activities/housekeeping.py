@@ -15,7 +15,9 @@ from poolctl.store.retention import remove_older_than
 
 
 class HousekeepingInput(Message):
-    """`retention_days` None: the worker's setting (`POOLCTL_RETENTION_DAYS`)."""
+    """`retention_days` None: the worker's setting (`POOLCTL_RETENTION_DAYS`). A value may only lengthen the
+    worker's retention, never shorten it: a housekeeping workflow has no team, so anyone who can reach
+    Temporal could start one (docs/security.md#teams)."""
 
     retention_days: float | None = Field(default=None, gt=0)
 
@@ -32,8 +34,10 @@ class HousekeepingActivities:
     @activity.defn(name="clean_up_store")
     async def clean_up_store(self, inp: HousekeepingInput) -> HousekeepingResult:
         """Delete scaling events, decision records, balancer roll-ups and health transitions older than
-        the retention. Idempotent (a retry removes what is left, nothing twice)."""
-        days = inp.retention_days if inp.retention_days is not None else self.settings.retention_days
+        the retention: the input's, when it is longer than the worker's `retention_days`, else the worker's
+        (a start naming 1e-9 days must not wipe every team's history). Idempotent (a retry removes what is
+        left, nothing twice)."""
+        days = max(inp.retention_days or 0.0, self.settings.retention_days)
         cutoff = datetime.now(UTC) - timedelta(days=days)
         return await asyncio.to_thread(self._clean, cutoff)
 

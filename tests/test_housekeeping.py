@@ -79,7 +79,8 @@ def test_retention_removes_only_what_is_older(db_url: str) -> None:
 async def test_schedules_exist_idempotently_and_housekeeping_runs(
     client: Client, settings: Settings, worker
 ) -> None:
-    short = settings.model_copy(update={"retention_days": 30.0})
+    settings.retention_days = 30.0  # the worker's own retention (it runs with this settings object)
+    short = settings
     seed(short.resolved_database_url, settings.team)
     first = await ensure_schedules(client, short)
     again = await ensure_schedules(client, short)  # idempotent
@@ -101,3 +102,26 @@ async def test_schedules_exist_idempotently_and_housekeeping_runs(
     await eventually(now_counts, lambda c: c == (2, 1, 1))
     for h in first:
         await h.delete()
+
+
+@pytest.mark.temporal
+async def test_a_housekeeping_start_cannot_shorten_the_workers_retention(
+    client: Client, settings: Settings, worker
+) -> None:
+    """A housekeeping workflow has no team: any Temporal caller may start one. One asking for 1e-9 days
+    removes only what the worker's own retention (90 days here) removes: nothing of these rows."""
+    import uuid
+
+    from poolctl.activities.housekeeping import HousekeepingInput
+    from poolctl.workflows.housekeeping import HousekeepingWorkflow
+
+    assert settings.retention_days == 90.0
+    seed(settings.resolved_database_url, settings.team)
+    before = counts(settings.resolved_database_url)
+    await client.execute_workflow(
+        HousekeepingWorkflow.run,
+        HousekeepingInput(retention_days=1e-9),
+        id=f"housekeeping-forged-{uuid.uuid4().hex[:8]}",
+        task_queue=settings.task_queue,
+    )
+    assert counts(settings.resolved_database_url) == before
