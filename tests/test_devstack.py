@@ -176,3 +176,20 @@ def test_json_output_gives_every_timestamp_its_zone(capsys: pytest.CaptureFixtur
     assert out["model"]["created_at"] == "2026-03-01T12:30:00+00:00"
     assert out["model"]["health_changed_at"] is None and out["model"]["port"] == 1
     assert out["none"] is None and out["path"] == "/x"
+
+
+def test_a_worker_that_logged_its_stop_after_polling_is_seen_as_stopping(tmp_path: Path):
+    """`dev up` right after an interrupted `dev down`: the old worker is still finishing its tasks. Its log
+    says so after its last start, and `dev up` waits for it instead of calling it running."""
+    from poolctl.starter.devstack import WORKER_STOPPING_LINE, worker_stopping
+
+    worker_source = (Path(__file__).resolve().parents[1] / "worker.py").read_text()
+    assert WORKER_STOPPING_LINE.decode() in worker_source  # the line the worker really logs
+    log = tmp_path / "worker.log"
+    assert worker_stopping(log) is False  # no log yet
+    log.write_bytes(b"INFO worker polling task queue 'poolctl'\n")
+    assert worker_stopping(log) is False
+    log.write_bytes(log.read_bytes() + b"INFO " + WORKER_STOPPING_LINE + b"\n")
+    assert worker_stopping(log) is True
+    log.write_bytes(log.read_bytes() + b"INFO worker polling task queue 'poolctl'\n")  # started again
+    assert worker_stopping(log) is False
