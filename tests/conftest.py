@@ -7,6 +7,7 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -51,9 +52,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"PostgreSQL: {PG_URL}"]
 
 
-@pytest.fixture(scope="session")
-def pg_schema_url() -> Iterator[str]:
-    """A fresh PostgreSQL schema for this test session, dropped at the end."""
+@contextmanager
+def fresh_pg_schema() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL schema, dropped on exit (skips the test when none is reachable)."""
     if PG_PROBLEM:
         pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {PG_PROBLEM}")
     schema = f"poolctl_test_{uuid.uuid4().hex[:8]}"
@@ -61,21 +62,40 @@ def pg_schema_url() -> Iterator[str]:
     with engine.begin() as c:
         c.execute(sa_core.text(f'CREATE SCHEMA "{schema}"'))
     sep = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    from poolctl.store.db import dispose_all
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        from poolctl.store.db import dispose_all
 
-    dispose_all()
-    with engine.begin() as c:
-        c.execute(sa_core.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
+        dispose_all()
+        with engine.begin() as c:
+            c.execute(sa_core.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_schema_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema for this test session, dropped at the end."""
+    with fresh_pg_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Run the test once on SQLite and once on PostgreSQL."""
+    """Run the test once on SQLite and once on PostgreSQL (a schema shared by the session's tests)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'poolctl.db'}"
     return request.getfixturevalue("pg_schema_url")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def own_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """`db_url` for a test that counts every row of a table: an empty store of its own on both."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'poolctl.db'}"
+        return
+    with fresh_pg_schema() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
