@@ -24,6 +24,8 @@ from poolctl.starter.processes import (
     wait_for,
 )
 
+WORKER_POLLING_LINE = b"worker polling"
+"""What the worker logs once it polls its task queue (poolctl/worker.py): it has started."""
 WORKER_STOPPING_LINE = b"stopping: finishing in-flight tasks"
 """What the worker logs when it takes SIGTERM (poolctl/worker.py), before it exits."""
 
@@ -136,7 +138,7 @@ def up(settings: Settings, *, say=print) -> None:  # type: ignore[no-untyped-def
                 return True
             with open(p["worker_log"], "rb") as f:
                 f.seek(start)
-                return b"worker polling" in f.read()
+                return WORKER_POLLING_LINE in f.read()
 
         wait_for(polling, 60)
         if not pid_alive(wpid):
@@ -192,7 +194,7 @@ def worker_stopping(log_path: Path) -> bool:
             tail = f.read()
     except OSError:
         return False
-    return tail.rfind(WORKER_STOPPING_LINE) > tail.rfind(b"worker polling")
+    return tail.rfind(WORKER_STOPPING_LINE) > tail.rfind(WORKER_POLLING_LINE)
 
 
 def down(settings: Settings, *, purge: bool = False, say=print) -> None:  # type: ignore[no-untyped-def]
