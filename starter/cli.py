@@ -458,6 +458,20 @@ def scale(
     run(go, timeout)
 
 
+def _pool_or_exit(team: str, pool: str, timeout: float) -> None:
+    """Return when the pool exists: the store lists it, or (a pool whose first write is still to come, or a
+    store that lost it) its workflow runs. Otherwise the usual not-found line and exit 2."""
+    with session_scope(_settings().resolved_database_url) as db:
+        if queries.find_pool(db, team, pool) is not None:
+            return
+
+    async def go() -> None:
+        if not await pool_ops.is_running(await _client(), team, pool):
+            raise NotFoundError(f"pool {pool!r} not found in team {team!r}")
+
+    run(go, timeout)
+
+
 @delete_app.command("pool")
 def delete_pool(
     pool: Annotated[str, typer.Argument(help="Pool name.")],
@@ -468,6 +482,7 @@ def delete_pool(
     """Delete a pool through its workflow: stop its policies, terminate its servers, remove it from the
     store, end the workflow. Re-running an interrupted delete finishes it."""
     t = _team(team)
+    _pool_or_exit(t, pool, timeout)  # before the question: nothing to confirm for a pool that does not exist
     if not yes and not typer.confirm(f"Delete pool {t}/{pool} and terminate all its servers?"):
         raise typer.Exit(1)
 

@@ -109,3 +109,21 @@ def test_balancer_serve_on_a_taken_port_or_a_missing_file_is_one_line(cli_env: S
     result = CliRunner().invoke(app, ["balancer", "serve", "-f", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2
     assert result.output.strip() == f"error: {tmp_path / 'nope.yaml'}: cannot read: No such file or directory"
+
+
+def test_delete_of_a_missing_pool_says_not_found_before_asking_and_an_existing_one_is_still_confirmed(
+    cli_env: Settings,
+):
+    team = cli_env.team
+    # no tty and no --yes: the missing pool is said first (it used to answer "Aborted." with exit 1)
+    result = CliRunner().invoke(app, ["delete", "pool", "nope", "--team", team])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"error: pool 'nope' not found in team '{team}'"
+
+    from poolctl.domain.pool_spec import PoolSpec, SpecDocument
+
+    with session_scope(cli_env.resolved_database_url) as s:  # a pool the store lists: asked, answered no
+        inventory.apply_document(s, SpecDocument(team=team, pools=[PoolSpec(name="web", provider="fake")]))
+    result = CliRunner().invoke(app, ["delete", "pool", "web", "--team", team], input="n\n")
+    assert result.exit_code == 1, result.output
+    assert f"Delete pool {team}/web and terminate all its servers?" in result.output
