@@ -129,10 +129,17 @@ def haproxy_config(
     pool: PoolOpt = None,
     team: TeamOpt = None,
 ) -> None:
-    """Print an HAProxy 2.6 configuration for a stored haproxy balancer (members arrive via the Runtime API)."""
+    """Print an HAProxy 2.6 configuration for a stored haproxy balancer (members arrive via the Runtime API).
+    A built-in balancer is refused (exit 2)."""
     from poolctl.starter.haproxy_stack import render_haproxy_config
 
     spec = _stored(name, pool, team).spec
+    if spec.driver != "haproxy":
+        fail(
+            f"balancer {spec.name} is built-in (driver {spec.driver}): haproxy-config is for haproxy balancers "
+            "(driver: haproxy); poolctl balancer serve runs a built-in one",
+            EXIT_BAD_INPUT,
+        )
     sock = spec.haproxy.stats_socket if spec.haproxy else "/run/haproxy/admin.sock"
     typer.echo(render_haproxy_config(spec, sock), nl=False)
 

@@ -127,3 +127,21 @@ def test_delete_of_a_missing_pool_says_not_found_before_asking_and_an_existing_o
     result = CliRunner().invoke(app, ["delete", "pool", "web", "--team", team], input="n\n")
     assert result.exit_code == 1, result.output
     assert f"Delete pool {team}/web and terminate all its servers?" in result.output
+
+
+def test_haproxy_config_of_a_builtin_balancer_is_refused_in_one_line(cli_env: Settings):
+    from poolctl.domain.balancer_spec import LoadBalancerSpec
+    from poolctl.domain.pool_spec import PoolSpec, SpecDocument
+
+    front = LoadBalancerSpec(name="front", port=18080)  # driver builtin (the default)
+    doc = SpecDocument(
+        team=cli_env.team, pools=[PoolSpec(name="web", provider="fake", load_balancers=[front])]
+    )
+    with session_scope(cli_env.resolved_database_url) as s:
+        inventory.apply_document(s, doc)
+    result = CliRunner().invoke(app, ["balancer", "haproxy-config", "front", "--pool", "web"])
+    assert result.exit_code == 2, result.output
+    assert " ".join(result.output.split()) == (
+        "error: balancer front is built-in (driver builtin): haproxy-config is for haproxy balancers "
+        "(driver: haproxy); poolctl balancer serve runs a built-in one"
+    )
