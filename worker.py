@@ -14,6 +14,7 @@ from temporalio.worker import Interceptor, Worker
 from poolctl.activities.balancer_activities import BalancerActivities
 from poolctl.activities.drift import DriftActivities
 from poolctl.activities.health_store import HealthStoreActivities
+from poolctl.activities.heartbeats import SDK_THROTTLE_S
 from poolctl.activities.housekeeping import HousekeepingActivities
 from poolctl.activities.inventory import InventoryActivities
 from poolctl.activities.policy_loop import PolicyLoopActivities
@@ -103,6 +104,9 @@ def build_worker(
         max_cached_workflows=settings.worker_max_cached_workflows,
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=10),
+        # each long-lived loop paces its own heartbeats (activities/heartbeats.py): the policy loop must
+        # send one just before each evaluation to hear of a cancellation in time
+        max_heartbeat_throttle_interval=timedelta(seconds=SDK_THROTTLE_S),
     )
 
 

@@ -9,6 +9,11 @@ workflow last sent, at its first evaluation after the lease (`lease_s`), or when
 workflow restarts it after a signal; the loop then returns its state as its result, so nothing is lost).
 History grows with decisions, not with evaluations — as `watch_target` does for probes.
 
+Heartbeats (`activities.heartbeats.HeartbeatPacer`): one is sent `loop_precheck_s` before each evaluation,
+so its reply brings a cancellation the workflow asked for since the last one (a pause, resume, new spec,
+new members) before the evaluation, not after: a change takes effect within one interval. Beats between
+evaluations are held and replaced by that check; a changed decision is sent at once (a retry returns it).
+
 Schedule: evaluation k is due at `first + k * interval` (lateness never accumulates; a whole missed
 slot is skipped, not burst). `first` is the workflow's `next_evaluation_at`, so a restarted loop keeps
 the grid; a signal that changed the policy (`evaluate_now`) evaluates at once and re-anchors it.
@@ -30,6 +35,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from temporalio import activity
 
+from poolctl.activities.heartbeats import HeartbeatPacer
 from poolctl.activities.policy_metrics import PolicyMetricActivities
 from poolctl.domain.decision import Decision, same_recommendation
 from poolctl.domain.evaluation import Evaluate, evaluate_or_hold, evaluate_policy
@@ -39,6 +45,7 @@ from poolctl.domain.policy_state import (
     PolicyLoopOutcome,
     PolicyLoopParams,
     PolicyLoopProgress,
+    loop_precheck_s,
 )
 
 ReadFn = Callable[[MetricReadRequest], Awaitable[MetricReading]]
@@ -118,10 +125,17 @@ async def run_policy_loop(
     clock: ClockFn = utc_now,
     sleep: SleepFn = asyncio.sleep,
     evaluate: Evaluate = evaluate_policy,
+    heartbeat_now: HeartbeatFn | None = None,
 ) -> PolicyLoopOutcome:
-    """Evaluate until a changed recommendation, the lease end or cancellation. See the module docstring."""
+    """Evaluate until a changed recommendation, the lease end or cancellation. See the module docstring.
+
+    `heartbeat` is paced (`HeartbeatPacer.beat`: it may be held); `heartbeat_now` sends at once (default:
+    `heartbeat`): `loop_precheck_s` before each evaluation, so the reply brings a pending cancellation
+    before the evaluation rather than after it, and with a decision about to be returned."""
     spec = params.spec
     interval = spec.evaluation_interval
+    precheck_s = loop_precheck_s(interval)
+    send_now = heartbeat_now or heartbeat
     if resume_from is not None:
         progress = resume_from.model_copy(deep=True)
     else:
@@ -153,13 +167,21 @@ async def run_policy_loop(
         if progress.pending is not None:  # a retry after the decision was heartbeated: return it now
             return outcome("decision", progress.pending)
         while True:
-            while True:  # wait for the next evaluation, heartbeating at least every heartbeat_every_s
-                left = (progress.next_evaluation_at - clock()).total_seconds()
+            while (
+                True
+            ):  # wait for the check before the next evaluation, beating at least every heartbeat_every_s
+                left = (progress.next_evaluation_at - clock()).total_seconds() - precheck_s
                 if left <= 0:
                     break
                 await sleep(min(left, params.heartbeat_every_s))
-                if clock() < progress.next_evaluation_at:
+                if (progress.next_evaluation_at - clock()).total_seconds() > precheck_s:
                     heartbeat(progress)
+            # the check: this heartbeat's reply brings a cancellation the workflow asked for since the last
+            # one (a pause, resume, new spec, new members): the loop then returns before evaluating
+            send_now(progress)
+            left = (progress.next_evaluation_at - clock()).total_seconds()
+            if left > 0:
+                await sleep(left)
             scheduled = progress.next_evaluation_at
             reading = await _read_with_heartbeats(params, read, partial(heartbeat, progress))
             now = clock()
@@ -183,9 +205,10 @@ async def run_policy_loop(
                     "pending": decision if changed else None,
                 }
             )
-            heartbeat(progress)
             if changed:
+                send_now(progress)  # a retry returns the pending decision at once
                 return outcome("decision", decision)
+            heartbeat(progress)  # held by the pacer: the next check sends it
             if now >= lease_end:
                 return outcome("lease_end", decision)
     except asyncio.CancelledError:
@@ -225,13 +248,17 @@ class PolicyLoopActivities:
         and the retry resumes from the last heartbeat) and cancellation type WAIT_CANCELLATION_COMPLETED
         (a cancelled loop returns its state as its result)."""
 
-        def beat(progress: PolicyLoopProgress) -> None:
-            activity.heartbeat(progress.model_dump(mode="json"))
-
+        timeout = activity.info().heartbeat_timeout
+        pacer = HeartbeatPacer(
+            activity.heartbeat,
+            0.8 * timeout.total_seconds() if timeout else params.heartbeat_every_s,
+            encode=lambda progress: progress.model_dump(mode="json"),
+        )
         loop = asyncio.ensure_future(
             run_policy_loop(
                 params,
-                heartbeat=beat,
+                heartbeat=pacer.beat,
+                heartbeat_now=pacer.now,
                 resume_from=resume_progress(activity.info().heartbeat_details),
                 read=self.metrics.read,
                 evaluate=self.evaluate,
@@ -248,4 +275,7 @@ class PolicyLoopActivities:
             shutdown.cancel()
         if not loop.done():
             loop.cancel()
-        return await loop
+        try:
+            return await loop
+        finally:
+            pacer.close()

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 from temporalio import activity
 
+from poolctl.activities.heartbeats import HeartbeatPacer
 from poolctl.activities.kill_points import kill_point
 from poolctl.domain.health import HealthState, HealthStatus, ProbeResult, Transition, observe
 from poolctl.domain.health_messages import WatchProgress
@@ -220,18 +221,19 @@ async def watch_target_activity(params: WatchParams) -> WatchOutcome:
     info = activity.info()
     resume = _resume_progress(info.heartbeat_details)
     last: list[WatchProgress] = []
-    # The SDK sends a heartbeat to the server at most every 0.8 x heartbeat_timeout (the newest details
-    # win), so recording one after every probe only costs the worker an encode; record at most one
-    # per 0.6 x heartbeat_every_s (the wait loop's beats, every heartbeat_every_s, always pass).
-    min_gap = 0.6 * params.heartbeat_every_s
-    sent_at = [-math.inf]
+    # One heartbeat reaches the server per 0.8 x heartbeat timeout (the pace the SDK's own throttle kept
+    # before the worker lowered it for the policy loops: activities/heartbeats.py); the newest progress
+    # wins and is encoded only when sent, so recording one after every probe costs nothing.
+    timeout = info.heartbeat_timeout
+    pacer = HeartbeatPacer(
+        activity.heartbeat,
+        0.8 * timeout.total_seconds() if timeout else params.heartbeat_every_s,
+        encode=lambda progress: progress.model_dump(mode="json"),
+    )
 
     def beat(progress: WatchProgress) -> None:
         last[:] = [progress]
-        now = time.monotonic()
-        if now - sent_at[0] >= min_gap:
-            sent_at[0] = now
-            activity.heartbeat(progress.model_dump(mode="json"))
+        pacer.beat(progress)
 
     prober = get_prober()
 
@@ -242,10 +244,12 @@ async def watch_target_activity(params: WatchParams) -> WatchOutcome:
 
     try:
         return await watch_target(params, heartbeat=beat, resume_from=resume, probe=counted_probe)
-    except asyncio.CancelledError:
+    except BaseException:  # cancelled, worker shutdown, a fault: the retry resumes from this progress
         if last:
-            activity.heartbeat(last[0].model_dump(mode="json"))
+            pacer.now(last[0])
         raise
+    finally:
+        pacer.close()
 
 
 __all__ = [

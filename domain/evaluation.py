@@ -291,19 +291,9 @@ def evaluate_policy(
         next_state.last_decision = decision
         return decision, next_state
 
-    if not spec.is_active or state.paused:
-        why = "policy is not active (is_active: false)" if not spec.is_active else "policy is paused"
-        return done(
-            _hold(
-                spec,
-                current=current,
-                metric=metric,
-                now=now,
-                formula=why,
-                reason=ReasonCode.PAUSED,
-                abstain=True,
-            )
-        )
+    paused = paused_decision(spec, state, current=current, metric=metric, now=now)
+    if paused is not None:
+        return done(paused)
 
     if spec.type == "schedule":
         return done(_evaluate_schedule(spec, current=current, now=now, state=state))
@@ -477,6 +467,21 @@ def _limit_rate(
         trail.clamp(ReasonCode.SCALE_UP_LIMIT, value, detail)
     elif not up and trail.value < value:
         trail.clamp(ReasonCode.SCALE_DOWN_LIMIT, value, detail)
+
+
+def paused_decision(
+    spec: PolicySpec, state: PolicyState, *, current: int, now: datetime, metric: float | None = None
+) -> Decision | None:
+    """The decision of a policy that is fully paused (`pause`, or `is_active: false`): hold `current` and
+    abstain (reason Paused), needing no metric; None when it is not fully paused (a scale-in or scale-out
+    pause alone still evaluates). The workflow sends it the moment a pause arrives, without waiting for
+    its evaluation loop (workflows/policy.py); `evaluate_policy` returns the same for a paused policy."""
+    if spec.is_active and not state.paused:
+        return None
+    why = "policy is not active (is_active: false)" if not spec.is_active else "policy is paused"
+    return _hold(
+        spec, current=current, metric=metric, now=now, formula=why, reason=ReasonCode.PAUSED, abstain=True
+    )
 
 
 def evaluation_error_decision(

@@ -33,22 +33,32 @@ def loop_heartbeat_timeout_s(interval_s: float) -> float:
     """Heartbeat timeout (seconds) of an evaluation loop evaluating every `interval_s` seconds: twice the
     interval, within [MIN_LOOP_HEARTBEAT_TIMEOUT_S, MAX_LOOP_HEARTBEAT_TIMEOUT_S] (30 s at 15 s).
 
-    The SDK sends an activity's heartbeats at most every 0.8 x its heartbeat timeout T (the worker's
-    throttle), so the server hears from a healthy loop every 0.8 x T and a heartbeat may arrive up to
-    0.2 x T late: at T = the interval that was 3 s at 15 s, which a loaded worker missed (the loop was
-    retried: a gap in the evaluations). At 2 x the interval: 6 s, and the loop itself may fall silent for
-    0.6 x T (18 s; it heartbeats every 0.4 x T, `loop_heartbeat_every_s`). Costs: a signal that restarts
-    the loop (pause, resume, a new spec, new members) reaches it with its next sent heartbeat, within
-    0.8 x T (1.6 intervals, 24 s at 15 s; the workflow applies a pause to its own state at once); a
-    crashed worker's loop is retried from its last heartbeat at most T + 1 s (LOOP_RETRY's first interval)
-    after that heartbeat reached the server: 31 s at 15 s, 61 s at most."""
+    The loop sends a heartbeat `loop_precheck_s` before each evaluation (activities/heartbeats.py paces
+    them; the SDK's own throttle, 0.8 x the timeout, is lowered by the worker), so the server hears from
+    a healthy loop once per interval and the loop may fall silent for a whole interval plus a slow read
+    before a retry: at a timeout of one interval a loaded worker was retried (a gap in the evaluations),
+    at two it is not. A crashed worker's loop is retried from its last heartbeat at most T + 1 s
+    (LOOP_RETRY's first interval) after that heartbeat reached the server: 31 s at 15 s, 61 s at most."""
     return max(MIN_LOOP_HEARTBEAT_TIMEOUT_S, min(2 * interval_s, MAX_LOOP_HEARTBEAT_TIMEOUT_S))
 
 
 def loop_heartbeat_every_s(heartbeat_timeout_s: float) -> float:
-    """How often (seconds) the loop heartbeats: half the SDK's throttle (0.4 x the heartbeat timeout), so
-    each throttle window holds a heartbeat to send even when one comes late by up to 0.4 x the timeout."""
+    """Longest (seconds) the loop waits without a heartbeat between evaluations (0.4 x the heartbeat
+    timeout; only intervals longer than it beat in between, and those beats are paced to one per 0.8 x
+    the timeout)."""
     return 0.4 * heartbeat_timeout_s
+
+
+def loop_precheck_s(interval_s: float) -> float:
+    """How long (seconds) before each evaluation the loop sends the heartbeat whose reply brings a pending
+    cancellation: a tenth of the interval, 1 s at most (a heartbeat's round trip is milliseconds; a later
+    reply still stops the evaluation it interrupts).
+
+    So a pause, resume, toggle, new spec or new members signalled at t reaches the loop before the first
+    evaluation due after t + this, and the restarted loop evaluates at once with it: within one interval
+    (at most `interval_s - loop_precheck_s(interval_s)` plus a round trip and a workflow task). A
+    decision made before the change arrived is dropped by the workflow (`_handle`)."""
+    return min(1.0, 0.1 * interval_s)
 
 
 class PolicyRunState(Message):

@@ -5,11 +5,13 @@ pause/resume, durable cooldowns (worker restart + continue-as-new), missing metr
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from temporalio.client import Client
 
+from poolctl.domain.decision import Recommendation
 from poolctl.domain.health import HealthState
 from poolctl.domain.health_messages import ServerHealthChange
 from poolctl.domain.names import policy_workflow_id, pool_workflow_id
@@ -148,6 +150,94 @@ async def test_pause_stops_actions_and_resume_restarts_them(client: Client, sett
         assert state is not None and not state.paused and state.status == "active"
     ups = [e for e in events(settings, "web") if e.direction == "up" and e.policy_name == "cpu"]
     assert len(ups) == 1 and ups[0].decision["reason"] == "ScaleOutThreshold"
+
+
+async def _just_after_a_loop_heartbeat(client: Client, policy_id: str) -> None:
+    """Return right after the policy's running loop sent a heartbeat (the worst moment to signal it: the
+    next one is furthest away)."""
+
+    async def last_beat() -> float | None:
+        desc = await client.get_workflow_handle(policy_id).describe()
+        pending = desc.raw_description.pending_activities
+        if not pending or not pending[0].HasField("last_heartbeat_time"):
+            return None
+        return pending[0].last_heartbeat_time.ToNanoseconds() / 1e9
+
+    first = await eventually(last_beat, lambda b: b is not None, timeout=60, interval=0.1)
+    await eventually(last_beat, lambda b: b is not None and b != first, timeout=60, interval=0.05)
+
+
+def _policy_rec(view, policy: str = "cpu"):  # type: ignore[no-untyped-def]
+    return next((r for r in (view.recommendations if view else []) if r.policy == policy), None)
+
+
+async def _seconds_to_rec(
+    client: Client,
+    settings: Settings,
+    change: Callable[[], Awaitable[object]],
+    until: Callable[[Recommendation], bool],
+) -> float:
+    """Make `change` just after the policy loop's heartbeat; seconds until the pool holds a recommendation
+    from policy `cpu` of pool `web` that satisfies `until`."""
+    await _just_after_a_loop_heartbeat(client, policy_workflow_id(settings.team, "web", "cpu"))
+    t0 = time.monotonic()
+    await change()
+    await eventually(
+        lambda: pool_view(client, settings, "web"),
+        lambda v: (r := _policy_rec(v)) is not None and until(r),
+        timeout=60,
+        interval=0.1,
+    )
+    return time.monotonic() - t0
+
+
+async def test_pause_acts_at_once_resume_and_new_spec_within_one_interval_signalled_right_after_a_heartbeat(
+    client: Client, settings: Settings, worker
+):
+    """The loop hears of a signal with the reply to the heartbeat it sends just before each evaluation
+    (once per interval); a full pause the workflow sends to the pool itself. Signalled just after a
+    heartbeat, the SDK's own throttle (0.8 x the 2-interval heartbeat timeout) took 1.6 intervals."""
+    interval = 10.0
+    grace = 3.0  # a round trip, a few workflow tasks and a metric read, on a loaded 2-core machine
+    await apply_yaml(client, settings, _threshold(max_servers=2, interval=interval))
+    await settled(client, settings, "web", 1)
+    pinner = CpuPinner(settings, "web", 50.0)
+
+    def policy_signal(name: str) -> Callable[[], Awaitable[object]]:
+        return lambda: policy_ops.signal_policy(client, settings.team, "web", "cpu", name)
+
+    async with pinner.running():
+        await pinner.set(50.0)  # between the thresholds: hold
+        await eventually(
+            lambda: pool_view(client, settings, "web"),
+            lambda v: (r := _policy_rec(v)) is not None and not r.abstain,
+            timeout=3 * interval,
+        )
+        paused_s = await _seconds_to_rec(
+            client,
+            settings,
+            policy_signal("pause"),
+            lambda r: r.abstain and r.reason.value == "Paused",
+        )
+        assert paused_s < grace, f"the pause reached the pool after {paused_s:.1f} s"
+
+        await pinner.set(90.0)  # above threshold_up: scale out once resumed
+        resumed_s = await _seconds_to_rec(
+            client, settings, policy_signal("resume"), lambda r: not r.abstain and r.desired == 2
+        )
+        assert resumed_s < interval + grace, f"the resume took effect after {resumed_s:.1f} s"
+        await settled(client, settings, "web", 2)
+
+        # a new spec (re-applied): 90 % is now below threshold_down, so the policy asks for one server
+        changed = _threshold(max_servers=2, interval=interval).replace("threshold_up: 70", "threshold_up: 99")
+        changed = changed.replace("threshold_down: 10", "threshold_down: 95")
+        respec_s = await _seconds_to_rec(
+            client,
+            settings,
+            lambda: apply_yaml(client, settings, changed),
+            lambda r: not r.abstain and r.desired == 1,
+        )
+        assert respec_s < interval + grace, f"the new spec took effect after {respec_s:.1f} s"
 
 
 async def test_cooldown_survives_worker_restart_and_continue_as_new(client: Client, settings: Settings):

@@ -23,6 +23,7 @@ from poolctl.domain.policy_state import (
     PolicyLoopProgress,
     loop_heartbeat_every_s,
     loop_heartbeat_timeout_s,
+    loop_precheck_s,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -215,8 +216,79 @@ def test_the_heartbeat_timeout_is_twice_the_interval_within_its_bounds() -> None
 def test_a_heartbeat_may_come_late_and_a_dead_worker_is_still_noticed(interval: float) -> None:
     timeout = loop_heartbeat_timeout_s(interval)
     every = loop_heartbeat_every_s(timeout)
-    # the SDK sends at most every 0.8 x timeout; the loop heartbeats twice per such window
+    # between evaluations beats are paced to one per 0.8 x timeout; the loop beats twice per such window
     assert every <= 0.8 * timeout / 2
     # one evaluation interval of silence is survived (up to the cap), and a crash is noticed in bounded time
     assert timeout >= min(2 * interval, MAX_LOOP_HEARTBEAT_TIMEOUT_S)
     assert MIN_LOOP_HEARTBEAT_TIMEOUT_S <= timeout <= MAX_LOOP_HEARTBEAT_TIMEOUT_S
+
+
+async def test_a_heartbeat_is_sent_just_before_each_evaluation_once_per_interval() -> None:
+    """The check before each evaluation is what delivers a pause/resume/new spec within one interval."""
+    ft = FakeTime()
+    checks: list[datetime] = []
+    metric = Metric(ft, [50])
+    out = await run_policy_loop(
+        params(lease_s=120, next_evaluation_at=T0 + timedelta(seconds=15), last_sent=None),
+        heartbeat=lambda _p: None,
+        heartbeat_now=lambda _p: checks.append(ft.t),
+        resume_from=None,
+        read=metric,
+        clock=ft.clock,
+        sleep=ft.sleep,
+    )
+    assert out.reason == "decision"  # the first evaluation's recommendation is news
+    lead = loop_precheck_s(15)
+    assert lead == 1.0
+    # one check, `lead` before the evaluation, and the decision's own send
+    assert checks[0] == metric.at[0] - timedelta(seconds=lead)
+    assert len(checks) == 2 and checks[1] > metric.at[0]
+
+    checks.clear()
+    metric = Metric(ft, [50])
+    assert out.decision is not None
+    steady = await run_policy_loop(
+        params(
+            lease_s=150,
+            evaluation=out.evaluation,
+            last_sent=out.decision.as_recommendation(),
+            next_evaluation_at=out.next_evaluation_at,
+        ),
+        heartbeat=lambda _p: None,
+        heartbeat_now=lambda _p: checks.append(ft.t),
+        resume_from=None,
+        read=metric,
+        clock=ft.clock,
+        sleep=ft.sleep,
+    )
+    assert steady.reason == "lease_end"
+    assert [c + timedelta(seconds=lead) for c in checks] == metric.at  # exactly one per evaluation
+
+
+async def test_a_cancellation_delivered_by_the_check_returns_before_evaluating() -> None:
+    ft = FakeTime()
+    metric = Metric(ft, [50])
+    cancelled = asyncio.Event()
+    loop_task: asyncio.Task[object] | None = None
+
+    def check(_progress: PolicyLoopProgress) -> None:
+        # the heartbeat's reply says the workflow asked for a cancellation: the SDK cancels the task
+        assert loop_task is not None
+        loop_task.cancel()
+        cancelled.set()
+
+    async def run() -> object:
+        return await run_policy_loop(
+            params(lease_s=600, next_evaluation_at=T0 + timedelta(seconds=15)),
+            heartbeat=lambda _p: None,
+            heartbeat_now=check,
+            resume_from=None,
+            read=metric,
+            clock=ft.clock,
+            sleep=ft.sleep,
+        )
+
+    loop_task = asyncio.ensure_future(run())
+    out = await loop_task
+    assert cancelled.is_set()
+    assert getattr(out, "reason", None) == "cancelled" and metric.at == []  # nothing evaluated

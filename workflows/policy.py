@@ -4,7 +4,9 @@ A metric policy's evaluations run inside a long-lived heartbeating activity (`po
 activities/policy_loop.py): it reads the metric for the pool's members (the pool signals them) every
 `evaluation_interval`, evaluates with the pure code in `domain.evaluation`, and returns only when the
 recommendation differs from the one last sent, at the end of its lease, or when this workflow restarts
-it (a signal changed the policy: pause, resume, toggle, a new spec, new members). This workflow then
+it (a signal changed the policy: pause, resume, toggle, a new spec, new members; the loop hears of it at
+its check just before its next evaluation, so a change takes effect within one interval, and a full
+pause at once: this workflow sends the abstain itself). This workflow then
 signals the pool's `recommend`, keeps the decision (the last MAX_DECISIONS) and writes it to the store,
 and starts the next loop with the state the last one returned. History grows with decisions, not with
 evaluations. A schedule policy needs no metric: it is evaluated here, at its window's edges (a workflow
@@ -56,6 +58,9 @@ with workflow.unsafe.imports_passed_through():
 # with no recommendations) and the last send is older than this; a lease end re-sends after REFRESH_AFTER.
 RESEND_AFTER = timedelta(minutes=5)
 REFRESH_AFTER = timedelta(hours=2)
+# A full pause is sent to the pool by this workflow at once (`_abstain_if_paused`): a new command on runs
+# recorded before it (docs/workflow-changes.md).
+PAUSE_AT_ONCE_PATCH = "policy-pause-at-once"
 
 
 @workflow.defn
@@ -145,7 +150,8 @@ class PolicyWorkflow:
         try:
             await workflow.wait_condition(lambda: handle.done() or self._restart)
             if not handle.done():
-                handle.cancel()  # it hands its state back (at its next heartbeat)
+                handle.cancel()  # it hands its state back (at its check before its next evaluation)
+                await self._abstain_if_paused()
                 await workflow.wait_condition(handle.done)
         except asyncio.CancelledError:
             handle.cancel()  # the policy is being stopped: stop evaluating now, without waiting for it
@@ -164,6 +170,19 @@ class PolicyWorkflow:
                 self.state.next_evaluation_at = progress.next_evaluation_at
             return None
 
+    async def _abstain_if_paused(self) -> None:
+        """A full pause (or `is_active: false`) takes effect at once: the pool hears that this policy
+        abstains now, not when the cancelled loop hands its state back (up to one interval later)."""
+        st = self.state
+        decision = evaluation.paused_decision(
+            self.spec,
+            st.evaluation,
+            current=st.current if st.current is not None else len(st.members),
+            now=workflow.now(),
+        )
+        if decision is not None and workflow.patched(PAUSE_AT_ONCE_PATCH):
+            await self._act(decision)
+
     async def _handle(self, outcome: PolicyLoopOutcome) -> None:
         """Take the loop's state; send a changed recommendation (or a due refresh) and record the decision."""
         st = self.state
@@ -174,15 +193,15 @@ class PolicyWorkflow:
         st.next_evaluation_at = outcome.next_evaluation_at
         if self._evaluate_now:
             # the policy changed while this loop ran (pause, resume, toggle, a new spec; the loop learns of
-            # it only with a sent heartbeat, up to 1.6 intervals later): its decision is stale, and the next
-            # loop evaluates at once with the change
+            # it at its check before its next evaluation, so it may have decided in between): its decision
+            # is stale, and the next loop evaluates at once with the change
             return
         if outcome.decision is None or not await self._act(outcome.decision):
             return
         d = outcome.decision
         if d.direction is not Direction.NONE and not d.abstain and self.state.next_evaluation_at is not None:
             # the pool is about to change its membership: evaluate next with the new members (a running
-            # loop would learn of them only at its next heartbeat), or at the due time if none come
+            # loop would learn of them only at its check before its next evaluation), or at the due time
             wait_s = (self.state.next_evaluation_at - workflow.now()).total_seconds()
             if wait_s > 0 and not self._restart:
                 try:
