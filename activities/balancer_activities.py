@@ -35,6 +35,7 @@ from poolctl.activities.balancers.base import (
     UnknownMemberError,
 )
 from poolctl.activities.balancers.registry import make_driver
+from poolctl.activities.heartbeats import activity_pacer
 from poolctl.activities.kill_points import kill_point
 from poolctl.balancer.credentials import balancer_token
 from poolctl.domain.balancer_spec import LoadBalancerSpec
@@ -188,6 +189,9 @@ class BalancerActivities:
         )
         loop = asyncio.get_running_loop()
         started = loop.time()
+        # polled every poll_interval_s; the server hears one heartbeat per 0.8 x the heartbeat timeout
+        pacer = activity_pacer(inp.poll_interval_s) if activity.in_activity() else None
+        beat = pacer.beat if pacer is not None else _heartbeat
         drivers: dict[str, BalancerDriver] = {}
         try:
             for spec in specs:
@@ -212,11 +216,13 @@ class BalancerActivities:
                     if n:
                         remaining[name] = n
                 waited = loop.time() - started
-                _heartbeat({"remaining": remaining, "waited_s": waited})
+                beat({"remaining": remaining, "waited_s": waited})
                 if not remaining or waited >= timeout_s:
                     break
                 await asyncio.sleep(min(inp.poll_interval_s, max(timeout_s - waited, 0.01)))
         finally:
+            if pacer is not None:
+                pacer.close()
             for driver in drivers.values():
                 await driver.close()
         return DrainResult(

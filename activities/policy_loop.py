@@ -35,7 +35,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from temporalio import activity
 
-from poolctl.activities.heartbeats import HeartbeatPacer
+from poolctl.activities.heartbeats import activity_pacer
 from poolctl.activities.policy_metrics import PolicyMetricActivities
 from poolctl.domain.decision import Decision, same_recommendation
 from poolctl.domain.evaluation import Evaluate, evaluate_or_hold, evaluate_policy
@@ -248,11 +248,8 @@ class PolicyLoopActivities:
         and the retry resumes from the last heartbeat) and cancellation type WAIT_CANCELLATION_COMPLETED
         (a cancelled loop returns its state as its result)."""
 
-        timeout = activity.info().heartbeat_timeout
-        pacer = HeartbeatPacer(
-            activity.heartbeat,
-            0.8 * timeout.total_seconds() if timeout else params.heartbeat_every_s,
-            encode=lambda progress: progress.model_dump(mode="json"),
+        pacer = activity_pacer(
+            params.heartbeat_every_s, encode=lambda progress: progress.model_dump(mode="json")
         )
         loop = asyncio.ensure_future(
             run_policy_loop(

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 from temporalio import activity
 
-from poolctl.activities.heartbeats import HeartbeatPacer
+from poolctl.activities.heartbeats import activity_pacer
 from poolctl.activities.kill_points import kill_point
 from poolctl.domain.health import HealthState, HealthStatus, ProbeResult, Transition, observe
 from poolctl.domain.health_messages import WatchProgress
@@ -224,12 +224,7 @@ async def watch_target_activity(params: WatchParams) -> WatchOutcome:
     # One heartbeat reaches the server per 0.8 x heartbeat timeout (the pace the SDK's own throttle kept
     # before the worker lowered it for the policy loops: activities/heartbeats.py); the newest progress
     # wins and is encoded only when sent, so recording one after every probe costs nothing.
-    timeout = info.heartbeat_timeout
-    pacer = HeartbeatPacer(
-        activity.heartbeat,
-        0.8 * timeout.total_seconds() if timeout else params.heartbeat_every_s,
-        encode=lambda progress: progress.model_dump(mode="json"),
-    )
+    pacer = activity_pacer(params.heartbeat_every_s, encode=lambda progress: progress.model_dump(mode="json"))
 
     def beat(progress: WatchProgress) -> None:
         last[:] = [progress]
