@@ -16,7 +16,14 @@ class BalancerError(PoolctlError):
 
 
 class BalancerUnavailableError(BalancerError):
-    """The balancer cannot be reached (not running yet, restarting): a retry may fix it."""
+    """The balancer cannot be reached (not running yet, restarting): a retry may fix it. A driver that could
+    not connect sets `address` (the admin URL or Runtime API socket it tried) and a short `reason`
+    ("connection refused", "timed out", ...); both are None for an answer that said "later"."""
+
+    def __init__(self, message: str, *, address: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.address = address
+        self.reason = reason
 
 
 class BalancerAuthError(BalancerError):

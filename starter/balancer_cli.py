@@ -8,7 +8,9 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from rich.markup import escape
 
+from poolctl.domain.balancer_errors import BalancerUnavailableError
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import BalancerStats, Member
 from poolctl.domain.errors import NotFoundError
@@ -161,6 +163,23 @@ def list_balancers(team: TeamOpt = None, pool: PoolOpt = None, as_json: JsonOpt 
     console.print(table(None, cols, [[d[c] for c in cols] for d in data]))
 
 
+def _not_reached(b: store.StoredBalancer, e: BalancerUnavailableError) -> str:
+    """Where a balancer that could not be reached was looked for, why, and what to check: the rest of the
+    line `TEAM/POOL/NAME (...): not reachable ...`."""
+    if b.spec.driver == "builtin":
+        where = f"its admin endpoint {e.address}"
+        hint = (
+            "is it running? poolctl dev status shows the dev stack's balancers and poolctl dev up starts them; "
+            f"outside the dev stack: poolctl balancer serve --pool {b.pool} --name {b.spec.name}"
+        )
+    else:
+        where = f"HAProxy's Runtime API at {e.address}"
+        hint = (
+            "is HAProxy running with that stats socket? (poolctl balancer haproxy-config prints its config)"
+        )
+    return f"at {where} ({e.reason}); {hint}"
+
+
 def _pct(v: float | None) -> str:
     return "" if v is None else f"{v * 100:.1f}%"
 
@@ -188,9 +207,12 @@ def stats(
     settings = get_settings()
     b = _stored(name, pool, team)
     live: BalancerStats | None = None
-    live_error = None
+    live_error = not_reached = None
     try:
         live = asyncio.run(BalancerActivities(settings).read_stats(b.spec))
+    except BalancerUnavailableError as e:
+        live_error = str(e)
+        not_reached = _not_reached(b, e) if e.address else None
     except BalancerError as e:
         live_error = str(e)
     with session_scope(settings.resolved_database_url) as s:
@@ -247,7 +269,8 @@ def stats(
         servers = [x for x in servers if x["state"] != "removed"]
     head = f"{b.team}/{b.pool}/{b.spec.name} ({b.spec.driver}, {b.spec.algorithm})"
     if live is None:
-        console.print(f"{head}: [red]not reachable[/] ({live_error})", highlight=False)
+        why = not_reached or f"({live_error})"
+        console.print(f"{head}: [red]not reachable[/] {escape(why)}", highlight=False)
     else:
         console.print(
             f"{head}: {live.requests} requests, success rate {_pct(live.success_rate) or 'n/a'}"

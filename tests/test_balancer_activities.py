@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -298,3 +299,37 @@ def test_store_members_in_rotation_only_when_healthy_if_the_pool_is_checked(sett
         assert store.pool_members(s, settings.team, "nope") == []
     assert got == {"s0": (MemberState.IN_ROTATION, 4), "s1": (MemberState.IN_ROTATION, 4),
                    "s2": (MemberState.OUT, 4)}  # fmt: skip
+
+
+def test_lb_stats_of_a_balancer_that_is_down_names_it_its_address_and_what_to_check(
+    cli_env: Settings, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from poolctl.starter.cli import app
+
+    spec = store_pool(cli_env, [])  # nothing runs the balancer: its admin port is free
+    result = CliRunner().invoke(app, ["lb", "stats", "front", "--pool", "web"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert f"{cli_env.team}/web/front (builtin, round_robin): not reachable at its admin endpoint " in out
+    assert (
+        f"http://127.0.0.1:{spec.admin_port} (connection refused); is it running? poolctl dev status" in out
+    )
+    assert "poolctl dev up starts them" in out and "poolctl balancer serve --pool web --name front" in out
+    assert "Error(" not in out, (
+        out
+    )  # no exception repr (it showed ConnectError('All connection attempts failed'))
+
+    sock = tmp_path / "haproxy.sock"  # an HAProxy balancer whose Runtime API socket is not there
+    edge = LoadBalancerSpec.model_validate({"name": "edge", "port": free_port(), "driver": "haproxy",
+                                            "haproxy": {"stats_socket": str(sock)}})  # fmt: skip
+    with session_scope(cli_env.resolved_database_url) as s:
+        pool = PoolSpec(name="edge", provider="fake", load_balancers=[edge])
+        inventory.apply_document(s, SpecDocument(team=cli_env.team, pools=[pool]))
+    result = CliRunner().invoke(app, ["lb", "stats", "edge", "--pool", "edge"])
+    assert result.exit_code == 0, result.output
+    assert (
+        f"not reachable at HAProxy's Runtime API at {sock} (no such socket); is HAProxy running"
+        in " ".join(result.output.split())
+    )

@@ -11,6 +11,7 @@ proxy's admin endpoint:
 from __future__ import annotations
 
 import asyncio
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from types import TracebackType
@@ -41,8 +42,32 @@ __all__ = [
     "MemberState",
     "SyncResult",
     "UnknownMemberError",
+    "connect_failure",
     "diff_members",
 ]
+
+
+def connect_failure(error: BaseException) -> str:
+    """A short reason for a failed connection to a balancer ("connection refused", "timed out", "no such
+    socket", ...): the first known cause in `error`'s chain (httpx wraps the socket's OSError twice), else
+    the innermost error's text, never a repr."""
+    seen: list[BaseException] = []
+    e: BaseException | None = error
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    for e in seen:
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(e, FileNotFoundError):
+            return "no such socket"
+        if isinstance(e, PermissionError):
+            return "permission denied"
+        if isinstance(e, socket.gaierror):
+            return "address not found"
+        if isinstance(e, TimeoutError) or "Timeout" in type(e).__name__:
+            return "timed out"
+    return next((str(e) for e in reversed(seen) if str(e)), type(error).__name__)
 
 
 class BalancerDriver(ABC):

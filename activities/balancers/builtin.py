@@ -14,6 +14,7 @@ from poolctl.activities.balancers.base import (
     BalancerRejectedError,
     BalancerUnavailableError,
     UnknownMemberError,
+    connect_failure,
 )
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import BalancerStats, Member, SyncResult, diff_members
@@ -42,7 +43,10 @@ class BuiltinBalancerDriver(BalancerDriver):
         try:
             r = await self._client.request(method, self.admin_url + path, json=json, headers=self._headers)
         except httpx.TransportError as e:
-            raise BalancerUnavailableError(f"balancer admin {self.admin_url} unreachable: {e!r}") from e
+            why = connect_failure(e)
+            raise BalancerUnavailableError(
+                f"balancer admin {self.admin_url} unreachable: {why}", address=self.admin_url, reason=why
+            ) from e
         if r.status_code == 401:
             raise BalancerAuthError(f"balancer admin {self.admin_url} refused the token")
         if r.status_code == 404:

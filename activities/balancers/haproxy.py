@@ -38,6 +38,7 @@ from poolctl.activities.balancers.base import (
     BalancerRejectedError,
     BalancerUnavailableError,
     UnknownMemberError,
+    connect_failure,
 )
 from poolctl.domain.balancer_spec import LoadBalancerSpec
 from poolctl.domain.balancing import BalancerStats, Member, MemberState, ServerStats, SyncResult, diff_members
@@ -124,7 +125,10 @@ class HAProxyRuntime:
                     with contextlib.suppress(OSError):
                         await writer.wait_closed()
         except (OSError, TimeoutError) as e:
-            raise BalancerUnavailableError(f"HAProxy Runtime API at {self.address} unreachable: {e!r}") from e
+            why = connect_failure(e)
+            raise BalancerUnavailableError(
+                f"HAProxy Runtime API at {self.address} unreachable: {why}", address=self.address, reason=why
+            ) from e
         return data.decode(errors="replace")
 
     async def show_servers_state(self, backend: str) -> list[dict[str, str]]:
