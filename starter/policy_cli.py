@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
@@ -47,6 +48,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 PoolArg = Annotated[str, typer.Argument(help="Pool name.")]
 PolicyArg = Annotated[str, typer.Argument(help="Policy name.")]
 TimeoutOpt = Annotated[float, typer.Option(help=waiting.TIMEOUT_HELP)]
+T = TypeVar("T")
 
 
 def _team(team: str | None) -> str:
@@ -55,6 +57,15 @@ def _team(team: str | None) -> str:
 
 def _run(coro_fn: Any, timeout: float = waiting.DEFAULT_TIMEOUT_S) -> Any:
     return run_command(coro_fn, timeout)
+
+
+async def _naming_what_is_missing(team: str, pool: str, policy: str, work: Awaitable[T]) -> T:
+    """`await work`; a policy without a running workflow is said as the store knows it: the pool does not
+    exist, or has no such policy (`policy_ops.why_not_running`)."""
+    try:
+        return await work
+    except NotFoundError:
+        raise policy_ops.why_not_running(get_settings().resolved_database_url, team, pool, policy) from None
 
 
 def _stored_policies(team: str, pool: str) -> list[tuple[str, str, bool]]:
@@ -165,7 +176,9 @@ def show(
 
     async def go() -> dict[str, Any]:
         client = await connect(get_settings())
-        view = await waiting.for_worker(policy_ops.query_policy(client, t, pool, policy))
+        view = await _naming_what_is_missing(
+            t, pool, policy, waiting.for_worker(policy_ops.query_policy(client, t, pool, policy))
+        )
         pool_view = await waiting.for_worker(pool_ops.query_status(client, t, pool))
         return {"view": view, "pool": pool_view}
 
@@ -242,10 +255,15 @@ def _signal_command(signal: str, doc: str) -> None:
 
         async def go() -> PolicyStateView:
             client = await connect(get_settings())
-            return await waiting.for_worker(
-                policy_ops.signal_and_read(client, t, pool, policy, signal),
-                f"waiting for policy {policy} to take the {signal} signal",
-                sends=True,
+            return await _naming_what_is_missing(
+                t,
+                pool,
+                policy,
+                waiting.for_worker(
+                    policy_ops.signal_and_read(client, t, pool, policy, signal),
+                    f"waiting for policy {policy} to take the {signal} signal",
+                    sends=True,
+                ),
             )
 
         view = _run(go, timeout)

@@ -16,6 +16,8 @@ from poolctl.domain.names import policy_workflow_id
 from poolctl.domain.policy_state import PolicyLoopProgress, PolicyStateView
 from poolctl.starter.heartbeats import pending_heartbeat
 from poolctl.starter.open_queries import query_open
+from poolctl.store import queries
+from poolctl.store.db import session_scope
 from poolctl.workflows.policy import PolicyWorkflow
 
 SIGNALS: dict[str, Callable[[Any], None]] = {
@@ -35,6 +37,21 @@ def _not_running(team: str, pool: str, policy: str) -> NotFoundError:
     return NotFoundError(
         f"policy {policy!r} of pool {team}/{pool} has no running workflow (is it in the applied spec?)"
     )
+
+
+def why_not_running(database_url: str, team: str, pool: str, policy: str) -> NotFoundError:
+    """Why a policy has no running workflow, as the store knows it: the pool does not exist, the pool has no
+    such policy, or (the store lists both) the policy's workflow is not running."""
+    with session_scope(database_url) as s:
+        row = queries.find_pool(s, team, pool)
+        if row is None:
+            return NotFoundError(f"pool {pool!r} not found in team {team!r}")
+        names = sorted(p.name for p in row.policies)
+    if policy not in names:
+        return NotFoundError(
+            f"pool {team}/{pool} has no policy {policy!r} (its policies: {', '.join(names) or 'none'})"
+        )
+    return _not_running(team, pool, policy)
 
 
 async def query_policy(client: Client, team: str, pool: str, policy: str) -> PolicyStateView:

@@ -77,3 +77,33 @@ async def test_policy_signals_print_the_resulting_state_and_json_timestamps_are_
         found += timestamps(json.loads(await cli(*args, "--json")))
     assert len(found) >= 4, found  # status' last event, the event's start and end, the policy's times
     assert [t for t in found if not t.endswith("+00:00")] == []
+
+
+def test_a_policy_command_on_a_missing_pool_or_policy_says_which_is_missing(
+    cli_env: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    from poolctl.starter.specfile import parse_spec
+    from poolctl.store import inventory
+    from poolctl.store.db import session_scope
+
+    team = cli_env.team
+    monkeypatch.setenv("POOLCTL_TEAM", team)
+    get_settings.cache_clear()  # cli_env clears it again at the end
+    with session_scope(cli_env.resolved_database_url) as s:  # the store lists web and its policy cpu
+        inventory.apply_document(s, parse_spec(f"team: {team}\n" + SPEC, "spec"))
+
+    def said(*args: str) -> str:
+        result = CliRunner().invoke(app, list(args))
+        assert result.exit_code == 2, (args, result.output)
+        return " ".join(result.output.split())
+
+    for command in (["pause"], ["resume"], ["toggle"], ["show"]):
+        # it said "policy 'cpu' of pool .../nope has no running workflow (is it in the applied spec?)"
+        assert said("policy", *command, "nope", "cpu") == f"error: pool 'nope' not found in team '{team}'"
+        assert said("policy", *command, "web", "mem") == (
+            f"error: pool {team}/web has no policy 'mem' (its policies: cpu)"
+        )
+    # the store lists both: no workflow runs them (no worker has run here)
+    assert said("policy", "pause", "web", "cpu") == (
+        f"error: policy 'cpu' of pool {team}/web has no running workflow (is it in the applied spec?)"
+    )
