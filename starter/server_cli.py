@@ -17,6 +17,8 @@ from poolctl.starter import pool_ops, waiting
 from poolctl.starter.output import EXIT_BAD_INPUT, console, fail
 from poolctl.starter.runner import run_command
 from poolctl.starter.teams import team_or_exit
+from poolctl.store import queries
+from poolctl.store.db import session_scope
 from poolctl.temporal_client import connect
 
 server_app = typer.Typer(
@@ -93,12 +95,28 @@ def _change(
         if wait:
             s = await _wait_for(client, t, pool, result.address, result.weight if adding else None, adding)
             say(
-                f"  registered as {s.server_id}, health {s.health.value}"
+                f"  registered as {s.server_id}, {_health(t, pool, s.server_id)}"
                 if adding
                 else "  drained and deregistered"
             )
 
     run_command(go, timeout)  # operator errors become one line and their exit code there (starter.runner)
+
+
+def _health(team: str, pool: str, server_id: str) -> str:
+    """A server's health as `poolctl servers` shows it (the store: `initial` until its check has decided),
+    with why it is still `initial`. The pool's own view counts a server of a pool without a health check
+    as healthy (it is in rotation), which `servers` does not show."""
+    settings = get_settings()
+    spec = pool_ops.stored_spec(settings, team, pool)
+    with session_scope(settings.resolved_database_url) as db:
+        rows = queries.list_servers(db, team, pool)
+        health = next((r.health for r in rows if r.id == server_id), "initial")
+    if health != "initial":
+        return f"health {health}"
+    if spec is not None and spec.effective_health_check is None:
+        return "health initial (never probed: the pool has no health check)"
+    return "health initial (not yet probed)"
 
 
 def say(line: str) -> None:

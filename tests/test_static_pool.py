@@ -12,6 +12,7 @@ built-in balancer running in this process, `poolctl server add/remove` as real s
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -244,3 +245,34 @@ async def test_a_policy_on_a_static_pool_only_recommends_and_says_so(
     view = await pool_view(client, settings, "web")
     assert view is not None and view.current == 3
     assert not any(c.startswith("policy ") for c in causes(settings))
+
+
+async def test_server_add_reports_the_health_that_servers_shows(
+    client: Client, settings: Settings, worker
+) -> None:
+    """Nothing listens on the added addresses: with no health check the pool never probes them, with a slow
+    one it has not yet; either way `server add` says `initial`, as `poolctl servers` does (it said `health
+    healthy` for the pool without a check)."""
+    ports = {"web": free_port(), "api": free_port()}
+    slow_check = "health_check: {type: tcp, interval: 30, timeout: 1, jitter: 0, unhealthy_threshold: 3}"
+    await apply_yaml(
+        client,
+        settings,
+        f"""
+pools:
+  - {{name: web, provider: static, servers: [{{address: "127.0.0.1:{free_port()}"}}]}}
+  - {{name: api, provider: static, servers: [{{address: "127.0.0.1:{free_port()}"}}], {slow_check}}}
+""",
+    )
+    for pool in ports:
+        await eventually(
+            lambda p=pool: pool_view(client, settings, p), lambda v: v is not None and v.current == 1
+        )  # type: ignore[misc]
+    for pool, why in (("web", "never probed: the pool has no health check"), ("api", "not yet probed")):
+        added = await run_cli(settings, "server", "add", pool, f"127.0.0.1:{ports[pool]}")
+        assert added.code == 0, added.text
+        assert f", health initial ({why})" in added.out, added.out
+        listed = await run_cli(settings, "servers", pool, "--json")
+        assert {s["address"]: s["health"] for s in json.loads(listed.out)}[
+            f"127.0.0.1:{ports[pool]}"
+        ] == "initial"
