@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field
 
@@ -48,6 +48,18 @@ class ServerRecord(Message):
         default=None,
         description="this member's balancer weight (static pools); None: the pool's server_weight",
     )
+
+
+class EventNote(NamedTuple):
+    """A scaling event the pool records for something other than a scaling it ran (a static server
+    registered, a drift action): what, why, how it ended, and the pool's size (servers) just before and
+    just after that one change."""
+
+    direction: str
+    cause: str
+    status: str
+    from_count: int
+    to_count: int
 
 
 class PoolMembers(Message):

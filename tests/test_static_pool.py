@@ -276,3 +276,8 @@ pools:
         assert {s["address"]: s["health"] for s in json.loads(listed.out)}[
             f"127.0.0.1:{ports[pool]}"
         ] == "initial"
+        # each registration recorded with the pool's size around it (it said 1->1, then 2->2)
+        with session_scope(settings.resolved_database_url) as s:
+            events = inventory.list_events(s, settings.team, pool)
+            sizes = sorted((e.from_count, e.to_count) for e in events if e.direction == "register")
+        assert sizes == [(0, 1), (1, 2)], sizes

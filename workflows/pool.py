@@ -257,10 +257,8 @@ class PoolWorkflow(PoolSignals):
         and record servers that healing takes out of rotation or puts back. Never provisions; its policies
         only recommend (their specs are dry runs)."""
         plan = membership_plan(self.state)
-        for direction, cause, status in await register_servers(
-            self.team, self.spec, self.state, self.runtime, plan
-        ):
-            await self._record_note(direction, cause, status)
+        for note in await register_servers(self.team, self.spec, self.state, self.runtime, plan):
+            await self._record_note(note.direction, note.cause, note.status, (note.from_count, note.to_count))
         if plan.to_deregister:
             victims = [s for s in self.state.servers if s.server_id in set(plan.to_deregister)]
             self.state.intent = ScaleIntent(
@@ -334,14 +332,21 @@ class PoolWorkflow(PoolSignals):
         each action a recorded event."""
         if self.static:
             return  # a static pool's servers are the spec's; the static driver does not list by tag
-        for cause, status in await reconcile_drift(self.team, self.spec, self.state, self.runtime):
-            await self._record_note("drift", cause, status)
+        for note in await reconcile_drift(self.team, self.spec, self.state, self.runtime):
+            await self._record_note(note.direction, note.cause, note.status, (note.from_count, note.to_count))
 
-    async def _record_note(self, direction: str, cause: str, status: str) -> None:
-        """A scaling event for something the pool decided not to do (e.g. healing stopped)."""
+    async def _record_note(
+        self, direction: str, cause: str, status: str, sizes: tuple[int, int] | None = None
+    ) -> None:
+        """A scaling event for something the pool did or decided other than a scaling it ran (a server
+        registered, a drift action, healing stopped). `sizes`: the pool's servers before and after that
+        change, when it changed them (they are recorded after the changes of one reconcile are all made);
+        by default today's count at both ends. Only the events' values depend on it: the same activities
+        run either way (replay-safe)."""
         self.state.seq += 1
         key = f"{scale_workflow_id(self.team, self.spec.name, self.state.seq)}@{self.state.epoch}/{direction}"
         n = len(self.state.servers)
+        from_count, to_count = sizes or (n, n)
         await workflow.execute_activity_method(
             InventoryActivities.record_event_started,
             EventStart(
@@ -349,8 +354,8 @@ class PoolWorkflow(PoolSignals):
                 pool=self.spec.name,
                 event_key=key,
                 direction=direction,
-                from_count=n,
-                to_count=n,
+                from_count=from_count,
+                to_count=to_count,
                 cause=cause,
                 started_at=workflow.now(),
             ),  # fmt: skip

@@ -17,13 +17,10 @@ with workflow.unsafe.imports_passed_through():
     from poolctl.domain.drift import DriftPlan, drift_due, plan_drift
     from poolctl.domain.health import HealthState
     from poolctl.domain.pool_spec import PoolSpec
-    from poolctl.domain.pool_state import PoolRuntime, PoolState
+    from poolctl.domain.pool_state import EventNote, PoolRuntime, PoolState
     from poolctl.workflows.pool_members import stop_health_watches
     from poolctl.workflows.retry_policies import BOOKKEEPING_RETRY, SYNC_RETRY, provider_retry
     from poolctl.workflows.scale_pool import failure_text
-
-DriftNote = tuple[str, str]
-"""(cause, status) of one drift action, recorded by the pool as a scaling event."""
 
 
 def drift_wake_s(state: PoolState, runtime: PoolRuntime, now: datetime) -> float | None:
@@ -35,9 +32,10 @@ def drift_wake_s(state: PoolState, runtime: PoolRuntime, now: datetime) -> float
 
 async def reconcile_drift(
     team: str, spec: PoolSpec, state: PoolState, runtime: PoolRuntime
-) -> list[DriftNote]:
+) -> list[EventNote]:
     """Check for drift if due, and act on it: `state.servers` loses gone members and gains adopted
-    orphans. Returns what was done, one note per server. A failed check is logged and tried next time."""
+    orphans. Returns what was done, one note per server (with the pool's size around that server's change).
+    A failed check is logged and tried next time."""
     now = workflow.now()
     if state.drift_checked_at is None:  # the first check comes one interval after the pool starts
         state.drift_checked_at = now
@@ -68,25 +66,22 @@ async def reconcile_drift(
 
 async def _act(
     team: str, spec: PoolSpec, state: PoolState, runtime: PoolRuntime, drift: PoolDrift, plan: DriftPlan
-) -> list[DriftNote]:
-    notes: list[DriftNote] = []
+) -> list[EventNote]:
+    notes: list[EventNote] = []
     for sid in plan.forget:
         # the provider no longer runs it: terminate (idempotent: the provider's record and the store agree
         # it is gone) and forget it; the reconcile that follows launches its replacement
         ok = await _terminate(team, spec, runtime, sid)
+        n = len(state.servers)
         state.servers = [s for s in state.servers if s.server_id != sid]
         await stop_health_watches(team, spec.name, [sid])
-        notes.append(
-            (
-                f"drift: member {sid} no longer runs at the provider; forgotten",
-                "succeeded" if ok else "partial",
-            )
-        )
-    for sid in plan.terminate:
+        why = f"drift: member {sid} no longer runs at the provider; forgotten"
+        notes.append(EventNote("drift", why, "succeeded" if ok else "partial", n, len(state.servers)))
+    for sid in plan.terminate:  # not a member: the pool's size does not change
         ok = await _terminate(team, spec, runtime, sid)
-        notes.append(
-            (f"drift: orphan {sid} terminated (orphan_policy terminate)", "succeeded" if ok else "failed")
-        )
+        n = len(state.servers)
+        why = f"drift: orphan {sid} terminated (orphan_policy terminate)"
+        notes.append(EventNote("drift", why, "succeeded" if ok else "failed", n, n))
     orphans = {o.server_id: o for o in drift.orphan_servers}
     for sid in plan.adopt:
         record = await workflow.execute_activity_method(
@@ -104,8 +99,11 @@ async def _act(
         )
         if spec.effective_health_check is None:
             record.health = HealthState.HEALTHY  # as for a new server of a pool without a check
+        n = len(state.servers)
         state.servers.append(record)
-        notes.append((f"drift: orphan {sid} adopted (orphan_policy adopt)", "succeeded"))
+        notes.append(
+            EventNote("drift", f"drift: orphan {sid} adopted (orphan_policy adopt)", "succeeded", n, n + 1)
+        )
     return notes
 
 

@@ -16,7 +16,7 @@ with workflow.unsafe.imports_passed_through():
     from poolctl.domain.addresses import format_server_address
     from poolctl.domain.health import HealthState
     from poolctl.domain.pool_spec import PoolSpec
-    from poolctl.domain.pool_state import PoolRuntime, PoolState, ServerRecord
+    from poolctl.domain.pool_state import EventNote, PoolRuntime, PoolState, ServerRecord
     from poolctl.domain.static_pool import (
         STATIC_PROVIDER,
         Member,
@@ -27,9 +27,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from poolctl.workflows.retry_policies import provider_retry
     from poolctl.workflows.scale_pool import failure_text
-
-Note = tuple[str, str, str]
-"""(direction, cause, status) of a scaling event the pool records for a membership change."""
 
 
 def membership_plan(state: PoolState) -> MembershipPlan:
@@ -62,24 +59,27 @@ async def _register(
 
 async def register_servers(
     team: str, spec: PoolSpec, state: PoolState, rt: PoolRuntime, plan: MembershipPlan
-) -> list[Note]:
+) -> list[EventNote]:
     """Register `plan.to_register` and apply `plan.reweight` (the store's weight too: registering again
-    under the same key refreshes it). Updates `state`; returns the events to record."""
-    notes: list[Note] = []
+    under the same key refreshes it). Updates `state`; returns the events to record, each with the pool's
+    size around its own change."""
+    notes: list[EventNote] = []
     for address, weight in plan.to_register.items():
         state.static.registrations += 1
         key = f"static/{team}/{spec.name}@{state.epoch}/{state.static.registrations}/{address}"
+        n = len(state.servers)
         try:
             record = await _register(team, spec, rt, address, weight, key)
         except ActivityError as e:  # only a bad address gets here (validated before): drop it, say why
             state.static.registered.pop(address, None)
-            notes.append(("register", f"server add {address} refused: {failure_text(e)}", "failed"))
+            why = f"server add {address} refused: {failure_text(e)}"
+            notes.append(EventNote("register", why, "failed", n, n))
             continue
         if spec.effective_health_check is None:
             record.health = HealthState.HEALTHY  # without a check, a registered server is in rotation
         state.static.keys[address] = key
         state.servers.append(record)
-        notes.append(("register", f"server add {address} (weight {weight})", "succeeded"))
+        notes.append(EventNote("register", f"server add {address} (weight {weight})", "succeeded", n, n + 1))
     by_id = {s.server_id: s for s in state.servers}
     for server_id, weight in plan.reweight.items():
         server = by_id[server_id]
@@ -90,7 +90,9 @@ async def register_servers(
         before = server.weight
         server.weight = weight
         if before is not None:
-            notes.append(("reweight", f"server {address} weight {before} -> {weight}", "succeeded"))
+            n = len(state.servers)
+            why = f"server {address} weight {before} -> {weight}"
+            notes.append(EventNote("reweight", why, "succeeded", n, n))
     return notes
 
 

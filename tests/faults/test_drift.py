@@ -58,6 +58,7 @@ async def test_server_killed_by_hand_on_a_pool_without_health_check_is_replaced(
     )  # fmt: skip
     [note] = [e for e in drift_events(s) if victim in e.cause]
     assert "no longer runs" in note.cause and note.status == "succeeded"
+    assert (note.from_count, note.to_count) == (3, 2)  # the pool's size around this change, not today's
     await assert_invariants(
         client, s, "web", 3, "server process killed by hand (no health check)", fault_record
     )
@@ -83,6 +84,8 @@ async def test_orphan_under_the_pools_tag_is_adopted_and_the_pool_kept_at_desire
     )
     # adopted, the pool counts 3: the normal reconcile scales in to the operator's 2
     await settled(client, s, "web", 2, timeout=120)
+    [note] = [e for e in drift_events(s) if orphan in e.cause]
+    assert (note.from_count, note.to_count) == (2, 3)
     await assert_invariants(
         client, s, "web", 2, "orphan server under the pool's tag (orphan_policy adopt)", fault_record
     )
@@ -100,6 +103,8 @@ async def test_orphan_under_the_pools_tag_is_terminated_by_policy(
     )
     info = await get_provider("local", s.state_dir).describe(orphan)
     assert info is not None and info.state.value == "terminated"
+    [note] = [e for e in drift_events(s) if orphan in e.cause]
+    assert (note.from_count, note.to_count) == (2, 2)  # not a member: the pool's size did not change
     after = await settled(client, s, "web", 2, timeout=60)
     assert {m.server_id for m in after.servers} == {m.server_id for m in before.servers}
     await assert_invariants(
@@ -120,7 +125,9 @@ async def test_provisions_that_all_time_out_but_create_servers_are_adopted(
         lambda: pool_view(client, s, "web"), lambda v: v is not None and v.status.value == "error", timeout=90
     )
     await settled(client, s, "web", 2, timeout=120)  # adopted by drift, then a retry finds nothing to do
-    assert sum("adopted" in c for c in await _drift_causes(s)) == 2
+    adopted = [e for e in drift_events(s) if "adopted" in e.cause]
+    # one after the other, each with the size around its own adoption (it said 2->2 twice)
+    assert sorted((e.from_count, e.to_count) for e in adopted) == [(0, 1), (1, 2)]
     await assert_invariants(
         client, s, "web", 2, "provider: calls hang past their timeout (servers created)", fault_record
     )
