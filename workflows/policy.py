@@ -118,6 +118,8 @@ class PolicyWorkflow:
     async def _loop(self) -> PolicyLoopOutcome | None:
         """Run one evaluation loop until it returns, or until a signal asks for a restart (then it is
         cancelled and returns its state). None when it was cancelled before it could hand its state back."""
+        if self._evaluate_now:
+            await self._abstain_if_paused()  # paused while no loop ran: say so before reading any metric
         hb_timeout = loop_heartbeat_timeout_s(self.spec.evaluation_interval)
         params = PolicyLoopParams(
             policy_id=workflow.info().workflow_id,
