@@ -36,6 +36,9 @@ async def harvest(client: Client, out_dir: Path) -> list[Path]:
     runs: dict[str, list[tuple[int, str, str]]] = {}
     async for wf in client.list_workflows(""):
         hist_len = wf.history_length or 0
+        if not hist_len:  # visibility gives a running workflow's length only when it closes: count it
+            history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
+            hist_len = len(history.events)
         if 0 < hist_len <= MAX_EVENTS:
             runs.setdefault(wf.workflow_type, []).append((hist_len, wf.id, wf.run_id))
     collected: list[tuple[str, dict[str, object]]] = []
@@ -65,8 +68,10 @@ def _write(out_dir: Path, collected: list[tuple[str, dict[str, object]]]) -> lis
 
 
 def saved_histories(directory: Path = HISTORIES_DIR) -> list[SavedHistory]:
+    """Every recorded history: the ones `make histories` writes, and those in `pinned/`, recorded with an
+    older revision to keep a `workflow.patched` change's old path replaying (re-recording keeps them)."""
     out = []
-    for path in sorted(directory.glob("*.json")):
+    for path in sorted(directory.glob("*.json")) + sorted(directory.glob("pinned/*.json")):
         data = json.loads(path.read_text())
         out.append(
             SavedHistory(
