@@ -55,7 +55,7 @@ test: $(STAMP) system-deps lint typecheck native-if-possible
 # never-deployed change to workflow code; see docs/workflow-changes.md).
 HISTORY_TESTS := tests/test_pool_lifecycle.py tests/test_policy_lifecycle.py tests/test_health_integration.py \
 	tests/test_health_continue_as_new.py tests/test_pool_balancer.py tests/test_balancer_activities.py \
-	tests/test_housekeeping.py tests/test_webhooks.py
+	tests/test_housekeeping.py tests/test_webhooks.py tests/test_policies.py
 histories: $(STAMP)
 	POOLCTL_RECORD_HISTORIES=tests/histories POOLCTL_PAYLOAD_KEY=$$($(BIN)/python -c \
 	  "from tests.replay import HISTORY_PAYLOAD_KEY as k; print(k)") POOLCTL_TEAM_AUTH_KEY=$$($(BIN)/python -c \

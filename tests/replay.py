@@ -21,6 +21,7 @@ HISTORY_PAYLOAD_KEY = "bLMIRQX2OvnTPPQK9P2KWRko8qEpYRr7KBfDAE3YGK8="
 # Likewise the team auth key: messages in a history carry proofs made with it, and the replay checks them.
 HISTORY_TEAM_AUTH_KEY = "3q0Zy0m7yJ3j9cKc1rVQn8n2Qe9mM3m0oWm6Qd3l6Yk="
 PER_TYPE = 3  # runs kept per workflow type: the longest ones exercise the most code
+EXTRA_PER_TYPE = 3  # and at most this many more, each bringing a signal, update or patch the others lack
 MAX_EVENTS = 1500  # keep files small: a longer run is skipped in favour of a shorter one
 
 
@@ -32,7 +33,9 @@ class SavedHistory:
 
 
 async def harvest(client: Client, out_dir: Path) -> list[Path]:
-    """Save the longest runs of each workflow type on the server (running ones included)."""
+    """Save, per workflow type, the longest runs on the server (running ones included), then the longest
+    run that brings a signal, update or patch marker none of the kept ones has (EXTRA_PER_TYPE at most):
+    a patched path a test reached is replayed even when its run was short."""
     runs: dict[str, list[tuple[int, str, str]]] = {}
     async for wf in client.list_workflows(""):
         hist_len = wf.history_length or 0
@@ -43,15 +46,43 @@ async def harvest(client: Client, out_dir: Path) -> list[Path]:
             runs.setdefault(wf.workflow_type, []).append((hist_len, wf.id, wf.run_id))
     collected: list[tuple[str, dict[str, object]]] = []
     for wf_type, found in sorted(runs.items()):
-        for i, (_, wf_id, run_id) in enumerate(sorted(found, reverse=True)[:PER_TYPE]):
+        kept: list[WorkflowHistory] = []
+        covered: set[str] = set()
+        for i, (_, wf_id, run_id) in enumerate(sorted(found, reverse=True)):
+            if len(kept) >= PER_TYPE + EXTRA_PER_TYPE:
+                break
             history = await client.get_workflow_handle(wf_id, run_id=run_id).fetch_history()
+            features = history_features(history)
+            if i >= PER_TYPE and features <= covered:
+                continue
+            covered |= features
+            kept.append(history)
             payload = {
                 "workflow_id": wf_id,
                 "workflow_type": wf_type,
                 "history": json.loads(history.to_json()),
             }
-            collected.append((f"{wf_type}-{i + 1}.json", payload))
+            collected.append((f"{wf_type}-{len(kept)}.json", payload))
     return _write(out_dir, collected)
+
+
+def history_features(history: WorkflowHistory) -> set[str]:
+    """The messages and patches a run took: `signal:NAME`, `update:NAME`, `patch:ID`."""
+    out: set[str] = set()
+    for e in history.events:
+        if e.HasField("workflow_execution_signaled_event_attributes"):
+            out.add("signal:" + e.workflow_execution_signaled_event_attributes.signal_name)
+        elif e.HasField("workflow_execution_update_accepted_event_attributes"):
+            request = e.workflow_execution_update_accepted_event_attributes.accepted_request
+            out.add("update:" + request.input.name)
+        elif e.HasField("marker_recorded_event_attributes"):
+            details = e.marker_recorded_event_attributes.details
+            for payload in details["patch-data"].payloads if "patch-data" in details else []:
+                try:
+                    out.add("patch:" + str(json.loads(payload.data)["id"]))
+                except (ValueError, KeyError, TypeError):
+                    out.add("patch:?")
+    return out
 
 
 def _write(out_dir: Path, collected: list[tuple[str, dict[str, object]]]) -> list[Path]:

@@ -16,7 +16,7 @@ from poolctl.team_auth import TeamKeys
 from poolctl.team_interceptor import TeamAuthInterceptor
 from poolctl.temporal_client import data_converter
 from poolctl.worker import WORKFLOWS
-from tests.replay import HISTORY_PAYLOAD_KEY, HISTORY_TEAM_AUTH_KEY, saved_histories
+from tests.replay import HISTORY_PAYLOAD_KEY, HISTORY_TEAM_AUTH_KEY, history_features, saved_histories
 
 HISTORIES = saved_histories()
 TEAM_KEYS = TeamKeys(parse_key(HISTORY_TEAM_AUTH_KEY, "HISTORY_TEAM_AUTH_KEY"))
@@ -29,6 +29,17 @@ def test_every_workflow_type_has_a_recorded_history() -> None:
     recorded = {h.workflow_type for h in HISTORIES}
     missing = sorted(wf.__name__ for wf in WORKFLOWS if wf.__name__ not in recorded)
     assert not missing, f"no recorded history for {missing}: run `make histories`"
+
+
+def test_both_paths_of_the_policy_pause_patch_are_recorded() -> None:
+    """`policy-pause-at-once` (workflows/policy.py): a run that took the new path (its marker) and a run
+    paused before the patch existed (pinned), so both replay."""
+    policy = [(h, history_features(h.history)) for h in HISTORIES if h.workflow_type == "PolicyWorkflow"]
+    assert any("patch:policy-pause-at-once" in f for _, f in policy), "run `make histories`"
+    assert any(
+        "signal:pause" in f and "patch:policy-pause-at-once" not in f and h.path.parent.name == "pinned"
+        for h, f in policy
+    )
 
 
 @pytest.mark.parametrize("saved", HISTORIES, ids=[h.path.name for h in HISTORIES])

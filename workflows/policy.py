@@ -176,11 +176,10 @@ class PolicyWorkflow:
         """A full pause (or `is_active: false`) takes effect at once: the pool hears that this policy
         abstains now, not when the cancelled loop hands its state back (up to one interval later)."""
         st = self.state
+        # the size the next loop will see (its reading's `current` is the members' count): an abstain holds
+        # it, and the same hold from that loop is then no news (not sent, not recorded, twice)
         decision = evaluation.paused_decision(
-            self.spec,
-            st.evaluation,
-            current=st.current if st.current is not None else len(st.members),
-            now=workflow.now(),
+            self.spec, st.evaluation, current=len(st.members), now=workflow.now()
         )
         if decision is not None and workflow.patched(PAUSE_AT_ONCE_PATCH):
             await self._act(decision)
