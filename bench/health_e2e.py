@@ -130,10 +130,16 @@ def serve(n_ports: int) -> None:
 # ------------------------------------------------------------------------------ helpers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (the sockets are held open until all n are chosen)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def cpu_s(pid: int) -> float:
@@ -256,6 +262,7 @@ async def run(args: argparse.Namespace, target: dict, procs: dict[str, int], met
     ids = [health_workflow_id(team, pool, f"t{i:05d}") for i in range(args.targets)]
 
     # the front pool (real apply path) and its built-in balancer
+    lb_port, admin_port = free_ports(2)
     doc = parse_spec(
         FRONT.format(
             ports=json.dumps(front_ports),
@@ -264,8 +271,8 @@ async def run(args: argparse.Namespace, target: dict, procs: dict[str, int], met
             timeout=args.timeout,
             unhealthy=args.unhealthy_threshold,
             jitter=args.jitter,
-            lb_port=free_port(),
-            admin_port=free_port(),
+            lb_port=lb_port,
+            admin_port=admin_port,
         ),
         "front.yaml",
     ).model_copy(update={"team": team})
@@ -546,12 +553,10 @@ def main() -> None:
     from poolctl import search_attributes
     from poolctl.payload_codec import new_key_text
 
-    port = free_port()
     env = dict(os.environ)
     env.update(
         POOLCTL_STATE_DIR=str(tmp / "state"),
         POOLCTL_DATABASE_URL=f"sqlite:///{tmp / 'poolctl.db'}",
-        POOLCTL_TEMPORAL_ADDRESS=f"127.0.0.1:{port}",
         POOLCTL_TASK_QUEUE=f"bench-{uuid.uuid4().hex[:6]}",
         POOLCTL_PAYLOAD_KEY=new_key_text(),
         POOLCTL_HEALTH_LEASE_S=str(args.lease),
@@ -566,8 +571,11 @@ def main() -> None:
         )
         assert procs["target"].stdout is not None
         target = json.loads(procs["target"].stdout.readline())
-        # chosen after the target process took its ports, so the kernel cannot hand out one of them
-        env["POOLCTL_WORKER_METRICS_PORT"] = str(metrics_port := free_port())
+        # chosen after the target process took its ports, so the kernel cannot hand out one of them (the
+        # dev server's port chosen before them was taken by a target port now and then at 5,000 targets)
+        port, metrics_port = free_ports(2)
+        env["POOLCTL_TEMPORAL_ADDRESS"] = os.environ["POOLCTL_TEMPORAL_ADDRESS"] = f"127.0.0.1:{port}"
+        env["POOLCTL_WORKER_METRICS_PORT"] = str(metrics_port)
         procs["temporal"] = subprocess.Popen(
             [
                 temporal, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port),
