@@ -303,9 +303,9 @@ class Prober:
             self._slots = asyncio.Semaphore(self.max_connections)
         started = time.perf_counter()
         transport: asyncio.BaseTransport | None = None
+        reply: asyncio.Future[int] = loop.create_future()
         try:
             async with asyncio.timeout(spec.timeout), self._slots:
-                reply: asyncio.Future[int] = loop.create_future()
                 transport, _ = await loop.create_connection(lambda: _StatusReader(reply), host, port)
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write(_request_head(spec.method, host, port, spec.path))
@@ -321,6 +321,12 @@ class Prober:
         finally:
             if transport is not None:
                 transport.close()
+            # A timeout inside create_connection closes the new transport there: connection_lost would then
+            # fail a reply nobody awaits ("Future exception was never retrieved", one log line per probe).
+            if not reply.done():
+                reply.cancel()
+            elif not reply.cancelled():
+                reply.exception()  # retrieved: a failure after the timeout adds nothing
         latency = (time.perf_counter() - started) * 1000.0
         if not spec.status_ok(status):
             return ProbeResult(
