@@ -22,6 +22,7 @@ from poolctl.activities.policy_metrics import PolicyMetricActivities
 from poolctl.activities.provisioning import ProvisioningActivities
 from poolctl.activities.watch import watch_target_activity
 from poolctl.activities.webhooks import WebhookActivities
+from poolctl.gc_pacing import GcPacer
 from poolctl.log_ids import configure_worker_logging, install_log_ids
 from poolctl.settings import Settings, get_settings
 from poolctl.store.db import migrate
@@ -123,10 +124,18 @@ async def run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # after start-up, so the modules and classes it loaded are frozen once and never scanned again
+    gc_pacer = GcPacer(settings.worker_gc_full_every_s) if settings.worker_gc_full_every_s > 0 else None
+    if gc_pacer is not None:
+        gc_pacer.install()
     log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_address)
-    async with worker:
-        await stop.wait()
-        log.info("stopping: finishing in-flight tasks")
+    try:
+        async with worker:
+            await stop.wait()
+            log.info("stopping: finishing in-flight tasks")
+    finally:
+        if gc_pacer is not None:
+            gc_pacer.uninstall()
     from poolctl.activities.probes import close_shared_prober
 
     await close_shared_prober()
