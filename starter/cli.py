@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -458,18 +459,21 @@ def scale(
     run(go, timeout)
 
 
-def _pool_or_exit(team: str, pool: str, timeout: float) -> None:
-    """Return when the pool exists: the store lists it, or (a pool whose first write is still to come, or a
-    store that lost it) its workflow runs. Otherwise the usual not-found line and exit 2."""
+def _pool_or_exit(team: str, pool: str, timeout: float) -> str | None:
+    """Return when the pool exists: the store lists it (its provider is returned), or (a pool whose first
+    write is still to come, or a store that lost it) its workflow runs (None). Otherwise the usual
+    not-found line and exit 2."""
     with session_scope(_settings().resolved_database_url) as db:
-        if queries.find_pool(db, team, pool) is not None:
-            return
+        row = queries.find_pool(db, team, pool)
+        if row is not None:
+            return str(row.provider)
 
     async def go() -> None:
         if not await pool_ops.is_running(await _client(), team, pool):
             raise NotFoundError(f"pool {pool!r} not found in team {team!r}")
 
     run(go, timeout)
+    return None
 
 
 @delete_app.command("pool")
@@ -482,9 +486,23 @@ def delete_pool(
     """Delete a pool through its workflow: stop its policies, terminate its servers, remove it from the
     store, end the workflow. Re-running an interrupted delete finishes it."""
     t = _team(team)
-    _pool_or_exit(t, pool, timeout)  # before the question: nothing to confirm for a pool that does not exist
-    if not yes and not typer.confirm(f"Delete pool {t}/{pool} and terminate all its servers?"):
-        raise typer.Exit(1)
+    # before the question: nothing to confirm for a pool that does not exist
+    static = _pool_or_exit(t, pool, timeout) == "static"
+    servers = (
+        "deregister its servers (static: they are left running)" if static else "terminate all its servers"
+    )
+    if not yes:
+        try:
+            confirmed = typer.confirm(f"Delete pool {t}/{pool} and {servers}?")
+        except typer.Abort:
+            if sys.stdin.isatty():
+                raise  # Ctrl-C or Ctrl-D at the prompt
+            fail(
+                f"delete pool {t}/{pool}: no answer on stdin (not a terminal): add --yes to delete without asking",
+                EXIT_BAD_INPUT,
+            )
+        if not confirmed:
+            raise typer.Exit(1)
 
     async def go() -> int:
         client = await _client()
@@ -494,7 +512,8 @@ def delete_pool(
         return n
 
     n = run(go, timeout)
-    console.print(f"pool {t}/{pool} deleted ({n} server(s) terminated)")
+    done = "deregistered, left running" if static else "terminated"
+    console.print(f"pool {t}/{pool} deleted ({n} server(s) {done})")
 
 
 @db_app.command("upgrade")

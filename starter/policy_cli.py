@@ -111,6 +111,7 @@ def list_policies(
                     "metric": v.last_metric,
                     "current": v.current,
                     "recommends": rec.desired if rec else None,
+                    "abstains": rec.abstain if rec else None,
                     "reason": v.last_reason,
                     "evaluations": v.evaluations,
                     "error": v.last_error,
@@ -137,7 +138,7 @@ def list_policies(
                     f"{d['interval_s']:g}s" if d.get("interval_s") else "",
                     "n/a" if d.get("metric") is None else f"{d['metric']:.1f}",
                     d.get("current"),
-                    d.get("recommends"),
+                    f"{d['recommends']} (abstains)" if d.get("abstains") else d.get("recommends"),
                     d.get("reason") or "",
                     d.get("evaluations"),
                 ]
@@ -219,7 +220,7 @@ def show(
     if rec:
         console.print(
             f"  recommends:  {rec.desired} ({rec.direction.value}, {rec.reason.value})"
-            + (" [abstains]" if rec.abstain else ""),
+            + (escape(" [abstains]: takes no part in the pool's vote") if rec.abstain else ""),
             highlight=False,
         )
     if pview is not None:

@@ -195,7 +195,9 @@ async def query_status(client: Client, team: str, pool: str) -> PoolStatusView |
 
 
 async def request_scale(client: Client, team: str, pool: str, desired: int, reason: str) -> ScaleAccepted:
-    with _refused_or_missing(f"pool {pool!r} has no running workflow (apply its spec first)"):
+    with _refused_or_missing(
+        f"pool {pool!r} not found in team {team!r} (no running workflow: apply its spec first)"
+    ):
         return await pool_handle(client, team, pool).execute_update(
             PoolWorkflow.scale, ScaleRequest(desired=desired, reason=reason, request_id=str(uuid.uuid4()))
         )
@@ -206,7 +208,9 @@ async def request_server_change(
 ) -> ServerChangeResult:
     """`poolctl server add/remove`: the static pool's `change_server` update (refused with RequestRefused
     when the pool is not static, the address is bad or, for remove, not a member)."""
-    with _refused_or_missing(f"pool {pool!r} has no running workflow (apply its spec first)"):
+    with _refused_or_missing(
+        f"pool {pool!r} not found in team {team!r} (no running workflow: apply its spec first)"
+    ):
         return await pool_handle(client, team, pool).execute_update(
             PoolWorkflow.change_server, ServerChangeRequest(address=address, weight=weight, remove=not adding)
         )

@@ -127,6 +127,25 @@ def test_delete_of_a_missing_pool_says_not_found_before_asking_and_an_existing_o
     result = CliRunner().invoke(app, ["delete", "pool", "web", "--team", team], input="n\n")
     assert result.exit_code == 1, result.output
     assert f"Delete pool {team}/web and terminate all its servers?" in result.output
+    # no answer at all (stdin not a terminal, nothing on it): one line saying what to do, not "Aborted."
+    result = CliRunner().invoke(app, ["delete", "pool", "web", "--team", team])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().endswith(
+        f"error: delete pool {team}/web: no answer on stdin (not a terminal): add --yes to delete without asking"
+    )
+    with session_scope(cli_env.resolved_database_url) as s:  # a static pool's servers are left running
+        inventory.apply_document(
+            s,
+            SpecDocument(
+                team=team,
+                pools=[PoolSpec(name="legacy", provider="static", servers=[{"address": "127.0.0.1:9"}])],
+            ),
+        )
+    result = CliRunner().invoke(app, ["delete", "pool", "legacy", "--team", team], input="n\n")
+    assert (
+        f"Delete pool {team}/legacy and deregister its servers (static: they are left running)?"
+        in result.output
+    )
 
 
 def test_haproxy_config_of_a_builtin_balancer_is_refused_in_one_line(cli_env: Settings):

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from poolctl.settings import Settings, get_settings
 from poolctl.starter.cli import app
-from tests.helpers import apply_yaml, settled
+from tests.helpers import apply_yaml, eventually, settled
 
 pytestmark = pytest.mark.temporal
 
@@ -55,6 +55,13 @@ async def test_policy_signals_print_the_resulting_state_and_json_timestamps_are_
 
     paused = f"{me}: paused (scale-in and scale-out)\n"
     assert await cli("policy", "pause", "web", "cpu") == paused
+    # the workflow tells the pool at once that the policy abstains; show and list say so (rich markup
+    # swallowed the "[abstains]" label once)
+    shown = await eventually(
+        lambda: cli("policy", "show", "web", "cpu", "--timeout", "30"), lambda out: "Paused" in out
+    )
+    assert "(none, Paused) [abstains]: takes no part in the pool's vote" in shown
+    assert "(abstains)" in await cli("policy", "list", "web", "--timeout", "30")
     assert await cli("policy", "toggle", "web", "cpu") == f"{me}: active\n"
     assert (
         await cli("policy", "pause-scale-in", "web", "cpu", "--timeout", "30")

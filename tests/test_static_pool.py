@@ -200,6 +200,7 @@ async def test_server_add_with_weight_and_remove_through_the_cli(
         (("server", "add", "web", "127.0.0.1:70000"), "outside 1-65535"),
         (("server", "add", "web", extra.address, "--weight", "300"), "outside 0-256"),
         (("server", "remove", "web", "127.0.0.1:1"), "is not a server of pool web"),
+        (("server", "add", "no-such-pool", "127.0.0.1:1"), "pool 'no-such-pool' not found in team"),
     ]:
         bad = await run_cli(settings, *args)
         assert bad.code == 2 and message in bad.text, (args, bad.text)
