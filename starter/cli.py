@@ -444,7 +444,9 @@ def scale(
         client = await _client()
         before = await waiting.for_worker(pool_ops.query_status(client, t, pool))
         if before is None:
-            raise NotFoundError(f"pool {pool!r} (team {t}) has no running workflow: apply its spec first")
+            raise NotFoundError(
+                f"pool {pool!r} not found in team {t!r} (no running workflow: apply its spec first)"
+            )
         accepted = await waiting.for_worker(
             pool_ops.request_scale(client, t, pool, desired, reason), sends=True
         )

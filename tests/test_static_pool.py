@@ -201,6 +201,7 @@ async def test_server_add_with_weight_and_remove_through_the_cli(
         (("server", "add", "web", extra.address, "--weight", "300"), "outside 0-256"),
         (("server", "remove", "web", "127.0.0.1:1"), "is not a server of pool web"),
         (("server", "add", "no-such-pool", "127.0.0.1:1"), "pool 'no-such-pool' not found in team"),
+        (("scale", "no-such-pool", "--desired", "2"), "pool 'no-such-pool' not found in team"),
     ]:
         bad = await run_cli(settings, *args)
         assert bad.code == 2 and message in bad.text, (args, bad.text)
