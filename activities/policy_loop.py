@@ -167,9 +167,8 @@ async def run_policy_loop(
         if progress.pending is not None:  # a retry after the decision was heartbeated: return it now
             return outcome("decision", progress.pending)
         while True:
-            while (
-                True
-            ):  # wait for the check before the next evaluation, beating at least every heartbeat_every_s
+            # wait for the check before the next evaluation, beating at least every heartbeat_every_s
+            while True:
                 left = (progress.next_evaluation_at - clock()).total_seconds() - precheck_s
                 if left <= 0:
                     break
