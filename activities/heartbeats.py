@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import BaseModel
+
 # The worker's `max_heartbeat_throttle_interval` (seconds): low, so the loops' own pacing decides (the
 # SDK still holds a send that comes within this of the activity's previous one: at 1 s, a 1 s policy's
 # check before each evaluation was held until the evaluation had begun).
@@ -95,14 +97,20 @@ class HeartbeatPacer:
             self._timer = None
 
 
-def activity_pacer(fallback_gap_s: float, *, encode: Callable[[Any], Any] = lambda d: d) -> HeartbeatPacer:
+def as_json(details: Any) -> Any:
+    """Heartbeat details as plain JSON: a pydantic model dumped (`mode="json"`), anything else as it is."""
+    return details.model_dump(mode="json") if isinstance(details, BaseModel) else details
+
+
+def activity_pacer(fallback_gap_s: float) -> HeartbeatPacer:
     """A pacer for the running activity (call inside one): one send per 0.8 x its heartbeat timeout, the
-    pace the SDK's own throttle kept, or per `fallback_gap_s` seconds when it was started without one."""
+    pace the SDK's own throttle kept, or per `fallback_gap_s` seconds when it was started without one;
+    details are sent `as_json`."""
     from temporalio import activity
 
     timeout = activity.info().heartbeat_timeout
     gap = 0.8 * timeout.total_seconds() if timeout else fallback_gap_s
-    return HeartbeatPacer(activity.heartbeat, gap, encode=encode)
+    return HeartbeatPacer(activity.heartbeat, gap, encode=as_json)
 
 
-__all__ = ["SDK_THROTTLE_S", "HeartbeatPacer", "activity_pacer"]
+__all__ = ["SDK_THROTTLE_S", "HeartbeatPacer", "activity_pacer", "as_json"]

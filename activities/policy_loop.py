@@ -247,9 +247,7 @@ class PolicyLoopActivities:
         and the retry resumes from the last heartbeat) and cancellation type WAIT_CANCELLATION_COMPLETED
         (a cancelled loop returns its state as its result)."""
 
-        pacer = activity_pacer(
-            params.heartbeat_every_s, encode=lambda progress: progress.model_dump(mode="json")
-        )
+        pacer = activity_pacer(params.heartbeat_every_s)
         loop = asyncio.ensure_future(
             run_policy_loop(
                 params,

@@ -224,7 +224,7 @@ async def watch_target_activity(params: WatchParams) -> WatchOutcome:
     # One heartbeat reaches the server per 0.8 x heartbeat timeout (the pace the SDK's own throttle kept
     # before the worker lowered it for the policy loops: activities/heartbeats.py); the newest progress
     # wins and is encoded only when sent, so recording one after every probe costs nothing.
-    pacer = activity_pacer(params.heartbeat_every_s, encode=lambda progress: progress.model_dump(mode="json"))
+    pacer = activity_pacer(params.heartbeat_every_s)
 
     def beat(progress: WatchProgress) -> None:
         last[:] = [progress]
